@@ -1,0 +1,151 @@
+"""Closed-form algebra of the update family inside one block of L tokens.
+
+Inside a block that starts from weight W_0 (one matrix, (…, Dout, Din)) and momentum S_0, every
+rule of design.md §3.1 has the form
+
+    S_t = β_t S_{t−1} + d_t a_tᵀ                    (d_t = −η_t δ_t: the momentary surprise)
+    W_t = α_t W_{t−1} + f_t k_tᵀ + S_t              (f_t = −α_t η'_t W_{t−1} k_t: DGD, else 0)
+
+i.e. every change is a sum of rank-1 terms whose right factor is a known row (a_t, the layer
+input, or k_t). Unrolling with the segment products D1[t,s] = ∏_{s<i≤t} α_i and
+D2[t,s] = ∏_{s<i≤t} β_i (Titans Eq. 16–18, generalised to momentum *and* retention):
+
+    W_t = γ_t W_0 + Z_t S_0 + Σ_{s≤t} D1[t,s] f_s k_sᵀ + Σ_{s≤t} Wc[t,s] d_s a_sᵀ
+    S_t = ζ_t S_0 + Σ_{s≤t} D2[t,s] d_s a_sᵀ
+
+with γ_t = ∏_{i≤t} α_i, ζ_t = ∏_{i≤t} β_i, Wc = D1·D2 (lower-triangular matrix product) and
+Z = D1·ζ. Without momentum, Wc = D1 and Z = 0. Reads of the weights along the block become
+masked L×L matrix products (the "dual form" of TTT / chunked linear attention).
+
+The DGD term needs y_t = W_{t−1} k_t, which depends on earlier f_s: it is the unit lower-triangular
+system (I − A) Y = h solved by ``solve_prefix`` — the UT/WY transform of the delta rule. When the
+surprise itself depends on y (linear memory with exact chunk size 1 and an affine objective:
+d_t = ψ_t y_t + δ_t, e.g. the delta rule with ψ = −η) the same solve covers it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Decays", "decays", "solve_prefix", "read_weights", "end_state"]
+
+
+class Decays(NamedTuple):
+    """Decay coefficients of one block; suffix ``m`` = indexed at t−1 ("before" reads).
+
+    Shapes: matrices (…, L, L) with rows t and columns s; vectors (…, L).
+    """
+
+    D1: Tensor
+    D1m: Tensor
+    gamma: Tensor
+    gamma_m: Tensor
+    Wc: Tensor
+    Wcm: Tensor
+    Z: Tensor | None
+    Zm: Tensor | None
+    D2_last: Tensor | None      # D2[L, s]: weight of d_s in S_L
+    zeta_last: Tensor | None    # ζ_L: weight of S_0 in S_L
+
+
+def _segment_products(a: Tensor) -> Tensor:
+    """D[t, s] = ∏_{s<i≤t} a_i for t ≥ s, else 0. a: (…, L) → (…, L, L).
+
+    Computed with a cumulative product down the rows (no logs or divisions, so a = 0 is fine).
+    """
+    L = a.shape[-1]
+    strict = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
+    rep = torch.where(strict, a.unsqueeze(-1).expand(*a.shape, L), torch.ones_like(a)[..., None])
+    return torch.cumprod(rep, dim=-2) * strict.logical_or(
+        torch.eye(L, dtype=torch.bool, device=a.device))
+
+
+def _shift_rows(x: Tensor) -> Tensor:
+    """Row t of the result is row t−1 of x (row 0 is zero): the 'before' version of a matrix."""
+    return torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)
+
+
+def _shift_vec(x: Tensor, first: float) -> Tensor:
+    return torch.cat([torch.full_like(x[..., :1], first), x[..., :-1]], dim=-1)
+
+
+def decays(alpha: Tensor, beta: Tensor | None) -> Decays:
+    """Decay coefficients for per-token retention α (…, L) and momentum β (…, L) or None."""
+    D1 = _segment_products(alpha)
+    gamma = torch.cumprod(alpha, dim=-1)
+    D1m, gamma_m = _shift_rows(D1), _shift_vec(gamma, 1.0)
+    if beta is None:
+        return Decays(D1, D1m, gamma, gamma_m, D1, D1m, None, None, None, None)
+    D2 = _segment_products(beta)
+    zeta = torch.cumprod(beta, dim=-1)
+    Wc = D1 @ D2
+    Z = (D1 @ zeta[..., None])[..., 0]
+    return Decays(D1, D1m, gamma, gamma_m, Wc, _shift_rows(Wc), Z, _shift_vec(Z, 0.0),
+                  D2[..., -1, :], zeta[..., -1])
+
+
+def solve_prefix(W0: Tensor, S0: Tensor | None, K: Tensor, dec: Decays, *,
+                 phi: Tensor | None, psi: Tensor | None, delta: Tensor | None) -> Tensor:
+    """Solve for y_t = W_{t−1} k_t when f_t = φ_t y_t and d_t = ψ_t y_t + δ_t (a_t = k_t).
+
+    Args:
+        W0: (…, Dout, Din); S0: same or None; K: (…, L, Din).
+        phi, psi: (…, L) or None (= 0). delta: (…, L, Dout) or None (= 0).
+    Returns:
+        Y: (…, L, Dout).
+    """
+    h = dec.gamma_m[..., None] * (K @ W0.mT)
+    if S0 is not None:
+        h = h + dec.Zm[..., None] * (K @ S0.mT)
+    KK = K @ K.mT
+    if delta is not None:
+        h = h + (KK * dec.Wcm) @ delta
+    coef = torch.zeros_like(KK)
+    if phi is not None:
+        coef = coef + dec.D1m * phi[..., None, :]
+    if psi is not None:
+        coef = coef + dec.Wcm * psi[..., None, :]
+    L = K.shape[-2]
+    eye = torch.eye(L, dtype=K.dtype, device=K.device)
+    # (I − A) Y = h with A strictly lower triangular: the UT transform of the delta rule.
+    return torch.linalg.solve_triangular(eye - KK * coef, h, upper=False, unitriangular=True)
+
+
+def read_weights(W0: Tensor, S0: Tensor | None, X: Tensor, A: Tensor, Ef: Tensor | None,
+                 Ed: Tensor, dec: Decays, *, after: bool) -> Tensor:
+    """x_t ↦ W_t x_t (``after``) or W_{t−1} x_t for every row t of X, without forming W_t.
+
+    Args:
+        W0: (…, Dout, Din); S0: same or None; X: (…, L, Din) inputs; A: (…, L, Din) the rows
+            a_s (keys for the DGD term when Ef is given, they must be the same rows).
+        Ef: (…, L, Dout) DGD factors f_s or None; Ed: (…, L, Dout) surprise factors d_s.
+    Returns:
+        (…, L, Dout).
+    """
+    g, D1, Wc, Z = ((dec.gamma, dec.D1, dec.Wc, dec.Z) if after
+                    else (dec.gamma_m, dec.D1m, dec.Wcm, dec.Zm))
+    out = g[..., None] * (X @ W0.mT)
+    if S0 is not None:
+        out = out + Z[..., None] * (X @ S0.mT)
+    XA = X @ A.mT
+    out = out + (XA * Wc) @ Ed
+    if Ef is not None:
+        out = out + (XA * D1) @ Ef
+    return out
+
+
+def end_state(W0: Tensor, S0: Tensor | None, A: Tensor, Ef: Tensor | None, Ed: Tensor,
+              dec: Decays) -> tuple[Tensor, Tensor | None]:
+    """(W_L, S_L) at the end of the block (shapes of W0 / S0)."""
+    coef = Ed * dec.Wc[..., -1, :, None]
+    if Ef is not None:
+        coef = coef + Ef * dec.D1[..., -1, :, None]
+    W = dec.gamma[..., -1, None, None] * W0 + coef.mT @ A
+    if S0 is None:
+        return W, None
+    W = W + dec.Z[..., -1, None, None] * S0
+    S = dec.zeta_last[..., None, None] * S0 + (Ed * dec.D2_last[..., None]).mT @ A
+    return W, S

@@ -1,0 +1,92 @@
+"""The sequential oracle: design.md §3.1 token by token, written to read like the equations.
+
+    g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)          gradient at the chunk-start state, c(t) = C⌊(t−1)/C⌋
+    S_t = β_t S_{t−1} − η_t g_t              momentum (without momentum: S_t = −η_t g_t)
+    θ_t = α_t P_t(θ_{t−1}) + S_t             P_t = id (gd); W ↦ W(I − η'_t k_t k_tᵀ) on W_0 (dgd)
+    o_t = M(θ_t; q_t) | M(θ_{t−1}; q_t) | M(θ_{c(t)}; q_t)      read after | before | chunk
+
+The inner gradient is taken with ``torch.func.grad`` of the objective's *loss*, independently of
+the closed forms used by the fast paths, so the tests really check those closed forms. This is
+slow (one step per token) and only meant for tests and as the definition of the semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .objectives import Objective
+
+__all__ = ["reference_scan"]
+
+Forward = Callable[[Sequence[Tensor], Tensor], Tensor]
+
+
+def reference_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    forward: Forward,
+    objective: Objective,
+    rule: str,
+    lr: Tensor,
+    retention: Tensor | None,
+    momentum: Tensor | None,
+    chunk_size: int,
+    read: str,
+    weights: Sequence[Tensor],
+    moms: Sequence[Tensor] | None,
+) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
+    """Token-by-token scan.
+
+    Args:
+        q, k: (B, H, T, Dk); v: (B, H, T, Dv).
+        forward: ``(weights, x (B, H, N, Dk)) -> (B, H, N, Dv)``, the memory M(θ; x).
+        lr, retention, momentum: (B, H, T) per-token η, α, β (``None``: α = 1 / no momentum).
+        weights: θ_0, each (B, H, out, in). moms: S_0 (same shapes) or None.
+    Returns:
+        (o (B, H, T, Dv), final weights, final momentum or None).
+    """
+    T = q.shape[2]
+    theta = list(weights)
+    S = list(moms) if momentum is not None else None
+    anchor = theta  # θ_{c(t)}
+
+    def loss(ws: tuple[Tensor, ...], kt: Tensor, vt: Tensor) -> Tensor:
+        return objective.loss(forward(ws, kt[:, :, None]), vt[:, :, None]).sum()
+
+    outs = []
+    for t in range(T):
+        if t % chunk_size == 0:
+            anchor = theta
+        qt, kt, vt = q[:, :, t], k[:, :, t], v[:, :, t]
+        eta = lr[:, :, t, None, None]
+        if read == "before":
+            outs.append(forward(theta, qt[:, :, None])[:, :, 0])
+        elif read == "chunk":
+            outs.append(forward(anchor, qt[:, :, None])[:, :, 0])
+
+        g = torch.func.grad(loss)(tuple(anchor), kt, vt)          # g_t at θ_{c(t)}
+
+        if S is not None:                                          # S_t = β_t S_{t−1} − η_t g_t
+            beta = momentum[:, :, t, None, None]
+            S = [beta * s - eta * gi for s, gi in zip(S, g, strict=True)]
+            step = S
+        else:                                                      # S_t = −η_t g_t
+            step = [-eta * gi for gi in g]
+
+        proj = list(theta)                                         # P_t(θ_{t−1})
+        if rule == "dgd":
+            w0 = proj[0]
+            eta_p = eta / (1 + eta * (kt * kt).sum(-1)[..., None, None])   # η'_t
+            proj[0] = w0 - eta_p * (w0 @ kt[..., None]) @ kt[..., None, :]
+
+        alpha = 1.0 if retention is None else retention[:, :, t, None, None]
+        theta = [alpha * p + s for p, s in zip(proj, step, strict=True)]  # θ_t
+        if read == "after":
+            outs.append(forward(theta, qt[:, :, None])[:, :, 0])
+
+    return torch.stack(outs, dim=2), theta, S

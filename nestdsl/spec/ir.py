@@ -1,0 +1,463 @@
+"""The nestdsl intermediate representation (IR): pydantic v2 models for a whole spec.
+
+Both surface syntaxes (YAML and `.nest`) parse to a plain document (dicts, lists, scalars,
+with a position for every node) and are then validated into these models. Every node carries
+its source `span` (excluded from equality, serialisation and the JSON schema), so later stages
+can point diagnostics at file:line:col.
+
+Concepts follow design.md §2: memories (associative maps with an objective and an update rule),
+levels (clocks), CMS chains, blocks of layers, the model, the outer optimizer, data and train.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+    model_serializer,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from nestdsl.spec.source import Span
+
+SPEC_VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# Base node
+
+
+class Node(BaseModel):
+    """Base of every IR node: unknown fields are errors; `span` is the node's source position."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, use_enum_values=True)
+
+    span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
+
+    def __eq__(self, other: object) -> bool:
+        # Positions are provenance, not meaning: two specs are equal when their content is.
+        if type(self) is not type(other):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()  # type: ignore[union-attr]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------------------------
+# Periods: "16 tokens", "4 steps", or a bare int (tokens)
+
+_PERIOD_RE = re.compile(r"^\s*(\d+)\s*(token|tokens|step|steps)?\s*$")
+
+PeriodUnit = Literal["tokens", "steps"]
+
+
+class Period(Node):
+    """How often a level fires: every `every` tokens (inside a sequence) or optimizer steps."""
+
+    every: int = Field(ge=1, description="number of units between two firings")
+    unit: PeriodUnit = "tokens"
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value  # let validation reject it with a type error
+        if isinstance(value, int):
+            return {"every": value, "unit": "tokens"}
+        if isinstance(value, str):
+            m = _PERIOD_RE.match(value)
+            if not m:
+                raise ValueError(
+                    f"invalid period {value!r}; write e.g. '16 tokens' or '4 steps'"
+                )
+            unit = m.group(2) or "tokens"
+            return {"every": int(m.group(1)), "unit": unit if unit.endswith("s") else unit + "s"}
+        return value
+
+    def __str__(self) -> str:
+        unit = self.unit if self.every != 1 else self.unit[:-1]
+        return f"{self.every} {unit}"
+
+    @model_serializer(mode="plain")
+    def _as_text(self) -> str:
+        return str(self)
+
+
+def _period(value: Any) -> Any:
+    return Period.parse(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gates: a constant or a data-dependent (learned) per-head scalar
+
+
+class LearnedGate(Node):
+    """A data-dependent gate: `squash(<w, x_t> + b) * scale`, one scalar per head and token."""
+
+    learned: Literal["sigmoid", "softplus"] = Field(description="squashing function")
+    scale: float = Field(default=1.0, gt=0, description="maximum (sigmoid) or multiplier")
+    init: float | None = Field(
+        default=None, description="initial gate value (sets the bias); None = library default"
+    )
+
+
+Gate = Union[float, LearnedGate]
+
+
+class Rule(Node):
+    """The inner optimizer of a memory (design.md §3.1)."""
+
+    kind: Literal["gd", "dgd"] = Field(default="gd", description="gd or Delta Gradient Descent")
+    lr: Gate = Field(default=1.0, description="inner learning rate eta")
+    retention: Gate | None = Field(default=None, description="retention/decay alpha (None: 1)")
+    momentum: Gate | None = Field(default=None, description="momentum beta (None: no momentum)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Memories
+
+MemoryKind = Literal["linear", "mlp", "attention"]
+Activation = Literal["silu", "gelu", "relu", "tanh"]
+ReadMode = Literal["after", "before", "chunk"]
+WriteGrad = Literal["grad", "stop"]
+
+
+class Memory(Node):
+    """An associative memory M_theta: key -> value (design.md §2).
+
+    `linear` is a matrix per head; `mlp` a depth-`depth` MLP per head (hidden width =
+    `hidden` x head dim, optional residual x + W1 s(W2 x)); `attention` is non-parametric
+    softmax attention over the cached keys/values (optional sliding `window`).
+    """
+
+    kind: MemoryKind
+    objective: str | None = Field(
+        default=None, description="inner objective (registry: dot, l2, ...); parametric only"
+    )
+    rule: Rule | None = Field(default=None, description="inner update rule; parametric only")
+    level: str | None = Field(
+        default=None, description="level whose period is the chunk size C (default: 1 token)"
+    )
+    read: ReadMode = Field(default="after", description="read after/before the write, or at chunk start")
+    writes: WriteGrad = Field(default="grad", description="back-propagate through writes or not")
+    depth: int | None = Field(default=None, ge=2, description="mlp: number of layers")
+    hidden: int | None = Field(default=None, ge=1, description="mlp: hidden multiple of head dim")
+    activation: Activation | None = Field(default=None, description="mlp: activation")
+    residual: bool | None = Field(default=None, description="mlp: x + W1 s(W2 x)")
+    window: int | None = Field(default=None, ge=1, description="attention: sliding window")
+    heads: int | None = Field(default=None, ge=1, description="heads (default: model.heads)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Levels and CMS
+
+
+PeriodField = Annotated[
+    Period,
+    BeforeValidator(_period),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+\s*(tokens?|steps?)?\s*$"},
+                {"type": "integer", "minimum": 1},
+            ],
+            "description": "period, e.g. '16 tokens' or '4 steps' (a bare integer is tokens)",
+        }
+    ),
+]
+
+
+class Level(Node):
+    """A clock: a named period. Frequency = 1/period."""
+
+    every: PeriodField
+    doc: str | None = None
+
+
+class CMSStage(Node):
+    """One MLP block of a Continuum Memory System with its own level (design.md §3.3)."""
+
+    level: str = Field(description="level that sets this stage's period")
+    hidden: int = Field(default=4, ge=1, description="hidden multiple of the width")
+    activation: Activation = "silu"
+    signal: Literal["task", "local"] = Field(
+        default="task", description="in-context update signal: next-token loss or local L2"
+    )
+    scope: Literal["sequence", "stream"] = Field(
+        default="sequence", description="in-context state resets per sequence or streams on"
+    )
+    lr: float = Field(default=0.01, gt=0, description="in-context step size")
+
+
+class CMS(Node):
+    """A chain / independent set / nested stack of MLP stages at different frequencies."""
+
+    mode: Literal["chain", "independent", "nested"] = "chain"
+    stages: list[CMSStage] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block layers (discriminated by `type`)
+
+Norm = Literal["rms", "layer", "none"]
+
+
+class _Layer(Node):
+    norm: Norm = Field(default="rms", description="pre-norm")
+    residual: bool = True
+
+
+class MemoryLayer(_Layer):
+    """A memory used as a token mixer (linear attention, DeltaNet, Titans LMM, attention...)."""
+
+    type: Literal["memory"]
+    memory: str
+    conv: int = Field(default=4, ge=0, description="causal depthwise conv width on q,k,v (0: none)")
+    qk_norm: bool = Field(default=True, description="L2-normalise q and k")
+    output_gate: bool = Field(default=True, description="output norm and sigmoid gate")
+
+
+class MALLayer(_Layer):
+    """Titans memory-as-layer: the memory, then sliding-window attention."""
+
+    type: Literal["mal"]
+    memory: str
+    attention: str
+
+
+class MAGLayer(_Layer):
+    """Titans memory-as-gate: memory and sliding-window attention combined by a learned gate."""
+
+    type: Literal["mag"]
+    memory: str
+    attention: str
+
+
+Adaptive = Literal["k", "v", "q", "eta", "alpha"]
+
+
+class SelfModifyingLayer(_Layer):
+    """Hope's self-modifying Titans (design.md §3.4): k, v, eta, alpha (and optionally q) are
+    themselves memories (`projections`) that generate their own targets."""
+
+    type: Literal["self_modifying"]
+    memory: str = Field(description="the main memory M_mem (its level gives C_mem)")
+    projections: str = Field(description="memory used for k, v, eta, alpha (level: C_other)")
+    adaptive: list[Adaptive] = Field(
+        default_factory=lambda: ["k", "v", "eta", "alpha"],
+        description="which projections are memories; the rest are static linear maps",
+    )
+    conv: int = Field(default=4, ge=0)
+    qk_norm: bool = True
+    output_gate: bool = True
+
+
+class CMSLayer(_Layer):
+    """A Continuum Memory System (MLP chain at several frequencies)."""
+
+    type: Literal["cms"]
+    cms: str
+
+
+class MLPLayer(_Layer):
+    """A Transformer MLP (= a CMS with one persistent level of period one step)."""
+
+    type: Literal["mlp"]
+    hidden: int = Field(default=4, ge=1)
+    activation: Activation = "silu"
+
+
+Layer = Annotated[
+    Union[MemoryLayer, MALLayer, MAGLayer, SelfModifyingLayer, CMSLayer, MLPLayer],
+    Field(discriminator="type"),
+]
+LAYER_TYPES = ("memory", "mal", "mag", "self_modifying", "cms", "mlp")
+
+
+class Block(Node):
+    """An ordered composition of layers, each pre-norm + residual."""
+
+    layers: list[Layer] = Field(min_length=1)
+
+
+class Model(Node):
+    """Embeddings + `depth` blocks (cycling through `pattern`) + head."""
+
+    vocab: int = Field(default=256, ge=2)
+    width: int = Field(ge=1)
+    depth: int = Field(ge=1)
+    heads: int = Field(default=1, ge=1)
+    pattern: list[str] = Field(min_length=1, description="block names, repeated to `depth`")
+    tie_embeddings: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Outer optimizer (design.md §4)
+
+OptimizerType = Literal[
+    "sgd", "momentum", "precond_momentum", "delta_momentum", "dmgd", "muon", "m3", "adamw", "dgd"
+]
+
+
+class ParamGroup(Node):
+    """Route a class of parameters to another optimizer type / lr (Muon-style split)."""
+
+    params: Literal["matrices", "vectors", "embeddings", "all"]
+    type: OptimizerType | None = None
+    lr: float | None = Field(default=None, gt=0)
+    weight_decay: float | None = Field(default=None, ge=0)
+
+
+class Optimizer(Node):
+    """The outer optimizer as a nested memory over gradients.
+
+    momentum-family types keep a momentum memory m with decay `beta` and step size `lr`;
+    `delta_momentum` uses the L2 objective (normalised gradients, `normalize`), `dmgd` an MLP
+    momentum (`hidden`), `muon`/`m3` orthogonalise with Newton-Schulz (`ns_steps`), `m3` adds a
+    slow momentum firing every `slow_every` steps and an Adam-style second moment (`beta2`).
+    """
+
+    type: OptimizerType
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    beta: float = Field(default=0.9, ge=0, le=1, description="momentum decay")
+    beta2: float = Field(default=0.999, ge=0, lt=1, description="second-moment decay")
+    eps: float = Field(default=1e-8, gt=0)
+    momentum_lr: float = Field(default=1.0, gt=0, description="inner step of delta/dmgd memory")
+    normalize: Literal["none", "row", "global"] = Field(
+        default="row", description="delta_momentum: gradient normalisation for the erase term"
+    )
+    hidden: int = Field(default=2, ge=1, description="dmgd: hidden multiple of the MLP momentum")
+    output: Literal["identity", "newton_schulz"] = "identity"
+    ns_steps: int = Field(default=5, ge=1)
+    slow_every: int = Field(default=8, ge=1, description="m3: slow momentum period in steps")
+    beta_slow: float = Field(default=0.99, ge=0, le=1, description="m3: slow momentum decay")
+    alpha: float = Field(default=1.0, ge=0, description="m3: weight of the slow momentum")
+    groups: list[ParamGroup] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and train
+
+
+class _Data(Node):
+    seq_len: int = Field(default=128, ge=2)
+    batch: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+class TextData(_Data):
+    """Byte-level (or locally trained BPE) language modelling on a text file or folder."""
+
+    task: Literal["text"]
+    path: str
+    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    vocab_size: int | None = Field(default=None, ge=2, description="bpe vocabulary size")
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+
+
+class MQARData(_Data):
+    """Multi-query associative recall."""
+
+    task: Literal["mqar"]
+    num_pairs: int = Field(default=8, ge=1)
+    num_queries: int | None = Field(default=None, ge=1)
+
+
+class NIAHData(_Data):
+    """Single needle in a haystack (RULER S-NIAH-1/2/3 style)."""
+
+    task: Literal["niah"]
+    variant: Literal[1, 2, 3] = 1
+
+
+class CopyData(_Data):
+    """Copy a random string after a separator (a fast synthetic smoke task)."""
+
+    task: Literal["copy"]
+    length: int = Field(default=16, ge=1)
+
+
+class ContinualData(_Data):
+    """A sequence of tasks with switch points, for forgetting studies."""
+
+    task: Literal["continual"]
+    tasks: list[Annotated[Union[TextData, MQARData, NIAHData, CopyData], Field(discriminator="task")]] = Field(
+        min_length=2
+    )
+    switch_every: int = Field(default=100, ge=1, description="steps per task")
+
+
+Data = Annotated[
+    Union[TextData, MQARData, NIAHData, CopyData, ContinualData], Field(discriminator="task")
+]
+DATA_TASKS = ("text", "mqar", "niah", "copy", "continual")
+
+
+class Train(Node):
+    steps: int = Field(default=200, ge=1)
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(default=10, ge=1)
+    ckpt_every: int = Field(default=100, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole spec
+
+
+class Spec(Node):
+    """A nestdsl spec: a model (architecture), or an outer-optimizer spec, or both."""
+
+    nestdsl: int = Field(default=SPEC_VERSION, description="spec language version")
+    name: str = Field(min_length=1)
+    doc: str | None = None
+    model: Model | None = None
+    levels: dict[str, Level] = Field(default_factory=dict)
+    memories: dict[str, Memory] = Field(default_factory=dict)
+    cms: dict[str, CMS] = Field(default_factory=dict)
+    blocks: dict[str, Block] = Field(default_factory=dict)
+    optimizer: Optimizer | str | None = Field(
+        default=None, description="inline optimizer, or a path to an optimizer spec file"
+    )
+    data: Data | None = None
+    train: Train | None = None
+
+    # Set by the loader: the file the spec came from, and `optimizer` resolved when it is a path.
+    _source_file: str | None = PrivateAttr(default=None)
+    _resolved_optimizer: Optimizer | None = PrivateAttr(default=None)
+
+    @property
+    def source_file(self) -> str | None:
+        return self._source_file
+
+    @property
+    def outer_optimizer(self) -> Optimizer | None:
+        """The outer optimizer, with a file reference resolved (None if the spec has none)."""
+        if isinstance(self.optimizer, Optimizer):
+            return self.optimizer
+        return self._resolved_optimizer
+
+    def level_period(self, name: str | None) -> Period:
+        """The period of a named level (built-ins `token` and `step` included; None = 1 token)."""
+        if name is None:
+            return BUILTIN_LEVELS["token"]
+        if name in self.levels:
+            return self.levels[name].every
+        return BUILTIN_LEVELS[name]
+
+
+# Built-in levels every spec can reference without declaring them.
+BUILTIN_LEVELS: dict[str, Period] = {
+    "token": Period(every=1, unit="tokens"),
+    "step": Period(every=1, unit="steps"),
+}

@@ -1,0 +1,75 @@
+"""Source positions and the parsed document that both surface syntaxes produce.
+
+A `Document` is plain data (dicts, lists, scalars) plus a map from each node's path
+(a tuple of keys/indices) to where it was written. The YAML loader and the `.nest` parser both
+produce one; `nestdsl.spec.validate` turns it into the pydantic IR and maps validation errors
+back to file:line:col through `Document.position`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nestdsl.diagnostics import Span
+
+__all__ = ["Document", "Path", "Span"]
+
+Path = tuple[str | int, ...]
+
+
+@dataclass
+class Document:
+    """Parsed spec data with a position for every node.
+
+    `positions[path]` is where the node's value starts; `key_positions[path]` is where the key
+    naming it was written (for mapping entries), which is where "unknown field" errors point.
+    """
+
+    file: str
+    text: str
+    data: Any
+    positions: dict[Path, Span] = field(default_factory=dict)
+    key_positions: dict[Path, Span] = field(default_factory=dict)
+    syntax: str = "yaml"
+
+    def position(self, path: Path, *, key: bool = False) -> Span:
+        """The closest known position for `path` (walks up to the nearest recorded ancestor)."""
+        p = tuple(path)
+        while True:
+            if key and p in self.key_positions:
+                return self.key_positions[p]
+            if p in self.positions:
+                return self.positions[p]
+            if not p:
+                return Span(self.file, 1, 1)
+            p = p[:-1]
+
+    def get(self, path: Path) -> Any:
+        node = self.data
+        for part in path:
+            node = node[part]
+        return node
+
+    def resolve_path(self, loc: tuple[Any, ...]) -> Path:
+        """Map a pydantic error `loc` onto a document path.
+
+        pydantic inserts discriminator tags and union member names into `loc`
+        (e.g. ``('blocks', 'b', 'layers', 0, 'memory', 'conv')``); keep only the parts that
+        exist in the document so positions can be looked up.
+        """
+        node = self.data
+        out: list[str | int] = []
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                out.append(part)
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                out.append(part)
+                node = node[part]
+            elif isinstance(node, (dict, list)):
+                # A tag segment (skip) or a missing key (stop here, keep the tail for messages).
+                continue
+            else:
+                break
+        return tuple(out)

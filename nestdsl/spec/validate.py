@@ -1,0 +1,324 @@
+"""Document → IR: pydantic validation with errors mapped back to file:line:col.
+
+pydantic reports errors as `loc` tuples; we map each one onto the document (`Document.resolve_path`),
+turn its error type into a readable message with a hint (did-you-mean for unknown fields and
+enum values, the allowed values, the field's meaning), and attach a source span to every IR node.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from nestdsl.diagnostics import Diagnostic, SpecError, choices_hint, did_you_mean
+from nestdsl.spec import ir
+from nestdsl.spec.source import Document, Path
+
+# Error types that only say "this was not of type X": in a union they are noise when another
+# member accepted the type and reported a more specific problem.
+_TYPE_ERRORS = {
+    "string_type", "float_type", "float_parsing", "int_type", "int_parsing", "bool_type",
+    "bool_parsing", "model_type", "model_attributes_type", "dict_type", "list_type", "none_required",
+    "int_from_float", "literal_error", "is_instance_of",
+}
+
+
+def validate_document(doc: Document) -> ir.Spec:
+    """Validate a parsed document into a `Spec`; raise SpecError with every problem found."""
+    if not isinstance(doc.data, dict):
+        raise SpecError(
+            [Diagnostic(doc.position(()), f"a spec must be a mapping of sections, got {_kind(doc.data)}",
+                        "start with `name: my-model` and a `model:` or `optimizer:` section", code="type")],
+            {doc.file: doc.text},
+        )
+    try:
+        spec = ir.Spec.model_validate(doc.data)
+    except ValidationError as e:
+        raise SpecError(_diagnostics(e, doc), {doc.file: doc.text}) from None
+    attach_spans(spec, (), doc)
+    return spec
+
+
+def attach_spans(node: Any, path: Path, doc: Document) -> None:
+    """Set `span` on every IR node from the document positions."""
+    if isinstance(node, ir.Node):
+        node.span = doc.position(path)
+        for name in type(node).model_fields:
+            if name != "span":
+                attach_spans(getattr(node, name), path + (name,), doc)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            attach_spans(value, path + (key,), doc)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            attach_spans(value, path + (i,), doc)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing (null)"
+    return type(value).__name__
+
+
+def _dotted(loc: Path) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + str(part))
+    return out or "<spec>"
+
+
+def _union_site(loc: tuple[Any, ...], doc: Document) -> tuple[Any, ...] | None:
+    """The loc prefix where a union member name was inserted (None if not in a union)."""
+    node = doc.data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and (part[:1].isupper() or part in ("str", "float", "int", "bool", "none") or "[" in part):
+            return tuple(loc[:i])
+        else:
+            return None
+    return None
+
+
+def _diagnostics(error: ValidationError, doc: Document) -> list[Diagnostic]:
+    errors = error.errors(include_url=False)
+    # Collapse union-member noise: per union site keep specific errors, or one "expected" message.
+    by_site: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    plain: list[dict[str, Any]] = []
+    for err in errors:
+        site = _union_site(err["loc"], doc)
+        if site is None:
+            plain.append(err)
+        else:
+            by_site.setdefault(site, []).append(err)
+    diags = [_one(err, doc) for err in plain]
+    for site, errs in by_site.items():
+        specific = [e for e in errs if e["type"] not in _TYPE_ERRORS]
+        if specific:
+            diags.extend(_one(e, doc) for e in specific)
+        else:
+            diags.append(_union_mismatch(site, errs, doc))
+    # One diagnostic per position+message.
+    seen: set[tuple[Any, ...]] = set()
+    unique = []
+    for d in diags:
+        key = (d.span.line, d.span.col, d.message)
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def _union_mismatch(site: tuple[Any, ...], errs: list[dict[str, Any]], doc: Document) -> Diagnostic:
+    path = doc.resolve_path(site)
+    value = doc.get(path) if path == tuple(site) else None
+    field = site[-1] if site else "spec"
+    model = _model_at(site[:-1]) if site else None
+    expected = _describe_annotation(model, str(field)) if model else "another type"
+    return Diagnostic(
+        doc.position(path),
+        f"invalid value for '{_dotted(site)}': expected {expected}, got {_kind(value)}",
+        _field_hint(model, str(field)),
+        code="type",
+    )
+
+
+def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
+    loc: tuple[Any, ...] = tuple(err["loc"])
+    etype: str = err["type"]
+    ctx: dict[str, Any] = err.get("ctx") or {}
+    path = doc.resolve_path(loc)
+    value = err.get("input")
+    clean = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+    field = str(clean[-1]) if clean else "spec"
+    parent_model = _model_at(clean[:-1])
+    where = _dotted(clean)
+
+    if etype == "extra_forbidden":
+        allowed = _fields(parent_model)
+        return Diagnostic(
+            doc.position(path, key=True),
+            f"unknown field '{field}' in {_section(clean[:-1])}",
+            did_you_mean(field, allowed) or ("allowed fields: " + ", ".join(allowed) if allowed else None),
+            code="unknown-field",
+        )
+    if etype == "missing":
+        return Diagnostic(
+            doc.position(path),
+            f"missing required field '{field}' in {_section(clean[:-1])}",
+            _field_hint(parent_model, field),
+            code="missing",
+        )
+    if etype == "union_tag_invalid":
+        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        disc = ctx.get("discriminator", "type").strip("'")
+        return Diagnostic(
+            doc.position(path + (disc,)),
+            f"unknown {disc} '{ctx.get('tag')}' in {_section(clean)}",
+            choices_hint(str(ctx.get("tag")), tags),
+            code="unknown-value",
+        )
+    if etype == "union_tag_not_found":
+        disc = str(ctx.get("discriminator", "type")).strip("'")
+        return Diagnostic(doc.position(path), f"missing '{disc}' in {_section(clean)}", f"say which {disc} this is", code="missing")
+    if etype == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", ""))) or [
+            s.strip() for s in re.split(r",| or ", str(ctx.get("expected", ""))) if s.strip()
+        ]
+        return Diagnostic(
+            doc.position(path),
+            f"invalid value {value!r} for '{where}'",
+            choices_hint(str(value), allowed),
+            code="unknown-value",
+        )
+    bound = {
+        "greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=",
+    }
+    if etype in bound:
+        limit = next(iter(ctx.values()))
+        return Diagnostic(
+            doc.position(path),
+            f"'{where}' must be {bound[etype]} {limit}, got {value!r}",
+            _field_hint(parent_model, field),
+            code="range",
+        )
+    if etype in ("too_short", "too_long"):
+        return Diagnostic(
+            doc.position(path),
+            f"'{where}' needs at least {ctx.get('min_length', 1)} item(s)" if etype == "too_short" else f"'{where}' has too many items",
+            _field_hint(parent_model, field),
+            code="range",
+        )
+    if etype in _TYPE_ERRORS or etype.endswith("_type") or etype.endswith("_parsing"):
+        expected = _describe_annotation(parent_model, field) if parent_model else etype.replace("_", " ")
+        return Diagnostic(
+            doc.position(path),
+            f"invalid value for '{where}': expected {expected}, got {_kind(value)}",
+            _field_hint(parent_model, field),
+            code="type",
+        )
+    if etype == "value_error":
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        return Diagnostic(doc.position(path), f"'{where}': {msg}", None, code="value")
+    return Diagnostic(doc.position(path), f"'{where}': {err.get('msg')}", _field_hint(parent_model, field), code=etype)
+
+
+def _section(loc: tuple[Any, ...]) -> str:
+    return f"'{_dotted(loc)}'" if loc else "the spec"
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the IR types along a loc (for allowed-field lists and field descriptions)
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """All concrete types inside Optional/Union/Annotated/list/dict wrappers (one level)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        out = []
+        for a in typing.get_args(tp):
+            out.extend(_unwrap(a))
+        return out
+    return [tp]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: list[Any] = [ir.Spec]
+    for part in loc:
+        nxt: list[Any] = []
+        for tp in current:
+            for t in _unwrap(tp):
+                origin = typing.get_origin(t)
+                if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
+                    f = t.model_fields.get(part)
+                    if f is not None:
+                        nxt.append(f.annotation)
+                    elif part == t.__name__:
+                        nxt.append(t)
+                elif origin is dict and isinstance(part, str):
+                    nxt.append(typing.get_args(t)[1])
+                elif origin is list and isinstance(part, int):
+                    nxt.append(typing.get_args(t)[0])
+        if not nxt:
+            return None
+        current = nxt
+    models = [t for tp in current for t in _unwrap(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+    if len(models) > 1:
+        # A discriminated union: find the member from the loc if possible (first is fine for hints)
+        pass
+    return models[0] if models else None
+
+
+def _fields(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    if model is ir.Node:
+        return []
+    fields: list[str] = []
+    # For a discriminated-union position, offer the union of all members' fields.
+    for name in model.model_fields:
+        if name != "span":
+            fields.append(name)
+    return fields
+
+
+def _field_hint(model: type[BaseModel] | None, field: str) -> str | None:
+    if model is None:
+        return None
+    f = model.model_fields.get(field)
+    if f is None or not f.description:
+        return None
+    return f"'{field}': {f.description}"
+
+
+def _describe_annotation(model: type[BaseModel] | None, field: str) -> str:
+    if model is None or field not in model.model_fields:
+        return "a different type"
+    names = []
+    for t in _unwrap(model.model_fields[field].annotation):
+        origin = typing.get_origin(t)
+        if t is type(None):
+            continue
+        if origin is typing.Literal:
+            names.append("one of " + ", ".join(repr(a) for a in typing.get_args(t)))
+        elif origin is list:
+            names.append("a list")
+        elif origin is dict:
+            names.append("a mapping")
+        elif t is bool:
+            names.append("true/false")
+        elif t is int:
+            names.append("an integer")
+        elif t is float:
+            names.append("a number")
+        elif t is str:
+            names.append("a string")
+        elif isinstance(t, type) and issubclass(t, ir.Period):
+            names.append("a period like '16 tokens' or '4 steps'")
+        elif isinstance(t, type) and issubclass(t, ir.LearnedGate):
+            names.append("{learned: sigmoid|softplus, scale: ..}")
+        elif isinstance(t, type) and issubclass(t, BaseModel):
+            names.append("a mapping")
+        else:
+            names.append(str(t))
+    return " or ".join(dict.fromkeys(names)) or "a different type"
