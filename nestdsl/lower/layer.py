@@ -1,0 +1,41 @@
+"""The protocol every lowered layer follows, so blocks, the model and the task sweep compose.
+
+A layer maps the (pre-normed) block input to an output of the same shape and carries an explicit
+streaming state. Blocks add the norm and the residual; the model threads states through blocks.
+
+    y, new_state = layer(x, state)      # x, y: (B, T, D); state None = start of a sequence
+
+Running a sequence in segments with the state passed along must equal running it at once
+(streaming). A layer reports how it was lowered through `plan()` (rows for `nestdsl compile`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+LayerState = Any  # per-layer: a dict of tensors (and nested dicts), or None
+
+
+@dataclass
+class PlanRow:
+    """One line of the compile plan: what a memory/level was lowered to and why."""
+
+    name: str                     # e.g. "blocks.0.layers.1 (titans)"
+    kind: str                     # memory kind / layer type
+    implementation: str           # e.g. "chunked delta rule (WY)", "sdpa", "mlp chunk step"
+    chunk_size: int | None = None
+    read: str | None = None
+    writes: str | None = None
+    params: int = 0
+    compiled: str = "eager"       # "compiled" | "eager (reason)"
+    update: str | None = None     # one-line update equation
+    notes: list[str] = field(default_factory=list)
+
+
+class Layer(Protocol):
+    def __call__(self, x: torch.Tensor, state: LayerState = None) -> tuple[torch.Tensor, LayerState]: ...
+
+    def plan(self) -> list[PlanRow]: ...
