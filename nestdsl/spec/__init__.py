@@ -80,10 +80,61 @@ def parse_text(text: str, file: str = "<string>", syntax: str = "yaml") -> tuple
     return doc, spec
 
 
-def parse_file(path: str | FsPath) -> tuple[Document, ir.Spec]:
-    """Read, parse and validate one spec file (no semantic checks)."""
+def parse_file(path: str | FsPath, overrides: list[str] | None = None) -> tuple[Document, ir.Spec]:
+    """Read, parse and validate one spec file (no semantic checks).
+
+    `overrides` are `key.path=value` strings (`--set train.steps=50`), applied to the parsed
+    document before validation, so they are checked exactly like the file's own fields.
+    """
     text = read_source(path)
-    return parse_text(text, str(path), syntax_of(path))
+    file, syntax = str(path), syntax_of(path)
+    if not overrides:
+        return parse_text(text, file, syntax)
+    if not text.strip():
+        return parse_text(text, file, syntax)
+    doc = parse_document(text, file, syntax)
+    for pair in overrides:
+        apply_override(doc, pair)
+    spec = validate_document(doc)
+    spec._source_file = file
+    return doc, spec
+
+
+def apply_override(doc: Document, pair: str) -> None:
+    """Set `a.b.0.c=value` in a parsed document (value parsed as YAML; lists by index)."""
+    import yaml
+
+    origin = Span(f"--set {pair}", 1, 1)
+    if "=" not in pair:
+        raise SpecError([Diagnostic(origin, "--set expects key=value", "e.g. --set train.steps=100", code="override")])
+    key, raw = pair.split("=", 1)
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".") if p]
+    if not parts:
+        raise SpecError([Diagnostic(origin, "--set needs a key before '='", code="override")])
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = doc.data
+    path: tuple[str | int, ...] = ()
+    for part in parts[:-1]:
+        path += (part,)
+        if isinstance(node, dict):
+            node = node.setdefault(part, {}) if not isinstance(node.get(part), (dict, list)) else node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            raise SpecError([Diagnostic(origin, f"cannot set '{key}': '{'.'.join(map(str, path))}' is not a mapping", code="override")])
+    last = parts[-1]
+    if isinstance(node, dict):
+        node[last] = value
+    elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = value
+    else:
+        raise SpecError([Diagnostic(origin, f"cannot set '{key}'", code="override")])
+    full = tuple(parts)
+    doc.positions[full] = origin
+    doc.key_positions[full] = origin
 
 
 def resolve_optimizer_path(spec: ir.Spec) -> FsPath | None:
@@ -98,13 +149,13 @@ def resolve_optimizer_path(spec: ir.Spec) -> FsPath | None:
     return base / ref
 
 
-def load_spec(path: str | FsPath, *, check: bool = True) -> ir.Spec:
+def load_spec(path: str | FsPath, *, check: bool = True, overrides: list[str] | None = None) -> ir.Spec:
     """Parse, validate and (by default) semantically check a spec file.
 
     An `optimizer: path/to/optim.yaml` reference is loaded and checked too; the result is
     available as `spec.outer_optimizer`.
     """
-    doc, spec = parse_file(path)
+    doc, spec = parse_file(path, overrides)
     if check:
         from nestdsl.check import check_spec
 

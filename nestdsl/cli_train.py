@@ -1,0 +1,109 @@
+"""Torch-side CLI commands: `train`, `eval`, `plot`. Imported by `nestdsl.cli`; torch is
+imported inside the commands only, so the spec-only commands stay fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nestdsl.cli import TracebackOpt, UserError, _guard, app, out
+
+
+def _run_dir(spec_path: Path, out_dir: Path | None) -> Path:
+    return out_dir if out_dir is not None else Path("runs") / spec_path.stem
+
+
+@app.command()
+def train(
+    spec: Annotated[Path, typer.Argument(help="spec file")],
+    steps: Annotated[int | None, typer.Option(help="override train.steps")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: train.compile)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<spec name>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the last good checkpoint")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    traceback: TracebackOpt = False,
+) -> None:
+    """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume."""
+    from nestdsl.spec import load_spec, read_source
+
+    with _guard(traceback):
+        spec_obj = load_spec(spec, overrides=list(set_ or []))
+        if spec_obj.model is None:
+            raise UserError(f"{spec}: has no `model:` section (is this an optimizer spec?)")
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available on this machine")
+        from nestdsl.runtime.distributed import from_env
+        from nestdsl.runtime.progress import Progress
+        from nestdsl.runtime.train import train as run_train
+
+        dist = from_env(device)
+        if dist is not None:
+            device = dist.device
+        # The checkpoint records the spec as trained (overrides included) and its hash.
+        spec_text = read_source(spec) + "".join(f"\n# --set {s}" for s in (set_ or []))
+        run_dir = _run_dir(spec, out_dir)
+        total = steps if steps is not None else (spec_obj.train.steps if spec_obj.train else 200)
+        show = not quiet and (dist is None or dist.rank == 0)
+        with Progress(total, enabled=show, title=f"{spec_obj.name} → {run_dir}") as progress:
+            result = run_train(
+                spec_obj, spec_text=spec_text, run_dir=run_dir, steps=steps, device=device,
+                compile=compile, resume=resume, on_log=progress.update, distributed=dist,
+            )
+        if show:
+            out.print(
+                f"[bold]done[/bold] {result.steps} steps · loss {result.first_loss:.3f} → "
+                f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s · {run_dir}"
+            )
+        if dist is not None:
+            dist.close()
+
+
+@app.command("eval")
+def eval_(
+    spec: Annotated[Path, typer.Argument(help="spec file")],
+    ckpt: Annotated[Path, typer.Option(help="checkpoint folder or run folder (uses its latest)")],
+    task: Annotated[str, typer.Option(help="niah | text | mqar | copy | spec (the spec's own data)")] = "spec",
+    lengths: Annotated[str | None, typer.Option(help="comma-separated sequence lengths (niah)")] = None,
+    variants: Annotated[str, typer.Option(help="niah variants, e.g. 1,2,3")] = "1,2,3",
+    path: Annotated[Path | None, typer.Option(help="text file/folder for --task text")] = None,
+    batches: Annotated[int, typer.Option(help="evaluation batches per cell")] = 4,
+    device: Annotated[str, typer.Option()] = "cpu",
+    out_png: Annotated[Path | None, typer.Option("--png", help="heatmap output (niah)")] = None,
+    traceback: TracebackOpt = False,
+) -> None:
+    """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb."""
+    from nestdsl.spec import load_spec, read_source
+
+    with _guard(traceback):
+        spec_obj = load_spec(spec)
+        from nestdsl.runtime.evaluate import evaluate
+
+        lens = [int(x) for x in lengths.split(",")] if lengths else None
+        evaluate(
+            spec_obj, spec_text=read_source(spec), ckpt=ckpt, task=task, lengths=lens,
+            variants=[int(v) for v in variants.split(",")], text_path=path, batches=batches,
+            device=device, out_png=out_png, console=out,
+        )
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run folders to compare")],
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("loss.png"),
+    traceback: TracebackOpt = False,
+) -> None:
+    """Write a PNG of loss curves comparing several runs."""
+    with _guard(traceback):
+        from nestdsl.runtime.plot import plot_runs
+
+        for d in run_dirs:
+            if not (d / "metrics.jsonl").is_file():
+                raise UserError(f"{d}: no metrics.jsonl (is this a run folder?)")
+        plot_runs(run_dirs, output)
+        out.print(f"wrote {output}")

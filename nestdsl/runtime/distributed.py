@@ -1,0 +1,52 @@
+"""Data-parallel training with torch.distributed (gloo on CPU, NCCL on CUDA).
+
+`torchrun --nproc_per_node N -m nestdsl train SPEC` sets RANK/WORLD_SIZE; each rank takes its
+slice of the global batch (per-sequence memory state is per sample, so it stays on its rank) and
+DDP averages gradients, which equals one process on the global batch for a mean loss.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world_size: int
+    device: str
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        return DDP(module, device_ids=ids)
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def from_env(device: str) -> Distributed | None:
+    """A Distributed context when launched by torchrun (WORLD_SIZE > 1), else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return Distributed(rank=rank, world_size=world, device=device)
