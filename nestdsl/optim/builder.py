@@ -1,0 +1,229 @@
+"""Build a torch optimizer from an optimizer spec (`nestdsl.spec.ir.Optimizer`).
+
+`build(spec, params)` classifies every trainable parameter, routes it through the spec's
+`groups` (first matching group wins; unmatched parameters use the spec's own type/lr/decay),
+and returns one optimizer per type -- or a `MultiOptimizer` wrapping several when the groups
+mix types (e.g. Muon on matrices, AdamW on vectors and embeddings).
+
+Parameter classes:
+* ``embeddings``: the name contains "embed", "wte" or "lm_head", or the tensor belongs to an
+  `nn.Embedding` (detectable only when a module is passed);
+* ``matrices``: ndim >= 2 and not an embedding;
+* ``vectors``: ndim < 2;
+* ``all``: everything.
+Unnamed parameters (a plain iterable of tensors) can never be embeddings.
+
+Hyper-parameters other than lr/weight_decay come from the spec for every group. AdamW uses
+betas = (beta, beta2) and eps from the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nestdsl.optim.delta_momentum import DeltaMomentum
+from nestdsl.optim.dgd import DGD
+from nestdsl.optim.dmgd import DMGD
+from nestdsl.optim.m3 import M3
+from nestdsl.optim.momentum import MomentumSGD
+from nestdsl.optim.muon import Muon
+from nestdsl.optim.precond import PreconditionedMomentum
+
+__all__ = ["MultiOptimizer", "build", "classify", "make_optimizer"]
+
+_EMBED_MARKERS = ("embed", "wte", "lm_head")
+
+
+def make_optimizer(
+    kind: str, spec: Any, param_groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """One optimizer of type `kind` over `param_groups` (dicts with params, lr, weight_decay),
+    other hyper-parameters from `spec`."""
+    s = spec
+    if kind == "sgd":
+        return MomentumSGD(param_groups, lr=s.lr, beta=0.0, weight_decay=s.weight_decay)
+    if kind == "momentum":
+        return MomentumSGD(param_groups, lr=s.lr, beta=s.beta, weight_decay=s.weight_decay)
+    if kind == "precond_momentum":
+        return PreconditionedMomentum(
+            param_groups,
+            lr=s.lr,
+            beta=s.beta,
+            beta2=s.beta2,
+            eps=s.eps,
+            weight_decay=s.weight_decay,
+        )
+    if kind == "delta_momentum":
+        return DeltaMomentum(
+            param_groups,
+            lr=s.lr,
+            beta=s.beta,
+            momentum_lr=s.momentum_lr,
+            normalize=s.normalize,
+            weight_decay=s.weight_decay,
+        )
+    if kind == "dmgd":
+        return DMGD(
+            param_groups,
+            lr=s.lr,
+            beta=s.beta,
+            momentum_lr=s.momentum_lr,
+            hidden=s.hidden,
+            output=s.output,
+            ns_steps=s.ns_steps,
+            weight_decay=s.weight_decay,
+        )
+    if kind == "muon":
+        return Muon(
+            param_groups, lr=s.lr, beta=s.beta, ns_steps=s.ns_steps, weight_decay=s.weight_decay
+        )
+    if kind == "m3":
+        return M3(
+            param_groups,
+            lr=s.lr,
+            beta=s.beta,
+            beta2=s.beta2,
+            beta_slow=s.beta_slow,
+            alpha=s.alpha,
+            slow_every=s.slow_every,
+            ns_steps=s.ns_steps,
+            eps=s.eps,
+            weight_decay=s.weight_decay,
+        )
+    if kind == "adamw":
+        return torch.optim.AdamW(
+            param_groups,
+            lr=s.lr,
+            betas=(s.beta, s.beta2),
+            eps=s.eps,
+            weight_decay=s.weight_decay,
+        )
+    if kind == "dgd":
+        return DGD(param_groups, lr=s.lr, weight_decay=s.weight_decay)
+    raise ValueError(f"unknown optimizer type {kind!r}")
+
+
+def classify(name: str | None, p: Tensor, embedding_ids: set[int] = frozenset()) -> set[str]:  # type: ignore[assignment]
+    """The parameter classes (`all`, `embeddings`, `matrices`, `vectors`) `p` belongs to."""
+    classes = {"all"}
+    is_embed = id(p) in embedding_ids or (
+        name is not None and any(m in name.lower() for m in _EMBED_MARKERS)
+    )
+    if is_embed:
+        classes.add("embeddings")
+    if p.ndim >= 2 and not is_embed:
+        classes.add("matrices")
+    if p.ndim < 2:
+        classes.add("vectors")
+    return classes
+
+
+def _named(params: Any) -> tuple[list[tuple[str | None, Tensor]], set[int]]:
+    """Normalise a module / named params / plain params to [(name or None, tensor)]."""
+    if isinstance(params, nn.Module):
+        emb = {
+            id(m.weight) for m in params.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+        }
+        return list(params.named_parameters()), emb
+    out: list[tuple[str | None, Tensor]] = []
+    for item in params:
+        if isinstance(item, Tensor):
+            out.append((None, item))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Tensor):
+            out.append((str(item[0]), item[1]))
+        else:
+            raise TypeError(
+                "build() takes an nn.Module, an iterable of tensors or of (name, tensor) pairs; "
+                f"got an item of type {type(item).__name__}"
+            )
+    return out, set()
+
+
+def build(spec: Any, params_or_named_params: Any) -> torch.optim.Optimizer:
+    """A `torch.optim.Optimizer` for `spec` (an IR `Optimizer`) over the given parameters.
+
+    Accepts an `nn.Module`, an iterable of `(name, tensor)` pairs (e.g. `model.named_parameters()`)
+    or of tensors. Parameters with `requires_grad=False` and duplicates (tied weights) are
+    skipped. The routing decisions are recorded in each param group's `"names"` and `"type"`.
+    """
+    named, embedding_ids = _named(params_or_named_params)
+    seen: set[int] = set()
+    # (type, lr, weight_decay) -> names, tensors; insertion order keeps the result stable
+    buckets: dict[tuple[str, float, float], tuple[list[str], list[Tensor]]] = {}
+    for i, (name, p) in enumerate(named):
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        classes = classify(name, p, embedding_ids)
+        kind, lr, wd = spec.type, spec.lr, spec.weight_decay
+        for grp in spec.groups:
+            if grp.params in classes:
+                kind = grp.type or spec.type
+                lr = grp.lr if grp.lr is not None else spec.lr
+                wd = grp.weight_decay if grp.weight_decay is not None else spec.weight_decay
+                break
+        names, tensors = buckets.setdefault((kind, lr, wd), ([], []))
+        names.append(name if name is not None else f"param{i}")
+        tensors.append(p)
+    if not buckets:
+        raise ValueError("build(): no trainable parameters")
+
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for (kind, lr, wd), (names, tensors) in buckets.items():
+        by_type.setdefault(kind, []).append(
+            {"params": tensors, "lr": lr, "weight_decay": wd, "names": names, "type": kind}
+        )
+    optimizers = [make_optimizer(kind, spec, groups) for kind, groups in by_type.items()]
+    return optimizers[0] if len(optimizers) == 1 else MultiOptimizer(optimizers)
+
+
+class MultiOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepping disjoint parameter sets as one `torch.optim.Optimizer`.
+
+    `param_groups` is the concatenation of the children's groups (the same dict objects, so LR
+    schedulers and `zero_grad` act on the children); `state_dict()` nests the children's.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = list(optimizers)
+        self._ready = False
+        all_params = [p for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+        super().__init__(all_params, {})
+        self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
+        self._ready = True
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        saved = state_dict["optimizers"]
+        if len(saved) != len(self.optimizers):
+            raise ValueError(
+                f"state has {len(saved)} optimizers, this MultiOptimizer has {len(self.optimizers)}"
+            )
+        for opt, sd in zip(self.optimizers, saved, strict=True):
+            opt.load_state_dict(sd)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not self._ready:
+            super().add_param_group(param_group)  # called by torch's __init__
+            return
+        raise NotImplementedError("add the group to one of `.optimizers` instead")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(type(o).__name__ for o in self.optimizers)
+        return f"MultiOptimizer({inner})"
