@@ -36,7 +36,9 @@ SPEC_VERSION = 1
 class Node(BaseModel):
     """Base of every IR node: unknown fields are errors; `span` is the node's source position."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, use_enum_values=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=False, use_enum_values=True, allow_inf_nan=False
+    )
 
     span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
 

@@ -37,9 +37,113 @@ def validate_document(doc: Document) -> ir.Spec:
     try:
         spec = ir.Spec.model_validate(doc.data)
     except ValidationError as e:
-        raise SpecError(_diagnostics(e, doc), {doc.file: doc.text}) from None
+        diags = _diagnostics(e, doc)
+        # Report the semantic problems of the parts that did validate too, so one run shows
+        # every error instead of one layer at a time.
+        diags.extend(_partial_semantic_diagnostics(e, doc))
+        raise SpecError(_unique(diags), {doc.file: doc.text}) from None
     attach_spans(spec, (), doc)
+    bools = _bool_coercions(spec, (), doc)
+    if bools:
+        raise SpecError(bools, {doc.file: doc.text})
     return spec
+
+
+def _unique(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for d in diags:
+        key = (d.span.file, d.span.line, d.span.col, d.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def _bool_coercions(node: Any, path: Path, doc: Document) -> list[Diagnostic]:
+    """`depth: true` validates as 1 in pydantic's lax mode; a boolean for a number is a mistake.
+
+    (Lax mode stays on because it usefully reads YAML 1.1 strings like `3e-3` as numbers.)
+    """
+    out: list[Diagnostic] = []
+    if isinstance(node, ir.Node):
+        for name in type(node).model_fields:
+            if name == "span":
+                continue
+            value = getattr(node, name)
+            sub = path + (name,)
+            if not isinstance(value, bool) and isinstance(value, (int, float)) and isinstance(_doc_value(doc, sub), bool):
+                raw = _doc_value(doc, sub)
+                expected = _describe_annotation(type(node), name)
+                out.append(Diagnostic(doc.position(sub), f"invalid value for '{_dotted(sub)}': expected {expected}, got {_kind(raw)}",
+                                      _field_hint(type(node), name), code="type"))
+            out.extend(_bool_coercions(value, sub, doc))
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            out.extend(_bool_coercions(value, path + (key,), doc))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out.extend(_bool_coercions(value, path + (i,), doc))
+    return out
+
+
+_MISSING = object()
+
+
+def _doc_value(doc: Document, path: Path) -> Any:
+    node: Any = doc.data
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+# Named sections whose entries can be dropped one by one to validate the rest of a spec.
+_NAMED_SECTIONS = ("levels", "memories", "cms", "blocks")
+
+
+def _partial_semantic_diagnostics(error: ValidationError, doc: Document) -> list[Diagnostic]:
+    """Semantic checks on what remains after dropping the entries pydantic rejected.
+
+    A rejected entry of a named section (a memory, level, cms or block) is dropped; a rejected
+    `optimizer`, `data` or `train` section is dropped too. References to dropped things are not
+    reported (the checker is told what is `broken`). A rejected `model`, or a rejection at the
+    top level, leaves too little to check.
+    """
+    if not isinstance(doc.data, dict):
+        return []
+    broken: dict[str, set[str]] = {}
+    data = dict(doc.data)
+    for err in error.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if not loc or not isinstance(loc[0], str) or loc[0] not in doc.data:
+            return []
+        section = loc[0]
+        if section in broken and not broken[section]:
+            continue  # the whole section is already dropped
+        if section in _NAMED_SECTIONS and len(loc) >= 2 and isinstance(data[section], dict) and loc[1] in doc.data[section]:
+            entries = dict(data[section])
+            entries.pop(loc[1], None)
+            data[section] = entries
+            broken.setdefault(section, set()).add(str(loc[1]))
+        elif section in ("optimizer", "data", "train"):
+            data.pop(section, None)
+            broken.setdefault(section, set())
+        else:
+            return []
+    try:
+        spec = ir.Spec.model_validate(data)
+    except (ValidationError, ValueError, TypeError):
+        return []
+    attach_spans(spec, (), doc)
+    spec._source_file = doc.file
+    from nestdsl.check.checker import collect_diagnostics
+
+    return collect_diagnostics(spec, doc, broken=broken)
 
 
 def attach_spans(node: Any, path: Path, doc: Document) -> None:
@@ -111,20 +215,16 @@ def _diagnostics(error: ValidationError, doc: Document) -> list[Diagnostic]:
             by_site.setdefault(site, []).append(err)
     diags = [_one(err, doc) for err in plain]
     for site, errs in by_site.items():
-        specific = [e for e in errs if e["type"] not in _TYPE_ERRORS]
+        # An error deeper than `site + (member,)` comes from a union member that accepted the
+        # value's shape (e.g. a mapping for `Optimizer | str`): that member is what the user meant,
+        # so its errors (even plain type errors) are the real ones. Otherwise no member fits.
+        deep = [e for e in errs if len(e["loc"]) > len(site) + 1]
+        specific = deep or [e for e in errs if e["type"] not in _TYPE_ERRORS]
         if specific:
             diags.extend(_one(e, doc) for e in specific)
         else:
             diags.append(_union_mismatch(site, errs, doc))
-    # One diagnostic per position+message.
-    seen: set[tuple[Any, ...]] = set()
-    unique = []
-    for d in diags:
-        key = (d.span.line, d.span.col, d.message)
-        if key not in seen:
-            seen.add(key)
-            unique.append(d)
-    return unique
+    return _unique(diags)
 
 
 def _union_mismatch(site: tuple[Any, ...], errs: list[dict[str, Any]], doc: Document) -> Diagnostic:
@@ -150,7 +250,13 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     clean = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     field = str(clean[-1]) if clean else "spec"
     parent_model = _model_at(clean[:-1])
-    where = _dotted(clean)
+    where = _dotted(_without_tags(clean, doc))
+    if len(path) < len(loc) and not isinstance(_doc_value(doc, path), (dict, list)) and etype != "missing":
+        # The value was a scalar that a before-validator expanded (a period "16 tokens" becomes
+        # {every, unit}): name the field the user wrote, not the expanded one.
+        where = _dotted(path)
+        field = str(path[-1]) if path else field
+        parent_model = _model_at(_clean_doc_path(path[:-1], loc)) if path else parent_model
 
     if etype == "extra_forbidden":
         allowed = _fields(parent_model)
@@ -161,10 +267,14 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
             code="unknown-field",
         )
     if etype == "missing":
+        # Point at the key that opens the incomplete mapping (`model:`), not its first entry.
+        hint = _field_hint(parent_model, field)
+        if hint is None and parent_model is not None:
+            hint = f"add `{field}:` with {_describe_annotation(parent_model, field)}"
         return Diagnostic(
-            doc.position(path),
+            doc.position(path, key=True),
             f"missing required field '{field}' in {_section(clean[:-1])}",
-            _field_hint(parent_model, field),
+            hint,
             code="missing",
         )
     if etype == "union_tag_invalid":
@@ -193,7 +303,7 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
         "greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=",
     }
     if etype in bound:
-        limit = next(iter(ctx.values()))
+        limit = next(iter(ctx.values()), "the limit")
         return Diagnostic(
             doc.position(path),
             f"'{where}' must be {bound[etype]} {limit}, got {value!r}",
@@ -208,6 +318,16 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
             code="range",
         )
     if etype in _TYPE_ERRORS or etype.endswith("_type") or etype.endswith("_parsing"):
+        entry = _dict_entry_model(clean)
+        if entry is not None and etype in ("model_type", "model_attributes_type", "dict_type"):
+            # An entry of a named section (`memories: {x: ...}`) that is not a mapping: most
+            # often a field indented one level too little, so it reads as an entry name.
+            section, what = str(clean[-2]), _ENTRY_NAMES.get(entry.__name__, entry.__name__.lower())
+            hint = f"each entry of '{section}' is a name followed by a mapping (a {what})"
+            if field in entry.model_fields:
+                hint = f"'{field}' is a field of a {what}: indent it under the {what}'s name"
+            return Diagnostic(doc.position(path), f"invalid value for '{where}': expected a mapping (a {what}), got {_kind(value)}",
+                              hint, code="type")
         expected = _describe_annotation(parent_model, field) if parent_model else etype.replace("_", " ")
         return Diagnostic(
             doc.position(path),
@@ -219,6 +339,45 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         return Diagnostic(doc.position(path), f"'{where}': {msg}", None, code="value")
     return Diagnostic(doc.position(path), f"'{where}': {err.get('msg')}", _field_hint(parent_model, field), code=etype)
+
+
+def _without_tags(loc: tuple[Any, ...], doc: Document) -> tuple[Any, ...]:
+    """Drop discriminator tags pydantic inserts into `loc` (`data.continual.tasks` is
+    `data.tasks` in the file): a part naming the node's own `task`/`type` value is a tag."""
+    node: Any = doc.data
+    out: list[Any] = []
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in (node.get("task"), node.get("type")):
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(out)
+
+
+_ENTRY_NAMES = {"Level": "level", "Memory": "memory", "CMS": "cms", "Block": "block"}
+
+
+def _dict_entry_model(clean: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model of a named-section entry when `clean` is `(..., section, name)`, else None."""
+    if len(clean) < 2:
+        return None
+    for tp in _types_at(clean[:-1]):
+        for t in _unwrap(tp):
+            if typing.get_origin(t) is dict:
+                value_tp = typing.get_args(t)[1]
+                models = [m for m in _unwrap(value_tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+                if models:
+                    return models[0]
+    return None
+
+
+def _clean_doc_path(path: Path, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(p for p in path if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
 
 
 def _section(loc: tuple[Any, ...]) -> str:
@@ -243,6 +402,13 @@ def _unwrap(tp: Any) -> list[Any]:
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current = _types_at(loc)
+    models = [t for tp in current for t in _unwrap(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return models[0] if models else None
+
+
+def _types_at(loc: tuple[Any, ...]) -> list[Any]:
+    """The annotations reachable from `Spec` along `loc` (empty when the loc leaves the IR)."""
     current: list[Any] = [ir.Spec]
     for part in loc:
         nxt: list[Any] = []
@@ -260,13 +426,9 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
                 elif origin is list and isinstance(part, int):
                     nxt.append(typing.get_args(t)[0])
         if not nxt:
-            return None
+            return []
         current = nxt
-    models = [t for tp in current for t in _unwrap(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
-    if len(models) > 1:
-        # A discriminated union: find the member from the loc if possible (first is fine for hints)
-        pass
-    return models[0] if models else None
+    return current
 
 
 def _fields(model: type[BaseModel] | None) -> list[str]:
@@ -285,6 +447,8 @@ def _fields(model: type[BaseModel] | None) -> list[str]:
 def _field_hint(model: type[BaseModel] | None, field: str) -> str | None:
     if model is None:
         return None
+    if (model is ir.Level and field == "every") or (model is ir.Period and field == "every"):
+        return "a period is a positive number of tokens or optimizer steps, e.g. '16 tokens' or '4 steps'"
     f = model.model_fields.get(field)
     if f is None or not f.description:
         return None

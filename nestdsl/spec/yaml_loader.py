@@ -39,10 +39,13 @@ def load_yaml(text: str, file: str) -> Document:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = (e.problem or e.context or "invalid YAML").strip()
-        hint = _yaml_hint(problem)
-        raise SpecError([Diagnostic(_mark_span(file, mark), f"YAML syntax error: {problem}", hint, code="syntax")], {file: text}) from None
+        raise SpecError([_syntax_diagnostic(e, text, file)], {file: text}) from None
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level; thousands of `[[[[` exhaust it.
+        raise SpecError(
+            [Diagnostic(Span(file, 1, 1), "YAML nesting is too deep", "a spec nests a few levels; is this file a spec?", code="syntax")],
+            {file: text},
+        ) from None
     except yaml.YAMLError as e:  # ReaderError (control characters / binary junk) and friends
         span = Span(file, 1, 1)
         position = getattr(e, "position", None)
@@ -59,10 +62,41 @@ def load_yaml(text: str, file: str) -> Document:
         )
     errors: list[Diagnostic] = []
     constructor = yaml.SafeLoader("")
-    doc.data = _convert(root, (), doc, constructor, errors)
+    state = _State()
+    try:
+        doc.data = _convert(root, (), doc, constructor, errors, state)
+    except _TooLarge:
+        errors.append(Diagnostic(Span(file, 1, 1), f"the spec expands to more than {_MAX_NODES} nodes",
+                                 "aliases (*name) that expand each other grow exponentially; write the values out", code="syntax"))
     if errors:
         raise SpecError(errors, {file: text})
     return doc
+
+
+def _syntax_diagnostic(e: yaml.MarkedYAMLError, text: str, file: str) -> Diagnostic:
+    problem = (e.problem or e.context or "invalid YAML").strip()
+    context = (e.context or "").strip()
+    mark = e.problem_mark or e.context_mark
+    if "quoted scalar" in context and e.context_mark is not None:
+        # The scanner ran off the end of the file: the useful place is the opening quote.
+        return Diagnostic(_mark_span(file, e.context_mark), "unterminated string",
+                          "a quoted string is not closed: add the closing quote", code="syntax")
+    if "single document" in context:
+        return Diagnostic(_mark_span(file, mark), "more than one YAML document in the file",
+                          "a spec file holds one document; remove the `---` line and what follows, "
+                          "or split it into two files", code="syntax")
+    if "'\\t'" in problem:
+        return Diagnostic(_mark_span(file, mark), "YAML syntax error: tab character in indentation",
+                          "YAML indentation must use spaces, not tabs", code="syntax")
+    span = _mark_span(file, mark)
+    n_lines = max(1, len(text.splitlines()))
+    if span.line > n_lines:
+        # End-of-file errors point past the last line; show the last line instead.
+        span = Span(file, n_lines, max(1, len(text.splitlines()[-1]) + 1 if text.splitlines() else 1))
+    message = f"YAML syntax error: {problem}"
+    if context and context not in problem:
+        message += f" ({context})"
+    return Diagnostic(span, message, _yaml_hint(problem), code="syntax")
 
 
 def _offset_span(text: str, offset: int, file: str) -> Span:
@@ -84,31 +118,101 @@ def _yaml_hint(problem: str) -> str | None:
     return None
 
 
+# Aliases make the node graph a DAG (or, with `&a [*a]`, a cycle); expanding it naively can
+# recurse forever or blow up exponentially ("billion laughs"). We detect cycles and cap the size.
+_MAX_NODES = 100_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _State:
+    def __init__(self) -> None:
+        self.count = 0
+        self.active: set[int] = set()  # ids of the nodes being converted (the current path)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _convert(
-    node: yaml.Node, path: Path, doc: Document, constructor: yaml.SafeLoader, errors: list[Diagnostic]
+    node: yaml.Node, path: Path, doc: Document, constructor: yaml.SafeLoader, errors: list[Diagnostic],
+    state: _State,
 ) -> Any:
+    state.count += 1
+    if state.count > _MAX_NODES:
+        raise _TooLarge
     doc.positions[path] = _span(doc.file, node)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                errors.append(Diagnostic(_span(doc.file, key_node), "mapping keys must be plain names", code="syntax"))
-                continue
-            key = key_node.value
-            if key in out:
-                first = doc.key_positions[path + (key,)]
-                errors.append(
-                    Diagnostic(
-                        _span(doc.file, key_node),
-                        f"duplicate key '{key}'",
-                        f"'{key}' was already given at line {first.line}; remove one of them",
-                        code="duplicate",
-                    )
+    if id(node) in state.active:
+        errors.append(Diagnostic(_span(doc.file, node), "an alias refers to a node that contains it",
+                                 "a value cannot include itself; write it out", code="syntax"))
+        return None
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        state.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return _convert_mapping(node, path, doc, constructor, errors, state)
+            return [_convert(item, path + (i,), doc, constructor, errors, state) for i, item in enumerate(node.value)]
+        finally:
+            state.active.discard(id(node))
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as e:  # unknown tag such as !!python/object
+        problem = (e.problem or e.context or "cannot read this value").strip()
+        errors.append(Diagnostic(_span(doc.file, node), f"YAML error: {problem}",
+                                 "spec values are plain numbers, strings, booleans, lists and mappings (no tags)", code="syntax"))
+    except Exception as e:  # noqa: BLE001 - e.g. `2024-13-45` resolves to an invalid date (ValueError)
+        errors.append(Diagnostic(_span(doc.file, node), f"cannot read value {node.value!r}: {e}",
+                                 "quote it to make it a string", code="syntax"))
+    return None
+
+
+def _convert_mapping(
+    node: yaml.MappingNode, path: Path, doc: Document, constructor: yaml.SafeLoader, errors: list[Diagnostic],
+    state: _State,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    merged: set[str] = set()  # keys that came from a `<<:` merge: explicit keys override them
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            errors.append(Diagnostic(_span(doc.file, key_node), "mapping keys must be plain names", code="syntax"))
+            continue
+        if key_node.tag == _MERGE_TAG:
+            # `<<: *base` (or a list of them): copy the aliased mapping's entries, keeping their
+            # positions, so anchors can share e.g. a rule between memories.
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for src in sources:
+                if not isinstance(src, yaml.MappingNode):
+                    errors.append(Diagnostic(_span(doc.file, src), "`<<` merges a mapping (e.g. `<<: *base`)", code="syntax"))
+                    continue
+                sub = _convert(src, path + ("<<",), doc, constructor, errors, state)
+                for k, v in (sub or {}).items():
+                    if k not in out:
+                        out[k] = v
+                        merged.add(k)
+                        _copy_positions(doc, path + ("<<", k), path + (k,))
+            continue
+        key = key_node.value
+        if key in out and key not in merged:
+            first = doc.key_positions[path + (key,)]
+            errors.append(
+                Diagnostic(
+                    _span(doc.file, key_node),
+                    f"duplicate key '{key}'",
+                    f"'{key}' was already given at line {first.line}; remove one of them",
+                    code="duplicate",
                 )
-                continue
-            doc.key_positions[path + (key,)] = _span(doc.file, key_node)
-            out[key] = _convert(value_node, path + (key,), doc, constructor, errors)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, path + (i,), doc, constructor, errors) for i, item in enumerate(node.value)]
-    return constructor.construct_object(node, deep=True)
+            )
+            continue
+        merged.discard(key)
+        doc.key_positions[path + (key,)] = _span(doc.file, key_node)
+        out[key] = _convert(value_node, path + (key,), doc, constructor, errors, state)
+    return out
+
+
+def _copy_positions(doc: Document, src: Path, dst: Path) -> None:
+    n = len(src)
+    for table in (doc.positions, doc.key_positions):
+        for p in [p for p in table if p[:n] == src]:
+            table.setdefault(dst + p[n:], table[p])

@@ -1,0 +1,451 @@
+"""Print a `Spec` (the IR) as canonical YAML or `.nest` text (`nestdsl fmt`).
+
+Canonical means: deterministic, fields in IR declaration order with the discriminator first
+(`kind`, `type`, `task`, `params`), fields equal to their default omitted (required fields and
+discriminators are always printed), small leaf records on one line.  Printing works from the IR,
+not from the source text, so **comments and formatting of the input are not preserved**; the
+guarantee is semantic: parsing the printed text gives an IR equal to the one printed
+(`parse(print(ir)) == ir`, tested for every preset and for generated specs).
+
+YAML needs care that the loader (YAML 1.1 rules) reads every scalar back as the same type:
+floats always carry a `.` (`1.0e-08`, since `1e-08` would load as a string), and strings that
+would resolve to something else (`yes`, `null`, `1.5`, `"16"`) or contain YAML syntax are
+double-quoted with escapes.  In `.nest`, names that are not plain identifiers, and values that
+collide with value keywords (`true`, `null`, `learned`, ...), are double-quoted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import yaml
+
+from nestdsl.spec import ir
+
+__all__ = ["nest_from_plain", "print_spec", "to_plain"]
+
+WIDTH = 100
+
+# Discriminators print first (and always); reference fields of layers follow the type.
+_FIRST = ("params", "type", "task", "kind", "learned")
+_LAYER_REFS = ("memory", "cms", "attention", "projections")
+# Memory fields shown as arguments of the kind in `.nest`: `mlp(depth 2, hidden 2, residual)`.
+_MEMORY_ARGS = ("depth", "hidden", "activation", "residual", "window", "heads")
+
+
+def print_spec(spec: ir.Spec, syntax: str) -> str:
+    """The spec as canonical text in `syntax` ("yaml" or "nest"); ends with a newline."""
+    if syntax == "yaml":
+        return _print_yaml(spec)
+    if syntax == "nest":
+        return _print_nest(spec)
+    raise ValueError(f"unknown syntax {syntax!r}; expected 'yaml' or 'nest'")
+
+
+# ---------------------------------------------------------------------------------------------
+# IR → plain ordered data (defaults dropped)
+
+
+def _is_default(field: Any, value: Any) -> bool:
+    if field.is_required():
+        return False
+    default = field.get_default(call_default_factory=True)
+    if type(value) is not type(default) and not (
+        isinstance(value, (int, float)) and isinstance(default, (int, float))
+        and not isinstance(value, bool) and not isinstance(default, bool)
+    ):
+        return False
+    return bool(value == default)
+
+
+def to_plain(node: Any) -> Any:
+    """IR → dicts/lists/scalars in canonical order, without fields equal to their defaults."""
+    if isinstance(node, ir.Period):
+        return str(node)
+    if isinstance(node, ir.Node):
+        fields = type(node).model_fields
+        out: dict[str, Any] = {}
+        names = [n for n in fields if n != "span"]
+        first = [n for n in _FIRST if n in names]
+        if isinstance(node, (ir.MemoryLayer, ir.MALLayer, ir.MAGLayer, ir.SelfModifyingLayer, ir.CMSLayer, ir.MLPLayer)):
+            first += [n for n in _LAYER_REFS if n in names]
+        if isinstance(node, ir.Memory):
+            first += list(_MEMORY_ARGS)  # architecture right after the kind, as people write it
+        ordered = first + [n for n in names if n not in first]
+        for name in ordered:
+            value = getattr(node, name)
+            field = fields[name]
+            # Required fields and discriminators always print (a rule's `kind` has a default).
+            if field.is_required() or (name == "kind" and isinstance(node, ir.Rule)):
+                out[name] = to_plain(value)
+            elif not _is_default(field, value):
+                out[name] = to_plain(value)
+        return out
+    if isinstance(node, dict):
+        return {k: to_plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [to_plain(v) for v in node]
+    return node
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalars
+
+_YAML_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./\-]*( [A-Za-z0-9_./\-]+)*$")
+_PERIOD_TEXT = re.compile(r"^\d+ (tokens?|steps?)$")
+_NEST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_NEST_VALUE_KEYWORDS = frozenset({"true", "false", "null", "learned"})
+_SIMPLE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(s: str) -> str:
+    """Double-quoted string with escapes valid in both YAML and `.nest` (non-printables → \\x/\\u/\\U)."""
+    out = []
+    for ch in s:
+        if ch in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            if code < 0x100:
+                out.append(f"\\x{code:02x}")
+            elif code < 0x10000:
+                out.append(f"\\u{code:04x}")
+            else:
+                out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _float_text(x: float, *, yaml_form: bool) -> str:
+    if math.isnan(x) or math.isinf(x):
+        if yaml_form:
+            return ".nan" if math.isnan(x) else (".inf" if x > 0 else "-.inf")
+        raise ValueError(f"{x} cannot be written in .nest (only finite numbers)")
+    text = repr(float(x))
+    if yaml_form and "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"  # YAML 1.1 floats need a dot: 1.0e-08
+    return text
+
+
+def _yaml_str(s: str, *, flow: bool = True) -> str:
+    """Plain when YAML reads it back as this very string, else double-quoted.
+
+    In flow context (`{a: b}`, `[a, b]`) plain text must also avoid the flow indicators."""
+    if _YAML_PLAIN.match(s) or _PERIOD_TEXT.match(s):
+        candidate = True
+    elif flow or not s or s != s.strip() or any(ch in s for ch in "\n\r\t\"'") or not s.isprintable():
+        candidate = False
+    else:
+        candidate = s[0] not in "-?:,[]{}#&*!|>'\"%@`" and ": " not in s and " #" not in s and not s.endswith(":")
+    if candidate:
+        try:
+            if yaml.safe_load(f"k: {s}") == {"k": s}:
+                return s
+        except yaml.YAMLError:
+            pass
+    return _escape(s)
+
+
+def _yaml_scalar(v: Any, *, flow: bool = True) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _float_text(v, yaml_form=True)
+    if isinstance(v, str):
+        return _yaml_str(v, flow=flow)
+    raise TypeError(f"cannot print {type(v).__name__} as a YAML scalar")
+
+
+def _nest_name(s: str) -> str:
+    return s if _NEST_NAME.match(s) else _escape(s)
+
+
+def _nest_scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return _float_text(v, yaml_form=False)
+    if isinstance(v, str):
+        return v if _NEST_NAME.match(v) and v not in _NEST_VALUE_KEYWORDS else _escape(v)
+    raise TypeError(f"cannot print {type(v).__name__} as a .nest value")
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _is_flat_list(v: Any) -> bool:
+    return isinstance(v, list) and all(map(_is_scalar, v))
+
+
+def _is_gate(v: Any) -> bool:
+    return isinstance(v, dict) and "learned" in v and all(map(_is_scalar, v.values()))
+
+
+def _is_leaf(v: Any) -> bool:
+    """A record of scalars, flat lists and gates: small enough to print on one line."""
+    if isinstance(v, dict):
+        return all(_is_scalar(x) or _is_flat_list(x) or _is_gate(x) for x in v.values())
+    if isinstance(v, list):
+        return _is_flat_list(v)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+
+
+def _yaml_flow(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_yaml_str(k)}: {_yaml_flow(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml_flow(x) for x in v) + "]"
+    return _yaml_scalar(v)
+
+
+def _yaml_block(d: dict[str, Any], indent: int) -> list[str]:
+    lines: list[str] = []
+    pad = " " * indent
+    for key, value in d.items():
+        head = f"{pad}{_yaml_str(key)}:"
+        flow_ok = _is_scalar(value) or _is_flat_list(value) or (
+            indent >= 2 and _is_leaf(value)
+        )
+        if isinstance(value, (dict, list)) and not value:
+            flow_ok = True
+        if _is_scalar(value):
+            lines.append(f"{head} {_yaml_scalar(value, flow=False)}")
+            continue
+        if flow_ok:
+            line = f"{head} {_yaml_flow(value)}"
+            if len(line) <= WIDTH or _is_scalar(value) or not value:
+                lines.append(line)
+                continue
+        lines.append(head)
+        if isinstance(value, dict):
+            lines.extend(_yaml_block(value, indent + 2))
+        else:
+            lines.extend(_yaml_list(value, indent + 2))
+    return lines
+
+
+def _yaml_list(items: list[Any], indent: int) -> list[str]:
+    lines: list[str] = []
+    pad = " " * indent
+    for item in items:
+        if _is_leaf(item):
+            line = f"{pad}- {_yaml_flow(item)}"
+            if len(line) <= WIDTH or _is_scalar(item) or not item:
+                lines.append(line)
+                continue
+        if isinstance(item, dict):
+            sub = _yaml_block(item, indent + 2)
+            sub[0] = f"{pad}- {sub[0].lstrip()}"
+            lines.extend(sub)
+        else:
+            lines.append(f"{pad}-")
+            lines.extend(_yaml_list(item, indent + 2))
+    return lines
+
+
+def _print_yaml(spec: ir.Spec) -> str:
+    plain = to_plain(spec)
+    plain["nestdsl"] = spec.nestdsl  # the version line is always printed
+    header = {k: plain.pop(k) for k in ("nestdsl", "name", "doc") if k in plain}
+    chunks = ["\n".join(_yaml_block(header, 0))]
+    for key, value in plain.items():
+        chunks.append("\n".join(_yaml_block({key: value}, 0)))
+    return "\n\n".join(chunks) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# .nest
+
+
+def _nest_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_nest_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        if "learned" in v:  # a learned gate
+            parts = [f"learned {_nest_name(v['learned'])}"]
+            parts += [f"{k} {_nest_value(x)}" for k, x in v.items() if k != "learned"]
+            return " ".join(parts)
+        raise ValueError(f"no .nest syntax for a nested record here: {v!r}")
+    return _nest_scalar(v)
+
+
+def _entries(d: dict[str, Any]) -> list[str]:
+    return [f"{k} {_nest_value(v)}" for k, v in d.items()]
+
+
+def _braced(prefix: str, entries: list[str], indent: int, *, align: bool = False) -> list[str]:
+    """`prefix { a 1  b 2 }` on one line when it fits, else one entry per line."""
+    pad = " " * indent
+    if not entries:
+        return [f"{pad}{prefix} {{}}"]
+    one = f"{pad}{prefix} {{ " + "  ".join(entries) + " }"
+    if len(one) <= WIDTH and not align:
+        return [one]
+    inner = _aligned(entries) if align else entries
+    return [f"{pad}{prefix} {{"] + [f"{pad}  {e}" for e in inner] + [f"{pad}}}"]
+
+
+def _aligned(entries: list[str]) -> list[str]:
+    keys = [e.split(" ", 1)[0] for e in entries]
+    width = max(len(k) for k in keys)
+    return [f"{k.ljust(width)}  {e.split(' ', 1)[1]}" if " " in e else e for k, e in zip(keys, entries, strict=True)]
+
+
+def _print_nest(spec: ir.Spec) -> str:
+    plain = to_plain(spec)
+    plain["nestdsl"] = spec.nestdsl
+    return nest_from_plain(plain)
+
+
+def nest_from_plain(plain: dict[str, Any]) -> str:
+    """`.nest` text for plain spec data (what `to_plain` gives, or a parsed document's data
+    with periods as text): used by `print_spec` and to draft `.nest` twins of YAML presets."""
+    chunks: list[list[str]] = []
+
+    head = [f"nestdsl {plain.get('nestdsl', ir.SPEC_VERSION)}"]
+    spec_line = f"spec {_nest_name(plain['name'])}"
+    if plain.get("doc") is not None:
+        with_doc = f"{spec_line} {_escape(plain['doc'])}"
+        if len(with_doc) <= WIDTH:
+            head.append(with_doc)
+        else:
+            head += [spec_line, f"doc {_escape(plain['doc'])}"]
+    else:
+        head.append(spec_line)
+    chunks.append(head)
+
+    if "model" in plain:
+        chunks.append(_braced("model", _entries(plain["model"]), 0))
+
+    if plain.get("levels"):
+        levels = plain["levels"]
+        width = max(len(_nest_name(n)) for n in levels)
+        lines = []
+        for name, level in levels.items():
+            line = f"level {_nest_name(name).ljust(width)}  every {level['every']}"
+            if "doc" in level and level["doc"] is not None:
+                line += f"  {_escape(level['doc'])}"
+            lines.append(line.rstrip())
+        chunks.append(lines)
+
+    for name, memory in plain.get("memories", {}).items():
+        chunks.append(_nest_memory(name, memory))
+
+    for name, cms in plain.get("cms", {}).items():
+        mode = cms.get("mode", "chain")
+        lines = [f"cms {_nest_name(name)} {mode} {{"]
+        width = max(len(_nest_name(stage["level"])) for stage in cms["stages"])
+        for stage in cms["stages"]:
+            rest = {k: v for k, v in stage.items() if k != "level"}
+            head = f"stage {_nest_name(stage['level']).ljust(width)}"
+            lines.append(("  " + "  ".join([head, *_entries(rest)])).rstrip())
+        lines.append("}")
+        chunks.append(lines)
+
+    for name, block in plain.get("blocks", {}).items():
+        lines = [f"block {_nest_name(name)} {{"]
+        for layer in block["layers"]:
+            lines.append("  " + _nest_layer(layer))
+        lines.append("}")
+        chunks.append(lines)
+
+    if "optimizer" in plain:
+        opt = plain["optimizer"]
+        if isinstance(opt, str):
+            chunks.append([f"optimizer {_escape(opt)}"])
+        else:
+            chunks.append(_nest_optimizer(opt))
+
+    if "data" in plain:
+        chunks.append(_nest_data(plain["data"]))
+
+    if "train" in plain:
+        chunks.append(_braced("train", _entries(plain["train"]), 0))
+
+    return "\n\n".join("\n".join(c) for c in chunks) + "\n"
+
+
+def _nest_memory(name: str, memory: dict[str, Any]) -> list[str]:
+    args = []
+    for key in _MEMORY_ARGS:
+        if key in memory:
+            value = memory[key]
+            args.append(key if value is True else f"{key} {_nest_value(value)}")
+    head = f"memory {_nest_name(name)} {memory['kind']}" + (f"({', '.join(args)})" if args else "")
+    body: list[str] = []
+    for key, value in memory.items():
+        if key == "kind" or key in _MEMORY_ARGS:
+            continue
+        if key == "rule":
+            body.extend(_nest_rule(value))
+        else:
+            body.append(f"  {key} {_nest_value(value)}")
+    if not body:
+        return [head]
+    return [head + " {", *body, "}"]
+
+
+def _nest_rule(rule: dict[str, Any]) -> list[str]:
+    entries = _entries({k: v for k, v in rule.items() if k != "kind"})
+    prefix = f"rule {rule['kind']}"
+    if not entries:
+        return [f"  {prefix}"]
+    gates = any(isinstance(v, dict) for v in rule.values())
+    return _braced(prefix, entries, 2, align=gates)
+
+
+def _nest_layer(layer: dict[str, Any]) -> str:
+    type_ = layer["type"]
+    parts = [type_]
+    rest = dict(layer)
+    del rest["type"]
+    ref = {"memory": "memory", "mal": "memory", "mag": "memory", "self_modifying": "memory", "cms": "cms"}.get(type_)
+    if ref is None:  # `mlp hidden 4`: no reference to set apart
+        return " ".join(parts + ["  ".join(_entries(rest))]).rstrip()
+    parts[0] += " " + _nest_name(rest.pop(ref))
+    return "  ".join(parts + _entries(rest))
+
+
+def _nest_optimizer(opt: dict[str, Any]) -> list[str]:
+    groups = opt.get("groups", [])
+    fields = {k: v for k, v in opt.items() if k not in ("type", "groups")}
+    prefix = f"optimizer {opt['type']}"
+    if not groups:
+        return [prefix] if not fields else _braced(prefix, _entries(fields), 0)
+    lines = [f"{prefix} {{"] + [f"  {e}" for e in _entries(fields)]
+    for group in groups:
+        rest = {k: v for k, v in group.items() if k != "params"}
+        gprefix = f"group {group['params']}"
+        lines.extend(_braced(gprefix, _entries(rest), 2) if rest else [f"  {gprefix}"])
+    return lines + ["}"]
+
+
+def _nest_data(data: dict[str, Any]) -> list[str]:
+    tasks = data.get("tasks", [])
+    fields = {k: v for k, v in data.items() if k not in ("task", "tasks")}
+    prefix = f"data {data['task']}"
+    if not tasks:
+        return [prefix] if not fields else _braced(prefix, _entries(fields), 0)
+    lines = [f"{prefix} {{"] + [f"  {e}" for e in _entries(fields)]
+    for sub in tasks:
+        rest = {k: v for k, v in sub.items() if k != "task"}
+        tprefix = f"task {sub['task']}"
+        lines.extend(_braced(tprefix, _entries(rest), 2) if rest else [f"  {tprefix}"])
+    return lines + ["}"]
