@@ -54,7 +54,12 @@ class Diagnostic:
         if source is not None:
             src_lines = source.splitlines()
             if 1 <= self.span.line <= len(src_lines):
-                text = src_lines[self.span.line - 1].replace("\t", " ")
+                # Tabs become one space (so the caret lines up); other control characters and
+                # undecodable bytes would garble a terminal, so they print as U+FFFD.
+                text = "".join(
+                    " " if ch == "\t" else (ch if ch.isprintable() else "\ufffd")
+                    for ch in src_lines[self.span.line - 1]
+                )
                 gutter = f"{self.span.line:>4} | "
                 lines.append(gutter + text)
                 width = 1
@@ -84,9 +89,13 @@ class SpecError(Exception):
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str | None:
     """A 'did you mean ...?' hint for a misspelled name, or None."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    names = [str(c) for c in candidates]
+    # Case slips (`L2` for `l2`, `SiLU` for `silu`) are the commonest misspelling; difflib's
+    # ratio is case-sensitive and would miss short ones, so compare lower-cased names.
+    lowered = {n.lower(): n for n in reversed(names)}
+    close = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
     if close:
-        return f"did you mean '{close[0]}'?"
+        return f"did you mean '{lowered[close[0]]}'?"
     return None
 
 

@@ -93,9 +93,9 @@ def to_plain(node: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Scalars
 
-_YAML_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./\-]*( [A-Za-z0-9_./\-]+)*$")
-_PERIOD_TEXT = re.compile(r"^\d+ (tokens?|steps?)$")
-_NEST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_YAML_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./\-]*( [A-Za-z0-9_./\-]+)*\Z")
+_PERIOD_TEXT = re.compile(r"^\d+ (tokens?|steps?)\Z")
+_NEST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 _NEST_VALUE_KEYWORDS = frozenset({"true", "false", "null", "learned"})
 _SIMPLE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 

@@ -51,6 +51,28 @@ class Document:
             node = node[part]
         return node
 
+    def strip_tags(self, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Drop the discriminator tags pydantic inserts into an error `loc`.
+
+        For a discriminated union (layers by `type`, data by `task`) pydantic puts the tag value
+        after the union's position: ``('blocks', 'b', 'layers', 0, 'memory', 'conv')``. A tag
+        can collide with a real field name (the `memory` layer has a `memory` field), so a part
+        is a tag exactly when it equals the `type`/`task` of the mapping at that point.
+        """
+        node = self.data
+        out: list[Any] = []
+        for part in loc:
+            if isinstance(node, dict) and part in (node.get("type"), node.get("task")) and isinstance(part, str):
+                continue
+            out.append(part)
+            if isinstance(node, dict):
+                node = node.get(part) if isinstance(part, str) else None
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                node = None
+        return tuple(out)
+
     def resolve_path(self, loc: tuple[Any, ...]) -> Path:
         """Map a pydantic error `loc` onto a document path.
 
@@ -60,7 +82,7 @@ class Document:
         """
         node = self.data
         out: list[str | int] = []
-        for part in loc:
+        for part in self.strip_tags(loc):
             if isinstance(node, dict) and part in node:
                 out.append(part)
                 node = node[part]
@@ -68,7 +90,7 @@ class Document:
                 out.append(part)
                 node = node[part]
             elif isinstance(node, (dict, list)):
-                # A tag segment (skip) or a missing key (stop here, keep the tail for messages).
+                # A union member name (skip) or a missing key (stop here, keep the tail for messages).
                 continue
             else:
                 break

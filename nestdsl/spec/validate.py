@@ -247,7 +247,7 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     ctx: dict[str, Any] = err.get("ctx") or {}
     path = doc.resolve_path(loc)
     value = err.get("input")
-    clean = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+    clean = tuple(p for p in doc.strip_tags(loc) if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     field = str(clean[-1]) if clean else "spec"
     parent_model = _model_at(clean[:-1])
     where = _dotted(_without_tags(clean, doc))
