@@ -1,0 +1,200 @@
+"""``memory_scan``: the one functional entry point for every parametric associative memory.
+
+Semantics (design.md §3.1), for token t = 1..T, chunk size C, c(t) = C⌊(t−1)/C⌋:
+
+    g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)
+    S_t = β_t S_{t−1} − η_t g_t                  (no momentum: S_t = −η_t g_t)
+    θ_t = α_t P_t(θ_{t−1}) + S_t                 (P_t = id for gd; W_0 ↦ W_0(I − η'_t k_t k_tᵀ)
+                                                  for dgd, η'_t = η_t / (1 + η_t ‖k_t‖²))
+    o_t = M(θ_t; q_t)  [read="after"] | M(θ_{t−1}; q_t) [before] | M(θ_{c(t)}; q_t) [chunk]
+
+What DGD does per objective (documented for users, design.md §3.1):
+  * dot: θ_t = α_t θ_{t−1}(I − η'_t k_t k_tᵀ) + η_t v_t k_tᵀ — the (gated) delta rule;
+  * l2:  θ_t = α_t θ_{t−1}(I − η'_t k_t k_tᵀ) − η_t (θ_{c(t)} k_t − v_t) k_tᵀ — the erase term
+    appears twice, exactly as Hope's Eq. 88 is written.
+
+Gradients flow into q, k, v, the gate tensors and the initial state through every write; inner
+gradients are closed-form, so the fast path compiles with inductor (design.md §3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .linear_chunked import linear_chunk_step, linear_scan_chunked
+from .mlp import MLPMemory, mlp_forward
+from .mlp_chunked import mlp_chunk_step, mlp_scan_chunked
+from .objectives import Objective, get_objective
+from .reference import reference_scan
+from .state import MemoryState
+
+__all__ = ["memory_scan", "compiled_step"]
+
+RULES = ("gd", "dgd")
+READS = ("after", "before", "chunk")
+IMPLS = ("auto", "reference", "chunked")
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_step(kind: str) -> Callable:
+    """The ``torch.compile``'d per-chunk step for ``"linear"`` or ``"mlp"`` memories (cached).
+
+    One graph per block/chunk shape and configuration; the loop over chunks stays in Python, so
+    compile time does not grow with the sequence length (design.md §6).
+    """
+    if kind not in _COMPILED:
+        fn = linear_chunk_step if kind == "linear" else mlp_chunk_step
+        _COMPILED[kind] = torch.compile(fn, dynamic=False)
+    return _COMPILED[kind]
+
+
+def _gate(x: Tensor | float | None, name: str, B: int, H: int, T: int, dtype: torch.dtype,
+          device: torch.device) -> Tensor | None:
+    """η, α or β as a (B, H, T) tensor (a float is broadcast; a tensor must broadcast)."""
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        try:
+            return x.to(dtype).expand(B, H, T)
+        except RuntimeError:
+            raise ValueError(f"{name} must be a float or a tensor broadcastable to "
+                             f"(B, H, T) = {(B, H, T)}; got shape {tuple(x.shape)}") from None
+    return torch.full((B, H, T), float(x), dtype=dtype, device=device)
+
+
+def _expand_weights(ws: tuple[Tensor, ...], shapes: list[tuple[int, int]], B: int, H: int,
+                    dtype: torch.dtype, what: str) -> tuple[Tensor, ...]:
+    if len(ws) != len(shapes):
+        raise ValueError(f"{what}: expected {len(shapes)} tensors, got {len(ws)}")
+    out = []
+    for i, (w, shp) in enumerate(zip(ws, shapes, strict=True)):
+        if tuple(w.shape[-2:]) != shp or w.dim() not in (3, 4) or w.shape[-3] != H or (
+                w.dim() == 4 and w.shape[0] != B):
+            raise ValueError(f"{what}[{i}]: expected shape (H, out, in) = {(H, *shp)} or "
+                             f"(B, H, out, in) = {(B, H, *shp)}; got {tuple(w.shape)}")
+        out.append(w.to(dtype).expand(B, H, *shp))
+    return tuple(out)
+
+
+def memory_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    memory: str | MLPMemory = "linear",
+    objective: str | Objective = "l2",
+    rule: str = "gd",
+    lr: Tensor | float = 1.0,
+    retention: Tensor | float | None = None,
+    momentum: Tensor | float | None = None,
+    chunk_size: int = 16,
+    read: str = "after",
+    state: MemoryState | None = None,
+    impl: str = "auto",
+    compile: bool = False,
+) -> tuple[Tensor, MemoryState]:
+    """Run an associative memory over a sequence (see the module docstring for the equations).
+
+    Args:
+        q, k: (B, H, T, Dk) queries and keys; v: (B, H, T, Dv) values (targets).
+        memory: ``"linear"`` (M ∈ R^{Dv×Dk}, M(k) = M k) or an ``MLPMemory``.
+        objective: a registered objective name (``"dot"``, ``"l2"``, ``"huber"``, …) or instance.
+        rule: ``"gd"`` or ``"dgd"``.
+        lr: η, a float or (B, H, T). retention: α, float / (B, H, T) / None (α = 1).
+        momentum: β, float / (B, H, T) / None (no momentum state).
+        chunk_size: C, *semantic*: gradients are taken at the chunk-start state.
+        read: ``"after"`` (θ_t), ``"before"`` (θ_{t−1}) or ``"chunk"`` (θ_{c(t)}).
+        state: the initial ``MemoryState``; None gives zeros for a linear memory (an MLP memory
+            needs its initial weights, (H, out, in) or (B, H, out, in)). Momentum buffers
+            default to zeros.
+        impl: ``"reference"`` (token loop, the oracle), ``"chunked"`` (fast), ``"auto"`` (fast).
+        compile: run the fast path with the ``torch.compile``'d per-chunk step.
+    Returns:
+        (o (B, H, T, Dv) in q's dtype, final ``MemoryState`` in float32 — or float64 for
+        float64 inputs). Passing the state back continues the sequence exactly, provided the
+        split point is a multiple of ``chunk_size`` (checked: ``ValueError`` otherwise).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must have shape (B, H, T, D); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, T, Dk = k.shape
+    Dv = v.shape[-1]
+    if q.shape != k.shape or v.shape[:3] != (B, H, T):
+        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)} must be equal "
+                         f"and v {tuple(v.shape)} must share (B, H, T)")
+    obj = get_objective(objective)
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+    if read not in READS:
+        raise ValueError(f"read must be one of {READS}; got {read!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    if not (memory == "linear" or isinstance(memory, MLPMemory)):
+        raise ValueError(f"memory must be 'linear' or an MLPMemory; got {memory!r}")
+    if isinstance(memory, MLPMemory) and memory.residual and Dk != Dv:
+        raise ValueError(f"a residual MLP memory needs Dk == Dv; got Dk={Dk}, Dv={Dv}")
+    if state is not None and state.offset != 0 and chunk_size > 1:
+        raise ValueError(
+            f"cannot continue from this state: the previous call ended {state.offset} tokens "
+            f"into a chunk of size {chunk_size}. Split streams at multiples of chunk_size.")
+    if state is not None and momentum is None and state.momentum is not None:
+        raise ValueError("state carries momentum buffers but momentum=None")
+
+    cd = torch.promote_types(q.dtype, torch.float32)   # states are computed in ≥ float32
+    dev = q.device
+    lr_t = _gate(lr, "lr", B, H, T, cd, dev)
+    ret_t = _gate(retention, "retention", B, H, T, cd, dev)
+    mom_t = _gate(momentum, "momentum", B, H, T, cd, dev)
+    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+
+    if memory == "linear":
+        shapes = [(Dv, Dk)]
+        if state is None:
+            weights: tuple[Tensor, ...] = (torch.zeros(B, H, Dv, Dk, dtype=cd, device=dev),)
+        else:
+            weights = _expand_weights(tuple(state.weights), shapes, B, H, cd, "state.weights")
+    else:
+        shapes = memory.weight_shapes(Dk, Dv)
+        if state is None:
+            raise ValueError("an MLP memory needs its initial weights: "
+                             "state=MemoryState(weights=(W_0, …), momentum=None)")
+        weights = _expand_weights(tuple(state.weights), shapes, B, H, cd, "state.weights")
+    moms = None
+    if mom_t is not None:
+        if state is None or state.momentum is None:
+            moms = tuple(torch.zeros_like(w) for w in weights)
+        else:
+            moms = _expand_weights(tuple(state.momentum), shapes, B, H, cd, "state.momentum")
+
+    if impl == "reference":
+        if memory == "linear":
+            def fwd(ws, x):
+                return x @ ws[0].mT
+        else:
+            spec = memory
+
+            def fwd(ws, x):
+                return mlp_forward(ws, x, spec)
+        o, w_out, s_out = reference_scan(
+            qc, kc, vc, forward=fwd, objective=obj, rule=rule, lr=lr_t, retention=ret_t,
+            momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms)
+        new_state = MemoryState(tuple(w_out), None if s_out is None else tuple(s_out))
+    else:
+        init = MemoryState(weights, moms)
+        common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
+                      rule=rule, read=read, chunk_size=chunk_size)
+        if memory == "linear":
+            step = compiled_step("linear") if compile else linear_chunk_step
+            o, new_state = linear_scan_chunked(qc, kc, vc, step=step, **common)
+        else:
+            step = compiled_step("mlp") if compile else mlp_chunk_step
+            o, new_state = mlp_scan_chunked(qc, kc, vc, spec=memory, step=step, **common)
+
+    offset = T % chunk_size if chunk_size > 1 else 0
+    return o.to(q.dtype), MemoryState(new_state.weights, new_state.momentum, offset)

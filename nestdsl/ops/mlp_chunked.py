@@ -1,0 +1,128 @@
+"""Fast form of MLP memories (Titans LMM, TTT-MLP, the memories inside Hope).
+
+Per chunk of C tokens (design.md §3.1, Titans §3.2, NL paper Eqs. 90–93):
+
+1. one forward pass of all the chunk's keys through the chunk-start weights θ_{c(t)} and the
+   closed-form backward (``mlp.mlp_backward``) give every token's gradient as rank-1 factors
+   ∂ℓ/∂W_i = δ_{i,t} a_{i,t}ᵀ — parallel over the chunk;
+2. momentum S_t = β_t S_{t−1} − η_t g_t and retention θ_t = α_t P_t(θ_{t−1}) + S_t are linear
+   recurrences; ``blockform`` unrolls them with segment products (a scan in matrix form);
+3. the DGD projection on W_0 couples tokens through y_t = W_{0,t−1} k_t: one unit-triangular
+   solve per chunk (the UT transform), never a token loop;
+4. reads after/before the write use the dual form, layer by layer, without materialising the
+   per-token weights.
+
+``mlp_chunk_step`` is public: Hope's self-modifying block updates several memories jointly chunk
+by chunk (targets v̂ = M(θ_{c(t)}; v_t) computed by the caller with ``mlp_forward``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .blockform import decays, end_state, read_weights, solve_prefix
+from .linear_chunked import _gate
+from .mlp import MLPMemory, _act, mlp_backward, mlp_forward, mlp_forward_cached
+from .objectives import Objective, get_objective
+from .state import MemoryState
+
+__all__ = ["mlp_chunk_step", "mlp_scan_chunked"]
+
+
+def mlp_chunk_step(
+    state: MemoryState,
+    q_c: Tensor | None,
+    k_c: Tensor,
+    v_c: Tensor,
+    lr_c: Tensor | float,
+    retention_c: Tensor | float | None,
+    momentum_c: Tensor | float | None,
+    *,
+    spec: MLPMemory,
+    objective: str | Objective = "l2",
+    rule: str = "gd",
+    read: str = "after",
+) -> tuple[Tensor | None, MemoryState]:
+    """Advance an MLP memory over one chunk of L ≤ C tokens (gradients at the chunk start).
+
+    Args:
+        state: weights W_i of shape (B, H, out_i, in_i) (or (H, out_i, in_i), shared over the
+            batch) and momentum buffers of the same shapes or None (zeros).
+        q_c: (B, H, L, Dk) or None (no read); k_c: (B, H, L, Dk); v_c: (B, H, L, Dv).
+        lr_c, retention_c, momentum_c: η, α, β as floats or (B, H, L); retention None → α = 1,
+            momentum None → no momentum.
+        spec, objective, rule ("gd" | "dgd"), read ("after" | "before" | "chunk").
+    Returns:
+        (o_c (B, H, L, Dv) or None, state at the end of the chunk, weights (B, H, out, in)).
+    """
+    obj = get_objective(objective)
+    B, H = k_c.shape[:2]
+    Ws = [w.expand(B, H, *w.shape[-2:]) for w in state.weights]
+    gate_like = k_c[..., 0]
+    eta = _gate(lr_c, gate_like, 1.0)
+    alpha = _gate(retention_c, gate_like, 1.0)
+    beta = _gate(momentum_c, gate_like, None)
+    Ss: list[Tensor | None] = [None] * len(Ws)
+    if beta is not None:
+        if state.momentum is None:
+            Ss = [torch.zeros_like(w) for w in Ws]
+        else:
+            Ss = [s.expand(B, H, *s.shape[-2:]) for s in state.momentum]
+    dec = decays(alpha, beta)
+
+    # 1. per-token gradients at θ_{c(t)}: ∂ℓ/∂W_i = δ_i a_iᵀ
+    pred, inputs, pre = mlp_forward_cached(Ws, k_c, spec)
+    deltas = mlp_backward(Ws, pre, obj.grad(pred, v_c), spec)
+    Eds = [-eta[..., None] * d for d in deltas]                   # d_{i,t} = −η_t δ_{i,t}
+
+    # 3. DGD on the key-multiplying weight: f_t = −α_t η'_t W_{0,t−1} k_t
+    Ef0 = None
+    if rule == "dgd":
+        phi = -alpha * eta / (1 + eta * (k_c * k_c).sum(-1))
+        Y = solve_prefix(Ws[0], Ss[0], k_c, dec, phi=phi, psi=None, delta=Eds[0])
+        Ef0 = phi[..., None] * Y
+    Efs = [Ef0] + [None] * (len(Ws) - 1)
+
+    # 4. reads
+    o = None
+    if q_c is not None:
+        if read == "chunk":
+            o = mlp_forward(Ws, q_c, spec)
+        else:
+            h = q_c
+            for i in range(len(Ws)):
+                h = read_weights(Ws[i], Ss[i], h, inputs[i], Efs[i], Eds[i], dec,
+                                 after=(read == "after"))
+                if i < len(Ws) - 1:
+                    h = _act(h, spec.activation)
+            o = q_c + h if spec.residual else h
+
+    # 2. state at the chunk end
+    new_w, new_s = [], []
+    for i in range(len(Ws)):
+        w, s = end_state(Ws[i], Ss[i], inputs[i], Efs[i], Eds[i], dec)
+        new_w.append(w)
+        new_s.append(s)
+    return o, MemoryState(tuple(new_w), tuple(new_s) if beta is not None else None)
+
+
+def mlp_scan_chunked(
+    q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
+    momentum: Tensor | None, state: MemoryState, spec: MLPMemory, objective: Objective,
+    rule: str, read: str, chunk_size: int, step=mlp_chunk_step,
+) -> tuple[Tensor, MemoryState]:
+    """Run an MLP memory over (B, H, T, ·) chunk by chunk (a Python loop over chunks, so a
+    compiled ``step`` stays one chunk long whatever T is)."""
+    # torch.split (not slicing in the loop): its backward is one concatenation, whereas each
+    # slice's backward would write a full-length zero tensor (quadratic in T).
+    pieces = [x.split(chunk_size, dim=2) if x is not None else None
+              for x in (q, k, v, lr, retention, momentum)]
+    n = len(pieces[0])
+    outs = []
+    for i in range(n):
+        qc, kc, vc, lc, rc, mc = (p[i] if p is not None else None for p in pieces)
+        o, state = step(state, qc, kc, vc, lc, rc, mc, objective=objective, rule=rule,
+                        read=read, spec=spec)
+        outs.append(o)
+    return torch.cat(outs, dim=2), state

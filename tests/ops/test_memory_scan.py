@@ -1,0 +1,154 @@
+"""memory_scan: chunked fast forms vs the token-by-token oracle (outputs, states, gradients)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from nestdsl.ops import MemoryState, MLPMemory, memory_scan
+
+B, H, T, D = 2, 2, 37, 6
+ATOL = RTOL = 1e-5
+
+MEMORIES = {
+    "linear": "linear",
+    "mlp2": MLPMemory(depth=2, hidden=8, activation="silu"),
+    "mlp3res": MLPMemory(depth=3, hidden=8, activation="gelu", residual=True),
+    "mlp2res_tanh": MLPMemory(depth=2, hidden=5, activation="tanh", residual=True),
+}
+
+
+def make_case(mem_name: str, gates: str, use_mom: bool, use_ret: bool, seed: int = 0,
+              dtype: torch.dtype = torch.float32):
+    """Leaf inputs for one configuration (all requiring grad) and the memory_scan kwargs."""
+    g = torch.Generator().manual_seed(seed)
+    mem = MEMORIES[mem_name]
+    q = torch.randn(B, H, T, D, generator=g, dtype=dtype)
+    # L2-normalised keys, as in every preset (keeps the delta rule contractive).
+    k = torch.nn.functional.normalize(torch.randn(B, H, T, D, generator=g, dtype=dtype), dim=-1)
+    v = torch.randn(B, H, T, D, generator=g, dtype=dtype)
+    scale = 1.0 if mem == "linear" else 0.2     # MLP inner steps must stay small to not diverge
+    leaves = {"q": q, "k": k, "v": v}
+    if gates == "token":
+        leaves["lr"] = scale * (0.1 + 0.5 * torch.rand(B, H, T, generator=g, dtype=dtype))
+        if use_ret:
+            leaves["retention"] = 0.8 + 0.2 * torch.rand(B, H, T, generator=g, dtype=dtype)
+        if use_mom:
+            leaves["momentum"] = 0.3 + 0.5 * torch.rand(B, H, T, generator=g, dtype=dtype)
+    kw = {"memory": mem}
+    if gates == "const":
+        kw["lr"] = 0.4 * scale
+        kw["retention"] = 0.9 if use_ret else None
+        kw["momentum"] = 0.6 if use_mom else None
+    if mem == "linear":
+        leaves["M0"] = 0.3 * torch.randn(B, H, D, D, generator=g, dtype=dtype)
+        ws = ("M0",)
+    else:
+        for i, w in enumerate(mem.init_weights(H, D, D, generator=g, dtype=dtype)):
+            leaves[f"W{i}"] = w                                # per head: (H, out, in)
+        ws = tuple(f"W{i}" for i in range(mem.depth))
+    if use_mom:
+        for name in ws:
+            shape = leaves[name].shape
+            leaves["S_" + name] = 0.1 * torch.randn(shape, generator=g, dtype=dtype)
+    for t in leaves.values():
+        t.requires_grad_(True)
+    return leaves, kw, ws
+
+
+def run(leaves, kw, ws, impl, **over):
+    args = dict(kw, **over)
+    for name in ("lr", "retention", "momentum"):
+        if name in leaves:
+            args[name] = leaves[name]
+    moms = tuple(leaves["S_" + n] for n in ws) if "S_" + ws[0] in leaves else None
+    state = MemoryState(tuple(leaves[n] for n in ws), moms)
+    return memory_scan(leaves["q"], leaves["k"], leaves["v"], state=state, impl=impl, **args)
+
+
+def outputs_and_grads(leaves, kw, ws, impl, **over):
+    o, st = run(leaves, kw, ws, impl, **over)
+    g = torch.Generator().manual_seed(123)
+    outs = [o, *st.weights] + (list(st.momentum) if st.momentum is not None else [])
+    loss = sum((x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum() for x in outs)
+    names = list(leaves)
+    grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    return outs, dict(zip(names, grads, strict=True))
+
+
+def check(mem_name, objective, rule, C, read, use_mom, use_ret, gates):
+    leaves, kw, ws = make_case(mem_name, gates, use_mom, use_ret)
+    kw.update(objective=objective, rule=rule, chunk_size=C, read=read)
+    ref_out, ref_g = outputs_and_grads(leaves, kw, ws, "reference")
+    fast_out, fast_g = outputs_and_grads(leaves, kw, ws, "chunked")
+    assert len(ref_out) == len(fast_out)
+    for i, (a, b) in enumerate(zip(ref_out, fast_out, strict=True)):
+        torch.testing.assert_close(b, a, atol=ATOL, rtol=RTOL, msg=lambda m, i=i: f"out {i}: {m}")
+    for n in leaves:
+        a, b = ref_g[n], fast_g[n]
+        assert (a is None) == (b is None), n
+        if a is not None:
+            # gradients are sums over T tokens: scale the absolute tolerance by their size
+            tol = ATOL * max(1.0, a.abs().max().item())
+            torch.testing.assert_close(b, a, atol=tol, rtol=RTOL, msg=lambda m, n=n: f"d{n}: {m}")
+
+
+AXES = {
+    "mem": list(MEMORIES),
+    "objective": ["dot", "l2", "huber"],
+    "rule": ["gd", "dgd"],
+    "C": [1, 3, 16],
+    "read": ["after", "before", "chunk"],
+    "mom": [False, True],
+    "ret": [False, True],
+    "gates": ["token", "const"],
+}
+
+
+def pairwise(axes: dict[str, list]) -> list[tuple]:
+    """A small set of configurations covering every pair of values of every two axes (greedy)."""
+    names = list(axes)
+    pairs_left = {
+        (i, a, j, b)
+        for i, j in itertools.combinations(range(len(names)), 2)
+        for a in range(len(axes[names[i]])) for b in range(len(axes[names[j]]))
+    }
+    cands = list(itertools.product(*(range(len(axes[n])) for n in names)))
+    chosen = []
+    while pairs_left:
+        def gain(c):
+            return sum((i, c[i], j, c[j]) in pairs_left
+                       for i, j in itertools.combinations(range(len(names)), 2))
+        best = max(cands, key=gain)
+        chosen.append(best)
+        for i, j in itertools.combinations(range(len(names)), 2):
+            pairs_left.discard((i, best[i], j, best[j]))
+    return [tuple(axes[n][c[k]] for k, n in enumerate(names)) for c in chosen]
+
+
+PAIRWISE = pairwise(AXES)
+
+# Full product on the axes that interact most (rule × momentum × retention × chunk size × read)
+# for the linear memory with dot and l2, and for the 2-layer MLP with l2.
+FULL = [
+    (mem, obj, rule, C, read, mom, ret, "token")
+    for mem, obj in [("linear", "dot"), ("linear", "l2"), ("mlp2", "l2")]
+    for rule, C, read, mom, ret in itertools.product(
+        AXES["rule"], AXES["C"], AXES["read"], AXES["mom"], AXES["ret"])
+]
+
+
+def _id(c):
+    return "-".join(str(x) for x in c)
+
+
+@pytest.mark.parametrize("case", PAIRWISE, ids=_id)
+def test_pairwise_chunked_matches_reference(case):
+    check(*case)
+
+
+@pytest.mark.parametrize("case", [c for c in FULL if c not in PAIRWISE], ids=_id)
+def test_full_chunked_matches_reference(case):
+    check(*case)
