@@ -1,0 +1,14 @@
+"""Test-session setup.
+
+One intra-op thread: the test models are tiny, and on a shared 2-core machine OpenMP threads
+that spin-wait for each other make small matmuls up to 40x slower (measured: a tiny DeltaNet
+step took 11 s with 2 threads under load, 0.27 s with 1). Set before torch is imported so it
+also reaches subprocesses the tests start.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
