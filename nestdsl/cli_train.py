@@ -15,6 +15,30 @@ def _run_dir(spec_path: Path, out_dir: Path | None) -> Path:
     return out_dir if out_dir is not None else Path("runs") / spec_path.stem
 
 
+def _load(spec: Path, sets: list[str]) -> tuple[object, str]:
+    """The spec with its `--set` overrides, and the text a checkpoint records for it (the file
+    plus the overrides, so `--resume`/`eval` with other overrides is caught by the spec hash)."""
+    from nestdsl.spec import load_spec, read_source
+
+    spec_obj = load_spec(spec, overrides=sets)
+    if spec_obj.model is None:
+        raise UserError(f"{spec}: has no `model:` section (is this an optimizer spec?)")
+    return spec_obj, read_source(spec) + "".join(f"\n# --set {s}" for s in sets)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} requested but CUDA is not available on this machine")
+        idx = torch.device(device).index
+        if idx is not None and idx >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device != "cpu":
+        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+
+
 @app.command()
 def train(
     spec: Annotated[Path, typer.Argument(help="spec file")],
@@ -28,40 +52,37 @@ def train(
     traceback: TracebackOpt = False,
 ) -> None:
     """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume."""
-    from nestdsl.spec import load_spec, read_source
-
     with _guard(traceback):
-        spec_obj = load_spec(spec, overrides=list(set_ or []))
-        if spec_obj.model is None:
-            raise UserError(f"{spec}: has no `model:` section (is this an optimizer spec?)")
-        import torch
-
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda requested but CUDA is not available on this machine")
+        sets = list(set_ or [])
+        spec_obj, spec_text = _load(spec, sets)
+        _check_device(device)
         from nestdsl.runtime.distributed import from_env
         from nestdsl.runtime.progress import Progress
         from nestdsl.runtime.train import train as run_train
 
         dist = from_env(device)
-        if dist is not None:
-            device = dist.device
-        # The checkpoint records the spec as trained (overrides included) and its hash.
-        spec_text = read_source(spec) + "".join(f"\n# --set {s}" for s in (set_ or []))
-        run_dir = _run_dir(spec, out_dir)
-        total = steps if steps is not None else (spec_obj.train.steps if spec_obj.train else 200)
-        show = not quiet and (dist is None or dist.rank == 0)
-        with Progress(total, enabled=show, title=f"{spec_obj.name} → {run_dir}") as progress:
-            result = run_train(
-                spec_obj, spec_text=spec_text, run_dir=run_dir, steps=steps, device=device,
-                compile=compile, resume=resume, on_log=progress.update, distributed=dist,
-            )
-        if show:
-            out.print(
-                f"[bold]done[/bold] {result.steps} steps · loss {result.first_loss:.3f} → "
-                f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s · {run_dir}"
-            )
-        if dist is not None:
-            dist.close()
+        try:
+            if dist is not None:
+                device = dist.device
+            run_dir = _run_dir(spec, out_dir)
+            total = steps if steps is not None else (spec_obj.train.steps if spec_obj.train else 200)
+            show = not quiet and (dist is None or dist.rank == 0)
+            with Progress(total, enabled=show, title=f"{spec_obj.name} → {run_dir}") as progress:
+                result = run_train(
+                    spec_obj, spec_text=spec_text, run_dir=run_dir, steps=steps, device=device,
+                    compile=compile, resume=resume, on_log=progress.update, distributed=dist,
+                )
+            if show:
+                if result.start_step >= result.steps:
+                    out.print(f"[bold]nothing to do[/bold]: {run_dir} is already at step {result.start_step}")
+                else:
+                    out.print(
+                        f"[bold]done[/bold] {result.steps} steps · loss {result.first_loss:.3f} → "
+                        f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s · {run_dir}"
+                    )
+        finally:
+            if dist is not None:
+                dist.close()
 
 
 @app.command("eval")
@@ -75,21 +96,31 @@ def eval_(
     batches: Annotated[int, typer.Option(help="evaluation batches per cell")] = 4,
     device: Annotated[str, typer.Option()] = "cpu",
     out_png: Annotated[Path | None, typer.Option("--png", help="heatmap output (niah)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="the overrides the run was trained with")] = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb."""
-    from nestdsl.spec import load_spec, read_source
-
     with _guard(traceback):
-        spec_obj = load_spec(spec)
+        spec_obj, spec_text = _load(spec, list(set_ or []))
+        _check_device(device)
         from nestdsl.runtime.evaluate import evaluate
 
-        lens = [int(x) for x in lengths.split(",")] if lengths else None
+        lens = _int_list(lengths, "--lengths") if lengths else None
         evaluate(
-            spec_obj, spec_text=read_source(spec), ckpt=ckpt, task=task, lengths=lens,
-            variants=[int(v) for v in variants.split(",")], text_path=path, batches=batches,
+            spec_obj, spec_text=spec_text, ckpt=ckpt, task=task, lengths=lens,
+            variants=_int_list(variants, "--variants"), text_path=path, batches=batches,
             device=device, out_png=out_png, console=out,
         )
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{option} is empty")
+    return values
 
 
 @app.command()

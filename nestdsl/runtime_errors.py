@@ -14,8 +14,9 @@ def user_message(exc: BaseException) -> tuple[str, int]:
     if getattr(exc, "user_error", False) or name in ("DataError", "CheckpointError", "TrainingDiverged"):
         return str(exc), EXIT_USER
     if isinstance(exc, OSError):
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return f"disk full: {exc.filename or ''} (the last good checkpoint is kept)", EXIT_USER
-        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENOTDIR):
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR,
+                         errno.EEXIST, errno.EROFS):
             return f"{exc.strerror}: {exc.filename}", EXIT_USER
     return f"{name}: {exc}", EXIT_INTERNAL

@@ -1,8 +1,12 @@
 """Data-parallel training with torch.distributed (gloo on CPU, NCCL on CUDA).
 
 `torchrun --nproc_per_node N -m nestdsl train SPEC` sets RANK/WORLD_SIZE; each rank takes its
-slice of the global batch (per-sequence memory state is per sample, so it stays on its rank) and
-DDP averages gradients, which equals one process on the global batch for a mean loss.
+slice of the global batch (whole sequences: per-sequence memory state stays on its rank) and DDP
+averages gradients. The train loop weights each rank's mean loss by its share of the scored
+tokens, so the average is exactly the gradient of the global-batch mean loss (tested against
+one process with gloo). It refuses what DDP cannot honour: a global batch not divisible by the
+world size, and models whose loss differentiates inside the forward (the CMS task sweep).
+Rank 0 alone writes checkpoints and metrics.
 """
 
 from __future__ import annotations

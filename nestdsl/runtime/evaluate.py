@@ -12,34 +12,49 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from nestdsl.runtime.tasks.base import DataError
 from nestdsl.spec import ir
 
 
 @torch.no_grad()
-def _mean_loss_and_acc(model: torch.nn.Module, task: Any, batches: int, device: str, split: str) -> tuple[float, float]:
-    losses, accs = [], []
+def _mean_loss_and_acc(
+    model: torch.nn.Module, task: Any, batches: int, device: str, split: str, *, accuracy: bool = True
+) -> tuple[float, float]:
+    """Token-weighted mean loss over the scored positions, and mean per-sample exact match."""
+    nll_sum, n_tok, accs = 0.0, 0.0, []
+    vocab = getattr(model, "vocab", None)
+    if vocab is not None and task.vocab_size > vocab:
+        raise DataError(f"the {task.name} task uses {task.vocab_size} token ids but the model's vocab is {vocab}")
     for i in range(batches):
         b = task.batch(i, split=split)
         tokens, targets, mask = (t.to(device) for t in (b.tokens, b.targets, b.loss_mask))
         logits = model(tokens)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        m = mask.flatten().float()
-        losses.append(float((nll * m).sum() / m.sum().clamp_min(1)))
-        accs.append(float(task.accuracy(logits, targets, mask)))
-    return sum(losses) / len(losses), sum(accs) / len(accs)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
+        m = (mask.flatten() & (targets.flatten() != -100)).float()
+        nll_sum += float((nll * m).sum())
+        n_tok += float(m.sum())
+        if accuracy:
+            accs.append(float(task.accuracy(logits, targets, mask)))
+    loss = nll_sum / max(n_tok, 1.0)
+    return loss, (sum(accs) / len(accs) if accs else math.nan)
 
 
 def load_model(spec: ir.Spec, spec_text: str, ckpt: Path, device: str) -> torch.nn.Module:
+    """The spec's model with the weights of `ckpt` (a checkpoint folder, or a run folder: its
+    latest complete checkpoint). The checkpoint must come from this spec (hash check)."""
     import nestdsl
     from nestdsl.runtime import checkpoint as ck
 
+    if not Path(ckpt).exists():
+        raise ck.CheckpointError(f"checkpoint not found: {ckpt}")
     system = nestdsl.compile(spec, device=device, compile=False)
-    path = ck.find_latest(ckpt) if (ckpt / "latest").exists() or not (ckpt / "meta.json").exists() else ckpt
-    if path is None:
-        raise ck.CheckpointError(f"{ckpt}: no complete checkpoint found")
-    ck.load_checkpoint(path, model=system.model, spec_text=spec_text, device=device)
+    ck.load_checkpoint(ckpt, model=system.model, spec_text=spec_text, device=device)
     system.model.eval()
     return system.model
+
+
+def _run_folder(ckpt: Path) -> Path:
+    return ckpt if (ckpt / "latest").exists() or not (ckpt / "meta.json").exists() else ckpt.parent
 
 
 def evaluate(
@@ -57,11 +72,20 @@ def evaluate(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run one evaluation and print a table; returns the numbers (for tests and scripts)."""
-    from nestdsl.runtime.tasks import DataError, make_task, niah
+    from nestdsl.runtime.tasks import make_task, niah
+    from nestdsl.runtime.train import _make_task, default_data
 
     console = console or Console()
+    if task not in ("niah", "text", "spec", "mqar", "copy"):
+        raise DataError(f"unknown --task {task!r}; choose niah, text, mqar, copy or spec")
+    if batches < 1:
+        raise DataError(f"--batches must be >= 1, got {batches}")
+    data = default_data(spec)
+    if isinstance(data, ir.ContinualData):
+        data = data.tasks[0]
+    if task == "spec" and isinstance(data, ir.TextData):
+        task = "text"
     model = load_model(spec, spec_text, ckpt, device)
-    data = spec.data or ir.MQARData(task="mqar")
 
     if task == "niah":
         lengths = lengths or [256, 512, 1024, 2048]
@@ -71,17 +95,25 @@ def evaluate(
         table.add_column("variant")
         for n in lengths:
             table.add_column(str(n), justify="right")
+        skipped: list[str] = []
         for v in variants:
+            lo = niah.min_seq_len(v)  # also validates the variant
             row: dict[int, float] = {}
             for n in lengths:
-                if n < niah.min_seq_len(v):
-                    raise DataError(f"length {n} is shorter than the minimum {niah.min_seq_len(v)} for S-NIAH-{v}")
+                if n < lo:  # too short for this needle: a blank cell, not an error
+                    skipped.append(f"S-NIAH-{v} needs length >= {lo}")
+                    continue
                 t = niah.NIAHTask(seq_len=n, batch=data.batch, seed=data.seed + 1, variant=v)
                 _, acc = _mean_loss_and_acc(model, t, batches, device, "val")
                 row[n] = acc
             grid[f"S-NIAH-{v}"] = row
-            table.add_row(f"S-NIAH-{v}", *[f"{100 * row[n]:.1f}%" for n in lengths])
+            table.add_row(f"S-NIAH-{v}", *[f"{100 * row[n]:.1f}%" if n in row else "—" for n in lengths])
+        if not any(grid.values()):
+            raise DataError(f"every length in {lengths} is too short for the chosen S-NIAH variants "
+                            f"(minimum {min(niah.min_seq_len(v) for v in variants)})")
         console.print(table)
+        for note in dict.fromkeys(skipped):
+            console.print(f"[dim]— {note}[/dim]")
         from nestdsl.runtime.plot import plot_heatmap
 
         png = out_png or ckpt / "niah.png"
@@ -93,12 +125,16 @@ def evaluate(
         path = text_path or (Path(data.path) if isinstance(data, ir.TextData) else None)
         if path is None:
             raise DataError("--task text needs --path FILE (the spec's data section is not a text task)")
-        tspec = ir.TextData(task="text", path=str(path), seq_len=data.seq_len, batch=data.batch, seed=data.seed)
-        t = make_task(tspec)
-        loss, _ = _mean_loss_and_acc(model, t, batches, device, "val")
+        if isinstance(data, ir.TextData) and text_path is None:
+            tspec = data
+        else:
+            tspec = ir.TextData(task="text", path=str(path), seq_len=data.seq_len, batch=data.batch, seed=data.seed)
+        t = _make_task(tspec, spec, _run_folder(ckpt))
+        split = "val" if t.split_size("train") < t.num_tokens else "train"
+        loss, _ = _mean_loss_and_acc(model, t, batches, device, split, accuracy=False)
         bpt = getattr(t, "bytes_per_token", 1.0)
         result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bpt}
-        table = Table(title=f"text · {spec.name} · {path}")
+        table = Table(title=f"text · {spec.name} · {path} ({split} split)")
         for k in result:
             table.add_column(k, justify="right")
         table.add_row(*[f"{v:.4f}" for v in result.values()])
@@ -120,5 +156,4 @@ def evaluate(
         table.add_row(f"{loss:.4f}", f"{100 * acc:.1f}%")
         console.print(table)
         return result
-
-    raise DataError(f"unknown --task {task!r}; choose niah, text, mqar, copy or spec")
+    raise AssertionError(task)  # pragma: no cover - checked above

@@ -3,16 +3,25 @@
 What the loop guarantees (design.md §3.3, issue "training runtime"):
 - Data is a pure function of (seed, step): resuming needs no replay, only the step.
 - Persistent CMS levels (period k optimizer steps) accumulate gradients for k steps and are
-  stepped by their own optimizer instance every k steps (optax's `MultiSteps(every_k)`); their
-  optimizer state is kept across the run and in checkpoints.
+  stepped by their own optimizer instance every k steps with the mean of the k gradients
+  (optax's `MultiSteps(every_k)`); their optimizer state and the gradients accumulated so far
+  are kept across the run and in checkpoints.
 - A non-finite loss stops the run naming the first bad step; only finite states are checkpointed,
   so the last good checkpoint survives. Checkpoints are written atomically.
-- On CPU, a run killed at any point and resumed ends bit-identical to an uninterrupted run.
+- On CPU, a run killed at any point and resumed ends bit-identical (parameters and logged loss)
+  to an uninterrupted run: everything the next steps read (parameters, optimizer states,
+  persistent-level accumulators, the partial loss average of the current log window, RNG states)
+  is in the checkpoint.
 - No host synchronisation per step except at log/checkpoint steps (the loss is read then).
+- Data parallel (torchrun): every rank builds the same global batch and trains on its slice;
+  each rank's loss is weighted by its share of the scored tokens, so DDP's gradient average is
+  exactly the gradient of the global-batch mean loss. Rank 0 alone writes checkpoints and
+  metrics; all ranks agree on divergence and on checkpoint failures, so none is left waiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -36,6 +45,12 @@ class TrainingDiverged(RuntimeError):
     user_error = True
 
 
+class TrainConfigError(RuntimeError):
+    """A combination the trainer cannot run (bad run folder, batch vs. world size, ...)."""
+
+    user_error = True
+
+
 @dataclass
 class LevelOptimizer:
     """One optimizer instance over the parameters of one outer level, stepped every k steps."""
@@ -55,17 +70,22 @@ class TrainResult:
     first_loss: float
     tokens_per_s: float
     history: list[dict[str, float]]
+    start_step: int = 0
 
 
 class LossModule(torch.nn.Module):
-    """`forward` = the model's training loss, so DistributedDataParallel can wrap it."""
+    """`forward` = the model's training loss (times `scale`), so DistributedDataParallel can
+    wrap it: DDP's hooks fire on `forward`, not on `model.loss`."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.model.loss(tokens, targets, mask)
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None, scale: float | None = None
+    ) -> torch.Tensor:
+        loss = self.model.loss(tokens, targets, mask)
+        return loss if scale is None else loss * scale
 
 
 def default_data(spec: ir.Spec) -> ir.Data:
@@ -76,19 +96,30 @@ def default_data(spec: ir.Spec) -> ir.Data:
 
 
 def _level_groups(system: Any) -> list[tuple[str, list[torch.nn.Parameter], int]]:
-    """(name, params, every_k) for every outer level; every parameter appears exactly once."""
+    """(name, params, every_k) per optimizer clock; every trainable parameter appears once.
+
+    `system.levels` is a list of `nestdsl.lower.LevelInfo` (name, role, every_k, params):
+    "persistent" levels with every_k > 1 get their own optimizer; the "outer" level and every
+    persistent level of period 1 share the k = 1 optimizer; "in-context" levels own no
+    parameters (their state is per sequence). Parameters no level claims are outer.
+    """
     groups: list[tuple[str, list[torch.nn.Parameter], int]] = []
     seen: set[int] = set()
     for lvl in getattr(system, "levels", None) or []:
-        name, params, k = lvl.name, list(lvl.params), int(lvl.every_k)
-        params = [p for p in params if p.requires_grad and id(p) not in seen]
+        role = getattr(lvl, "role", None)
+        if role == "in-context":
+            continue
+        k = int(getattr(lvl, "every_k", 1) or 1)
+        if k < 1:
+            continue
+        params = [p for p in lvl.params if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in params)
         if params:
-            groups.append((name, params, k))
+            groups.append((lvl.name, params, k))
     rest = [p for p in system.model.parameters() if p.requires_grad and id(p) not in seen]
     if rest:
         groups.insert(0, ("outer", rest, 1))
-    # Merge every k=1 group into one optimizer (same clock).
+    # One optimizer per clock: every k = 1 group shares the outer optimizer.
     merged: dict[int, tuple[str, list[torch.nn.Parameter], int]] = {}
     for name, params, k in groups:
         if k in merged:
@@ -139,6 +170,55 @@ def seed_everything(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _valid_count(targets: torch.Tensor, mask: torch.Tensor | None) -> int:
+    """Scored positions, as `masked_cross_entropy` counts them (mask set, target != -100)."""
+    valid = targets != -100
+    if mask is not None:
+        valid = valid & mask.to(torch.bool)
+    return int(valid.sum())
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (one host sync)."""
+    flags = [torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _make_task(data_spec: ir.Data, spec: ir.Spec, run_dir: Path) -> Any:
+    """The task; a relative text path is tried against the working directory, then the spec's
+    folder. A locally trained BPE tokenizer is cached in the run folder."""
+    from nestdsl.runtime.tasks import make_task
+
+    base_dir = None
+    src = getattr(spec, "source_file", None)
+
+    def _rel_missing(d: Any) -> bool:
+        return getattr(d, "task", None) == "text" and not Path(d.path).expanduser().is_absolute() \
+            and not Path(d.path).expanduser().exists()
+
+    subs = data_spec.tasks if isinstance(data_spec, ir.ContinualData) else [data_spec]
+    if src and any(_rel_missing(d) for d in subs):
+        cand = Path(src).parent
+        if all((cand / d.path).exists() for d in subs if _rel_missing(d)):
+            base_dir = cand
+    return make_task(data_spec, base_dir=base_dir, cache_dir=run_dir)
+
+
+def _check_vocab(spec: ir.Spec, task: Any) -> None:
+    vocab = getattr(spec.model, "vocab", None)
+    if vocab is not None and task.vocab_size > vocab:
+        from nestdsl.runtime.tasks import DataError
+
+        raise DataError(
+            f"the {task.name} task uses {task.vocab_size} token ids but model.vocab is {vocab}; "
+            f"set model.vocab to at least {task.vocab_size}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def train(
@@ -153,14 +233,20 @@ def train(
     on_log: Callable[[dict[str, float]], None] | None = None,
     distributed: Any = None,
 ) -> TrainResult:
-    """Train `spec` into `run_dir`; see the module docstring for the guarantees."""
+    """Train `spec` into `run_dir`; see the module docstring for the guarantees.
+
+    `steps` overrides `train.steps` (the length of the learning-rate schedule too). Without
+    `resume`, a run folder that already holds a checkpoint is refused (never overwrite work).
+    """
     import nestdsl
     from nestdsl.runtime import checkpoint as ckpt
     from nestdsl.runtime.metrics import MetricsWriter
-    from nestdsl.runtime.tasks import make_task
 
     train_cfg = spec.train or ir.Train()
     total_steps = steps if steps is not None else train_cfg.steps
+    if total_steps < 1:
+        raise TrainConfigError(f"--steps must be >= 1, got {total_steps}")
+    train_cfg = train_cfg.model_copy(update={"steps": total_steps})
     data_spec = default_data(spec)
     if spec.data is None:  # lower with the same data the loop will use (level classification)
         spec = spec.model_copy(update={"data": data_spec})
@@ -168,19 +254,44 @@ def train(
     rank = distributed.rank if distributed else 0
     world = distributed.world_size if distributed else 1
 
+    # Inputs first (cheap, and their errors are the user's), then the model.
+    if world > 1 and data_spec.batch % world:
+        raise TrainConfigError(
+            f"data.batch = {data_spec.batch} is not divisible by the {world} processes; "
+            f"use a multiple of {world} (the global batch is split evenly across ranks)"
+        )
+    if not resume and ckpt.find_latest(run_dir) is not None:
+        raise TrainConfigError(
+            f"{run_dir} already holds checkpoints of a run; pass --resume to continue it, or "
+            "choose another --out folder (nothing was overwritten)"
+        )
+    task = _make_task(data_spec, spec, run_dir)
+    _check_vocab(spec, task)
+
     seed_everything(train_cfg.seed)
     system = nestdsl.compile(spec, device=device, compile=use_compile)
     model = system.model
-    task = make_task(data_spec)
+    if world > 1 and getattr(model, "uses_task_sweep", False):
+        raise TrainConfigError(
+            "this model's loss trains in-context CMS levels through the chunked task sweep "
+            "(torch.autograd.grad inside the forward), which DistributedDataParallel cannot "
+            "synchronise; train it in one process, or use `signal: local` for its CMS stages"
+        )
     opt_spec = spec.outer_optimizer or DEFAULT_OPTIMIZER
     level_opts = build_level_optimizers(system, opt_spec)
     loss_module: torch.nn.Module = LossModule(model)
     if distributed:
         loss_module = distributed.wrap(loss_module)
+    autocast = (
+        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        if train_cfg.precision == "bf16" else contextlib.nullcontext()
+    )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
     history: list[dict[str, float]] = []
+    loss_acc = torch.zeros((), device=device)
+    n_acc = 0
     if resume:
         latest = ckpt.find_latest(run_dir)
         if latest is not None:
@@ -189,61 +300,88 @@ def train(
                 spec_text=spec_text, restore_rng=True, device=device,
             )
             start_step = loaded.step
-            history = list(loaded.extra.get("history", []))
+            extra = loaded.extra or {}
+            history = list(extra.get("history", []))
+            # The partial loss average of the current log window.
+            if "loss_acc" in extra:
+                loss_acc = extra["loss_acc"].to(device).clone()
+                n_acc = int(extra.get("n_acc", 0))
             # Gradients accumulated for persistent levels between their updates.
-            accum = loaded.extra.get("accum", {})
+            accum = extra.get("accum", {})
             for lo in level_opts:
                 for i, p in enumerate(lo.params):
                     key = f"{lo.name}.{i}"
                     if key in accum:
-                        p.grad = accum[key].to(p.device).clone()
+                        p.grad = accum[key].to(device=p.device, dtype=p.dtype).clone()
+    if start_step == 0:
+        for lo in level_opts:
+            lo.optimizer.zero_grad(set_to_none=True)
     metrics = MetricsWriter(run_dir, truncate_after=start_step) if rank == 0 else None
 
     grad_clip = train_cfg.grad_clip
     t_start = time.perf_counter()
     tokens_seen = 0
     first_loss = history[0]["loss"] if history else math.nan
-    last_loss = math.nan
-    loss_acc = torch.zeros((), device=device)
-    bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    n_acc = 0
+    last_loss = history[-1]["loss"] if history else math.nan
+    no_bad = total_steps + 1  # "no non-finite step yet" (a min-reduction sentinel)
+    bad_step = torch.full((), no_bad, dtype=torch.long, device=device)
+
+    def all_ok(ok: bool) -> bool:
+        """Whether every rank is ok (one collective; trivially `ok` in one process)."""
+        if world == 1:
+            return ok
+        import torch.distributed as dist
+
+        flag = torch.tensor(1 if ok else 0, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
     def save(step: int) -> None:
-        if rank != 0:
-            return
-        accum: dict[str, torch.Tensor] = {}
-        for lo in level_opts:
-            if lo.every_k > 1:
-                for i, p in enumerate(lo.params):
-                    if p.grad is not None:
-                        accum[f"{lo.name}.{i}"] = p.grad.detach()
-        ckpt.save_checkpoint(
-            run_dir,
-            step,
-            model=model,
-            optimizer=[lo.optimizer for lo in level_opts],
-            spec_text=spec_text,
-            data_position=step,
-            extra={"history": history, "accum": accum},
-        )
-
-    for lo in level_opts:
-        if not resume or start_step == 0:
-            lo.optimizer.zero_grad(set_to_none=True)
+        error: BaseException | None = None
+        if rank == 0:
+            accum: dict[str, torch.Tensor] = {}
+            for lo in level_opts:
+                if lo.every_k > 1:
+                    for i, p in enumerate(lo.params):
+                        if p.grad is not None:
+                            accum[f"{lo.name}.{i}"] = p.grad.detach()
+            try:
+                ckpt.save_checkpoint(
+                    run_dir,
+                    step,
+                    model=model,
+                    optimizer=[lo.optimizer for lo in level_opts],
+                    spec_text=spec_text,
+                    data_position=step,
+                    extra={"history": history, "accum": accum, "loss_acc": loss_acc.detach().clone(),
+                           "n_acc": n_acc},
+                )
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+                error = e
+        if not all_ok(error is None):
+            if error is not None:
+                raise error
+            raise TrainConfigError(f"rank 0 could not write the checkpoint of step {step}; stopped")
 
     step = start_step
     for step in range(start_step, total_steps):
         batch = task.batch(step)
         tokens, targets, mask = (t.to(device) for t in (batch.tokens, batch.targets, batch.loss_mask))
+        scale: float | None = None
         if world > 1:
+            n_global = _valid_count(targets, mask)
             tokens, targets, mask = (t.chunk(world)[rank] for t in (tokens, targets, mask))
-        loss = loss_module(tokens, targets, mask)
+            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of
+            # the scored tokens makes that average the gradient of the global-batch mean.
+            scale = _valid_count(targets, mask) * world / max(n_global, 1)
+        with autocast:
+            loss = loss_module(tokens, targets, mask, scale)
         loss.backward()
 
         # Record the first non-finite step without a host sync.
         finite = torch.isfinite(loss.detach())
-        bad_step = torch.where((bad_step < 0) & ~finite, torch.tensor(step, device=device), bad_step)
-        loss_acc = loss_acc + loss.detach()
+        bad_step = torch.where(~finite & (bad_step == no_bad), torch.tensor(step, device=device), bad_step)
+        loss_acc = loss_acc + loss.detach().float()
         n_acc += 1
         tokens_seen += tokens.numel() * world
 
@@ -265,15 +403,22 @@ def train(
         done = step + 1
         is_log = done % train_cfg.log_every == 0 or done == total_steps
         is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps
-        if is_log or is_ckpt:
+        if is_log:
+            summed = loss_acc.clone()
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
+                dist.all_reduce(summed)
+                summed /= world
             bad = int(bad_step)  # host sync, only here
-            if bad >= 0:
+            if bad != no_bad:
                 raise TrainingDiverged(
                     f"loss became non-finite at step {bad + 1}; stopped. The last good checkpoint "
-                    f"in {run_dir} is kept (lower the learning rate or enable grad_clip)."
+                    f"in {run_dir} is kept (lower the learning rate or enable train.grad_clip)."
                 )
-            mean_loss = float(loss_acc) / max(n_acc, 1)
-            loss_acc.zero_()
+            mean_loss = float(summed) / max(n_acc, 1)
+            loss_acc = torch.zeros((), device=device)
             n_acc = 0
             if math.isnan(first_loss):
                 first_loss = mean_loss
@@ -292,6 +437,28 @@ def train(
             if on_log is not None and rank == 0:
                 on_log(record)
         if is_ckpt:
+            if not is_log:
+                # Never checkpoint a diverged state: check (and agree on) the flag first.
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
+                bad = int(bad_step)
+                if bad != no_bad:
+                    raise TrainingDiverged(
+                        f"loss became non-finite at step {bad + 1}; stopped. The last good "
+                        f"checkpoint in {run_dir} is kept (lower the learning rate or enable "
+                        "train.grad_clip)."
+                    )
+            # A finite loss can still be followed by an update that overflows the parameters.
+            if not _finite(model):
+                last = ckpt.find_latest(run_dir)
+                since = f"after step {ckpt.read_meta(last)['step']}" if last is not None else "since the start"
+                raise TrainingDiverged(
+                    f"parameters became non-finite by step {done} ({since}; the loss was still "
+                    f"finite); stopped. The last good checkpoint in {run_dir} is kept (lower the "
+                    "learning rate or enable train.grad_clip)."
+                )
             save(done)
 
     if metrics is not None:
@@ -299,11 +466,12 @@ def train(
     elapsed = time.perf_counter() - t_start
     return TrainResult(
         run_dir=run_dir,
-        steps=total_steps,
+        steps=max(total_steps, start_step),
         final_loss=last_loss,
         first_loss=first_loss,
         tokens_per_s=tokens_seen / max(elapsed, 1e-9),
         history=history,
+        start_step=start_step,
     )
 
 
