@@ -32,25 +32,12 @@ _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximate the orthogonal polar factor U V^T of `G` (2-D) by the quintic iteration.
+    """`nestdsl.ops.newton_schulz` computed in float32 (paper notes §1.11: k Newton-Schulz steps
+    are k inner GD steps on the orthogonality objective, Eq. 43-44). The optimizers keep float32
+    state, and float32 keeps the CPU reference tests exact; a zero matrix maps to zero."""
+    from nestdsl.ops.newton_schulz import newton_schulz as _ns
 
-    X <- a X + (b A + c A^2) X with A = X X^T, starting from X = G / ||G||_F (paper notes §1.11:
-    k Newton-Schulz steps are k inner GD steps on the orthogonality objective, Eq. 43-44).
-    Computed in float32 (the usual Muon runs this in bfloat16 on GPU; float32 keeps the CPU
-    reference tests exact). A zero matrix maps to zero. Private copy: dedupe with
-    `nestdsl.ops.newton_schulz` once that exists.
-    """
-    a, b, c = _NS_COEFFS
-    X = G.to(torch.float32)
-    transposed = X.shape[0] > X.shape[1]
-    if transposed:  # iterate on the short side: A is min(n, m)^2
-        X = X.T
-    X = X / (torch.linalg.matrix_norm(X) + eps)
-    for _ in range(steps):
-        A = X @ X.T
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
-    return X.T if transposed else X
+    return _ns(G.to(torch.float32), steps=steps, eps=eps)
 
 
 def ns_shape_scale(rows: int, cols: int) -> float:
