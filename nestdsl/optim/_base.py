@@ -28,7 +28,6 @@ __all__ = ["DeepOptimizer", "as_rows", "newton_schulz", "ns_shape_scale", "zeros
 
 # Muon's quintic Newton-Schulz coefficients (Jordan et al. 2024): they push every singular
 # value of a unit-Frobenius-norm matrix into roughly [0.7, 1.2] within 5 iterations.
-_NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
