@@ -7,6 +7,17 @@ streaming state. Blocks add the norm and the residual; the model threads states 
 
 Running a sequence in segments with the state passed along must equal running it at once
 (streaming). A layer reports how it was lowered through `plan()` (rows for `nestdsl compile`).
+
+Optional hooks, looked up with `getattr` (a layer without them gets the default):
+
+    owns_residual: bool = False      the block passes the raw x and adds no norm/residual (MAL)
+    uses_task_sweep: bool = False    `model.loss` trains through `nestdsl.lower.sweep.task_sweep`
+    level_params() -> {level: [Parameter]}   parameters of persistent levels (updated by the
+                                     outer optimizer every k steps); everything else is outer
+    in_context_levels() -> [level]   levels whose state this layer updates inside the sequence
+    explain() -> [str]               pseudo-code of the per-chunk step (`compile --explain`)
+
+Builders register per layer type in `nestdsl.lower.registry` (`register_layer`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,345 @@
+"""Continuum Memory System layer (NL paper arXiv §7.1, Eqs. 70–74; design.md §3.3).
+
+Stages MLP^(1..k), each MLP(x) = W_out σ(W_in x) (no biases, hidden = `hidden` × width), with its
+own level. Wiring (`mode`):
+
+    chain:       h_1 = MLP_1(x);  h_s = h_{s−1} + MLP_s(RMSNorm_s(h_{s−1}))  (s ≥ 2);  y = h_k
+                 (Eq. 70 with the omitted normalisations as pre-norm residual blocks; x is
+                 already pre-normed by the block, so one stage is exactly a Transformer MLP)
+    independent: y = Σ_s softmax(w)_s MLP_s(x)             (Eq. 74, learned weighted sum)
+    nested:      chain wiring; stage s is reset to its meta-learned initial state every period of
+                 stage s+1 (stages go fastest → slowest, as the checker requires; §3.2 "Nested
+                 CMS": the slower level owns and re-initialises the faster one)
+
+Each stage's level is classified from its period (`nestdsl.check.periods.classify`, with seq_len
+and tokens per step = batch × seq_len from the spec's `data`, or the ir._Data defaults):
+
+* **persistent** (period in steps, or a multiple of tokens per step): the weights are ordinary
+  parameters; `persistent_levels()` lists them with k so the runtime steps them every k optimizer
+  steps with the accumulated gradient (MultiSteps, design.md §3.3).
+* **in-context** (period C < seq_len tokens): the weights are *fast* state per sequence,
+  starting from the stage's meta-learned initial weights (nn.Parameters; reads are
+  differentiable, so they learn by backprop). Reads inside a chunk use the chunk-start state
+  θ_{c(t)} (Eq. 71: θ changes only every C tokens). Update signal:
+  - `task`: θ ← θ − lr · Σ_{t ∈ finished chunk} ∇_θ CE_t (the exact next-token-loss gradient, a
+    stop-gradient write) — done by `nestdsl.lower.sweep.task_sweep`; a plain forward call keeps
+    θ fixed (it has no targets).
+  - `local`: an associative memory on the stage's own input u_t (chain: the normed stage input):
+    ℓ_t = ½‖MLP(θ_{c(t)}; u_t) − u_t W_v‖², W_v a learned projection initialised to the identity,
+    θ ← θ − lr · Σ_{t ∈ chunk} ∇ℓ_t every C tokens — exactly `memory_scan(u, u, u W_v,
+    memory=MLPMemory(...), objective="l2", rule="gd", lr=lr, chunk_size=C, read="chunk")` with
+    one head; writes are differentiable (closed-form inner gradients).
+  The state resets per sequence (state None) unless the stage has `scope: stream`: `carry(state)`
+  gives the state to pass to the next sequence (stream stages kept, the others dropped).
+
+Compilation: the stage MLPs run eagerly (two matmuls, nothing to fuse). A model with `task`
+stages needs compiled graphs that can be back-propagated through twice (`task_sweep` uses
+retain_graph): building such a layer with compile on calls `allow_repeated_backward()`, which
+turns off AOTAutograd's donated buffers and inductor's in-place buffer reuse (global switches).
+
+Streaming state: {"__cms__": tag, "pos": tokens seen, "fast": {stage: (W_in, W_out)} current fast
+weights (B, out, in) of in-context stages, "anchor": {stage: chunk-start weights} of local stages};
+segments may be split anywhere (local stages accumulate the partial chunk exactly: with plain GD
+the chunk update is a sum of per-token gradients at θ_{c(t)}).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nestdsl.check.periods import DataShape, classify
+from nestdsl.lower.common import BuildContext, CompileConfig, RMSNorm
+from nestdsl.lower.layer import PlanRow
+from nestdsl.lower.registry import register_layer
+from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
+from nestdsl.spec import ir
+
+__all__ = ["StageLevel", "CMSLayerModule", "allow_repeated_backward", "build_cms"]
+
+_TAGS = itertools.count()
+
+
+@dataclass(frozen=True)
+class StageLevel:
+    """How one stage was lowered: its level class, period and in-context update."""
+
+    index: int
+    level: str
+    kind: str                    # "in_context" | "persistent"
+    tokens: int | None = None    # in-context chunk size C
+    every_k: int | None = None   # persistent: optimizer steps between updates
+    signal: str = "task"         # in-context: "task" | "local"
+    scope: str = "sequence"
+    lr: float = 0.01
+    reset_every: int | None = None   # nested: tokens between resets to the initial state
+
+
+class CMSStageModule(nn.Module):
+    """One MLP stage: weights (W_in (hidden·D, D), W_out (D, hidden·D)) = its persistent
+    weights or its in-context initial state; optional pre-norm and (local) value projection."""
+
+    def __init__(self, width: int, hidden: int, activation: str, *, norm: bool, local: bool) -> None:
+        super().__init__()
+        self.mlp = MLPMemory(depth=2, hidden=hidden * width, activation=activation, residual=False)
+        w_in, w_out = self.mlp.init_weights(1, width, width)
+        self.weights = nn.ParameterList([nn.Parameter(w_in[0]), nn.Parameter(w_out[0])])
+        self.norm = RMSNorm(width) if norm else None
+        self.value = nn.Linear(width, width, bias=False) if local else None
+        if self.value is not None:
+            with torch.no_grad():
+                self.value.weight.copy_(torch.eye(width))
+
+
+def allow_repeated_backward() -> None:
+    """Make compiled graphs safe to back-propagate through more than once.
+
+    `task_sweep` takes `torch.autograd.grad(..., retain_graph=True)` at every level boundary and
+    the outer backward runs through the same graphs again. AOTAutograd's donated buffers forbid
+    that (an error), and inductor's in-place buffer reuse in backward graphs silently clobbers
+    saved tensors (wrong gradients on the second backward; torch 2.13, CPU). Global switches:
+    they must be set before the first compile.
+    """
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    functorch_config.donated_buffer = False
+    inductor_config.inplace_buffers = False
+
+
+def _pieces(pos: int, T: int, periods: list[int]) -> list[tuple[int, int]]:
+    """Split [0, T) at every absolute position pos + t that is a multiple of one of `periods`."""
+    cuts = {0, T}
+    for p in periods:
+        first = (-pos) % p
+        cuts.update(range(first, T, p))
+    edges = sorted(c for c in cuts if 0 <= c <= T)
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+class CMSLayerModule(nn.Module):
+    """A CMS layer: `y, state = layer(x, state)`, x, y: (B, T, D)."""
+
+    def __init__(self, width: int, stages: list[ir.CMSStage], levels: list[StageLevel], *,
+                 mode: str = "chain", name: str = "cms",
+                 compile_config: CompileConfig | None = None) -> None:
+        super().__init__()
+        self.name, self.width, self.mode = name, width, mode
+        self.levels = levels
+        self.tag = f"cms{next(_TAGS)}"            # identifies this layer's state for task_sweep
+        self.stages = nn.ModuleList(
+            CMSStageModule(width, s.hidden, s.activation,
+                           norm=(mode != "independent" and i > 0),
+                           local=(lv.kind == "in_context" and lv.signal == "local"))
+            for i, (s, lv) in enumerate(zip(stages, levels, strict=True)))
+        self.mix = nn.Parameter(torch.zeros(len(stages))) if mode == "independent" else None
+        # the model's loss must go through nestdsl.lower.sweep.task_sweep when this is set
+        self.uses_task_sweep = bool(self.task_stages())
+        cfg = compile_config or CompileConfig(enabled=False)
+        self.compile_config = cfg
+        if self.uses_task_sweep and cfg.enabled:
+            allow_repeated_backward()
+        # Stage MLPs run eagerly: two matmuls each, nothing for inductor to fuse, and compiling
+        # them would cost one graph per (stage, weight layout) — persistent, broadcast initial
+        # and written fast weights — for no measurable gain.
+        self._mlp = [functools.partial(mlp_forward, spec=s.mlp) for s in self.stages]
+
+    @classmethod
+    def from_spec(cls, layer_ir: ir.CMSLayer, spec: ir.Spec, width: int, *,
+                  compile_config: CompileConfig | None = None, name: str = "cms") -> CMSLayerModule:
+        ctx = BuildContext(spec, compile_config or CompileConfig(enabled=False))
+        if layer_ir.cms not in spec.cms:
+            raise ctx.error(layer_ir, f"unknown cms '{layer_ir.cms}'", "declare it under `cms:`")
+        cms = spec.cms[layer_ir.cms]
+        shape = DataShape.of(spec)
+        periods = []
+        for i, st in enumerate(cms.stages):
+            try:
+                period = spec.level_period(st.level)
+            except KeyError:
+                raise ctx.error(st, f"unknown level '{st.level}' in cms '{layer_ir.cms}' stage {i + 1}") from None
+            cls_ = classify(period, shape)
+            if not cls_.ok:
+                raise ctx.error(st, f"cms '{layer_ir.cms}' stage {i + 1}: level '{st.level}' period {period} "
+                                f"is neither in-context nor persistent ({shape.describe()})",
+                                f"in-context periods are < seq_len and divide it; persistent periods are in "
+                                f"steps or a multiple of {shape.tokens_per_step} tokens")
+            periods.append(cls_)
+        levels = []
+        for i, (st, c) in enumerate(zip(cms.stages, periods, strict=True)):
+            reset = None
+            if cms.mode == "nested" and i + 1 < len(cms.stages) and periods[i + 1].kind == "in_context":
+                if c.kind != "in_context":
+                    raise ctx.error(st, f"nested cms '{layer_ir.cms}': persistent stage {i + 1} cannot be "
+                                    "reset by the faster in-context stage after it",
+                                    "order nested stages from fastest to slowest")
+                reset = periods[i + 1].tokens
+                assert reset is not None and c.tokens is not None
+                if reset % c.tokens:
+                    raise ctx.error(st, f"nested cms '{layer_ir.cms}': stage {i + 2} period {reset} is not a "
+                                    f"multiple of stage {i + 1}'s ({c.tokens})",
+                                    "each nested period must be a multiple of the previous one")
+            levels.append(StageLevel(i, st.level, c.kind, c.tokens, c.every_k, st.signal, st.scope,
+                                     st.lr, reset))
+        return cls(width, list(cms.stages), levels, mode=cms.mode, name=name,
+                   compile_config=compile_config)
+
+    # ------------------------------------------------------------------------------------------
+    # levels for the runtime and the sweep
+
+    def persistent_levels(self) -> list[tuple[str, list[nn.Parameter], int]]:
+        """(level name, its parameters, k): update every k optimizer steps (MultiSteps)."""
+        return [(lv.level, list(self.stages[lv.index].weights), int(lv.every_k or 1))
+                for lv in self.levels if lv.kind == "persistent"]
+
+    def level_params(self) -> dict[str, list[nn.Parameter]]:
+        """The persistent levels as the compiler collects them: level name → parameters."""
+        out: dict[str, list[nn.Parameter]] = {}
+        for lvl, params, _ in self.persistent_levels():
+            out.setdefault(lvl, []).extend(params)
+        return out
+
+    def in_context_levels(self) -> list[str]:
+        """Levels whose (fast) state lives in this layer's streaming state."""
+        return list(dict.fromkeys(lv.level for lv in self.levels if lv.kind == "in_context"))
+
+    def task_stages(self) -> list[StageLevel]:
+        """In-context stages updated by the next-token loss (`task_sweep` writes them)."""
+        return [lv for lv in self.levels if lv.kind == "in_context" and lv.signal == "task"]
+
+    # ------------------------------------------------------------------------------------------
+    # state
+
+    def init_fast(self, i: int, batch: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """Stage i's meta-learned initial weights, one copy per sequence: (B, out, in)."""
+        ws = []
+        for p in self.stages[i].weights:
+            w = p.to(dtype).expand(batch, *p.shape)
+            if not w.requires_grad:          # the task sweep differentiates the loss w.r.t. it
+                w = w.detach().clone().requires_grad_(True)
+            ws.append(w)
+        return tuple(ws)
+
+    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        fast = {lv.index: self.init_fast(lv.index, batch, dtype)
+                for lv in self.levels if lv.kind == "in_context"}
+        anchor = {lv.index: fast[lv.index] for lv in self.levels
+                  if lv.kind == "in_context" and lv.signal == "local"}
+        return {"__cms__": self.tag, "pos": 0, "fast": fast, "anchor": anchor}
+
+    def carry(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The state to start the next sequence with: `scope: stream` stages continue, the
+        others restart from their initial state."""
+        keep = [lv.index for lv in self.levels if lv.kind == "in_context" and lv.scope == "stream"]
+        if not keep:
+            return None
+        B = next(iter(state["fast"].values()))[0].shape[0]
+        dtype = next(iter(state["fast"].values()))[0].dtype
+        new = self.initial_state(B, dtype)
+        for i in keep:
+            new["fast"][i] = state["fast"][i]
+            if i in state["anchor"]:
+                new["anchor"][i] = state["anchor"][i]
+        new["pos"] = state["pos"]
+        return new
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+
+    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+        B, T, _ = x.shape
+        if state is None:
+            state = self.initial_state(B, x.dtype)
+        pos = state["pos"]
+        fast, anchor = dict(state["fast"]), dict(state["anchor"])
+        h, outs = x, []
+        for i, (stage, lv) in enumerate(zip(self.stages, self.levels, strict=True)):
+            u = stage.norm(h) if stage.norm is not None else h
+            if lv.kind == "persistent":
+                out = self._mlp[i](tuple(stage.weights), u)
+            elif lv.signal == "task":
+                out, fast[i] = self._task_stage(lv, u, fast[i], pos)
+            else:
+                out, fast[i], anchor[i] = self._local_stage(lv, u, fast[i], anchor[i], pos)
+            if self.mode == "independent":
+                outs.append(out)
+            else:
+                h = out if i == 0 else h + out
+        if self.mix is not None:
+            w = torch.softmax(self.mix, dim=0).to(x.dtype)
+            h = sum(w[i] * o for i, o in enumerate(outs))
+        return h, {"__cms__": self.tag, "pos": pos + T, "fast": fast, "anchor": anchor}
+
+    def _reset_due(self, lv: StageLevel, p: int) -> bool:
+        return lv.reset_every is not None and p > 0 and p % lv.reset_every == 0
+
+    def _task_stage(self, lv: StageLevel, u: Tensor, ws: tuple[Tensor, ...], pos: int
+                    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Read with the current fast weights (written between calls by `task_sweep`)."""
+        outs = []
+        for a, b in _pieces(pos, u.shape[1], [lv.reset_every] if lv.reset_every else []):
+            if self._reset_due(lv, pos + a):
+                ws = self.init_fast(lv.index, u.shape[0], u.dtype)
+            outs.append(self._mlp[lv.index](ws, u[:, a:b]))
+        return torch.cat(outs, dim=1), ws
+
+    def _local_stage(self, lv: StageLevel, u: Tensor, cur: tuple[Tensor, ...], anchor: tuple[Tensor, ...],
+                     pos: int) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Associative L2 memory on (u_t, u_t W_v) with GD every C tokens, read at θ_{c(t)}."""
+        stage = self.stages[lv.index]
+        assert stage.value is not None and lv.tokens is not None
+        C = lv.tokens
+        outs = []
+        for a, b in _pieces(pos, u.shape[1], [C] + ([lv.reset_every] if lv.reset_every else [])):
+            if self._reset_due(lv, pos + a):
+                cur = anchor = self.init_fast(lv.index, u.shape[0], u.dtype)
+            uc = u[:, None, a:b]                                        # (B, 1, l, D)
+            o, new = mlp_chunk_step(MemoryState(tuple(w[:, None] for w in anchor)), uc, uc,
+                                    stage.value(uc), lv.lr, None, None, spec=stage.mlp,
+                                    objective="l2", rule="gd", read="chunk")
+            # the partial chunk's update Δ = Σ_t −lr ∇ℓ_t(θ_{c(t)}) accumulates onto cur
+            ends = tuple(n[:, 0] for n in new.weights)
+            cur = ends if cur is anchor else tuple(
+                c + n - an for c, n, an in zip(cur, ends, anchor, strict=True))
+            if (pos + b) % C == 0:
+                anchor = cur
+            outs.append(o[:, 0])
+        return torch.cat(outs, dim=1), cur, anchor
+
+    # ------------------------------------------------------------------------------------------
+    # plan
+
+    def plan(self) -> list[PlanRow]:
+        rows = []
+        status, why = "eager", "eager: stage MLPs are two matmuls (nothing to fuse)"
+        shared = sum(p.numel() for p in self.parameters()) - sum(
+            p.numel() for s in self.stages for p in s.weights)
+        for lv, stage in zip(self.levels, self.stages, strict=True):
+            n = sum(p.numel() for p in stage.weights) + (shared if lv.index == 0 else 0)
+            name = f"{self.name}.stages.{lv.index} ({lv.level})"
+            mode = f"mode {self.mode}" + (f", reset every {lv.reset_every} tokens" if lv.reset_every else "")
+            if lv.kind == "persistent":
+                rows.append(PlanRow(name, "cms stage", f"persistent MLP, outer optimizer every {lv.every_k} "
+                                    "step(s) with accumulated gradients (MultiSteps)", None, None, None, n,
+                                    status, "θ ← outer optimizer step every k steps", [mode, why]))
+            elif lv.signal == "task":
+                rows.append(PlanRow(name, "cms stage", "in-context, task signal: stop-gradient write by "
+                                    "task_sweep (chunked forward sweep)", lv.tokens, "chunk", "stop", n, status,
+                                    f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ CE_t (first-order)",
+                                    [mode, f"scope {lv.scope}", "initial state meta-learned through reads", why]))
+            else:
+                rows.append(PlanRow(name, "cms stage", "in-context, local L2 signal: mlp chunk step",
+                                    lv.tokens, "chunk", "grad", n, "eager (chunk step)",
+                                    f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ ½‖MLP(θ_{{c(t)}}; u_t) − u_t W_v‖²",
+                                    [mode, f"scope {lv.scope}"]))
+        return rows
+
+
+@register_layer("cms")
+def build_cms(ctx: BuildContext, node: ir.CMSLayer, name: str) -> nn.Module:
+    return CMSLayerModule.from_spec(node, ctx.spec, ctx.width, compile_config=ctx.compile, name=name)

@@ -1,0 +1,279 @@
+"""Building blocks shared by the lowered layers: build context, norms, gates, conv, RoPE,
+the compiled-with-eager-twin wrapper, and positioned lowering errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestdsl.diagnostics import Diagnostic, Span, SpecError
+from nestdsl.spec import ir
+
+# ---------------------------------------------------------------------------------------------
+# Errors with spec positions
+
+
+def spec_error(spec: ir.Spec, node: Any, message: str, hint: str | None = None,
+               code: str = "lower") -> SpecError:
+    """A `SpecError` pointing at `node`'s span (or the top of the file when it has none)."""
+    file = spec.source_file or f"<spec {spec.name}>"
+    span = getattr(node, "span", None) or Span(file, 1, 1)
+    sources: dict[str, str] = {}
+    try:
+        if span.file and Path(span.file).is_file():
+            sources[span.file] = Path(span.file).read_text(encoding="utf-8")
+    except OSError:
+        pass
+    return SpecError([Diagnostic(span, message, hint, code=code)], sources)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile with an eager twin
+
+
+@dataclass
+class CompileConfig:
+    """Shared by every layer of one model: compile on/off and what happened (for the plan)."""
+
+    enabled: bool = True
+    failures: dict[str, str] = field(default_factory=dict)   # function name -> reason
+
+    def note_failure(self, name: str, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(exc).__name__}: {first}"
+        self.failures[name] = reason
+        warnings.warn(f"nestdsl: torch.compile failed for {name}; running it eagerly ({reason})",
+                      RuntimeWarning, stacklevel=3)
+
+
+class Compiled:
+    """`fn` and its `torch.compile`d twin. Which one runs is decided per call from the shared
+    `CompileConfig`; a compile failure switches this function to eager and records the reason,
+    so the plan shows it (never a silent fallback)."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, config: CompileConfig) -> None:
+        self.fn = fn
+        self.name = name
+        self.config = config
+        self._compiled: Callable[..., Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.config.enabled and self.name not in self.config.failures
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.active:
+            return self.fn(*args, **kwargs)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
+            # If eager fails too, it was the input, not the compiler: raise eager's error and
+            # keep compiling. Otherwise record the fallback (shown in the plan) and go on eagerly.
+            out = self.fn(*args, **kwargs)
+            self.config.note_failure(self.name, e)
+            return out
+
+
+def compile_status(config: CompileConfig, names: list[str], what: str) -> tuple[str, str]:
+    """(short status for the plan's `compiled` column, a note saying what/why)."""
+    if not config.enabled:
+        return "eager", "eager: compile disabled"
+    failed = [f"{n}: {config.failures[n]}" for n in names if n in config.failures]
+    if failed:
+        return "eager (FALLBACK)", "compile failed, fell back to eager: " + "; ".join(failed)
+    return "compiled", f"compiled: {what}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Build context
+
+
+@dataclass
+class BuildContext:
+    """What a layer builder needs: the spec, sizes, and the shared compile configuration."""
+
+    spec: ir.Spec
+    compile: CompileConfig
+
+    @property
+    def model(self) -> ir.Model:
+        assert self.spec.model is not None
+        return self.spec.model
+
+    @property
+    def width(self) -> int:
+        return self.model.width
+
+    def error(self, node: Any, message: str, hint: str | None = None) -> SpecError:
+        return spec_error(self.spec, node, message, hint)
+
+    def memory(self, name: str, node: Any) -> ir.Memory:
+        """Look up a memory by name; an unknown name is a positioned error."""
+        if name not in self.spec.memories:
+            from nestdsl.diagnostics import choices_hint
+
+            raise self.error(node, f"unknown memory '{name}'",
+                             choices_hint(name, list(self.spec.memories)) if self.spec.memories
+                             else "declare it under `memories:`")
+        return self.spec.memories[name]
+
+    def heads_and_dim(self, mem: ir.Memory | None, node: Any) -> tuple[int, int]:
+        """(heads, head_dim): heads from the memory (default model.heads) split the width."""
+        H = (mem.heads if mem is not None and mem.heads else None) or self.model.heads
+        if self.width % H:
+            raise self.error(mem if mem is not None and mem.heads else node,
+                             f"width {self.width} is not divisible by {H} heads",
+                             "choose heads that divide model.width")
+        return H, self.width // H
+
+    def chunk_size(self, mem: ir.Memory) -> int:
+        """The memory's chunk size C = its level's period in tokens (design.md §3.1)."""
+        try:
+            period = self.spec.level_period(mem.level)
+        except KeyError:
+            from nestdsl.diagnostics import choices_hint
+
+            raise self.error(mem, f"unknown level '{mem.level}'",
+                             choices_hint(str(mem.level), [*self.spec.levels, "token", "step"])) from None
+        if period.unit != "tokens":
+            raise self.error(mem, f"memory level '{mem.level}' has period {period}; a memory "
+                             "updates inside the sequence, so its level needs a period in tokens",
+                             "use e.g. `every: 16 tokens`")
+        return period.every
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) · w (no mean subtraction)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    return nn.Identity()
+
+
+_ROLE_DEFAULT_INIT = {"lr": None, "retention": 0.99, "momentum": 0.9}
+
+
+class LearnedGateModule(nn.Module):
+    """A data-dependent per-head gate (design.md §2): g_t = scale · squash(⟨w_h, x_t⟩ + b_h).
+
+    The projection weight starts at zero and the bias at squash⁻¹(init / scale), so every
+    token's initial gate equals `init` exactly; the weights then learn the data dependence.
+    Without `init`, library defaults: lr squash(0)·scale, retention 0.99, momentum 0.9
+    (clipped into the squash's range).
+    """
+
+    def __init__(self, width: int, heads: int, gate: ir.LearnedGate, role: str, ctx: BuildContext,
+                 node: Any) -> None:
+        super().__init__()
+        self.squash = gate.learned
+        self.scale = float(gate.scale)
+        self.proj = nn.Linear(width, heads)
+        nn.init.zeros_(self.proj.weight)
+        init = gate.init if gate.init is not None else _ROLE_DEFAULT_INIT.get(role)
+        b = 0.0
+        if init is not None:
+            r = init / self.scale
+            if self.squash == "sigmoid":
+                if not 0 < r < 1:
+                    if gate.init is not None:
+                        raise ctx.error(gate, f"{role} gate init {init} is outside (0, scale={self.scale}) "
+                                        "of a sigmoid gate", "pick 0 < init < scale")
+                else:
+                    b = math.log(r / (1 - r))
+            else:
+                if r <= 0:
+                    raise ctx.error(gate, f"{role} gate init {init} must be > 0 for a softplus gate")
+                b = r + math.log(-math.expm1(-r))          # softplus⁻¹(r), stable
+        nn.init.constant_(self.proj.bias, b)
+        self.init_value = self.scale * (torch.sigmoid(torch.tensor(b)).item() if self.squash == "sigmoid"
+                                        else F.softplus(torch.tensor(b)).item())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, D) → (B, H, T)."""
+        z = self.proj(x).transpose(1, 2)
+        g = torch.sigmoid(z) if self.squash == "sigmoid" else F.softplus(z)
+        return g * self.scale
+
+
+def describe_gate(g: ir.Gate | None, default: str) -> str:
+    if g is None:
+        return default
+    if isinstance(g, ir.LearnedGate):
+        return f"learned {g.learned}×{g.scale:g}" + (f" (init {g.init:g})" if g.init is not None else "")
+    return f"{float(g):g}"
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal conv of width K over (B, T, D) (Titans §4.4); streaming keeps the last
+    K−1 inputs, so segments give the same result as one call."""
+
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        # (D, K): the last tap multiplies the current token. Init like nn.Conv1d (groups=D).
+        self.weight = nn.Parameter(torch.empty(dim, width).uniform_(-1 / math.sqrt(width),
+                                                                     1 / math.sqrt(width)))
+
+    def forward(self, x: Tensor, cache: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x (B, T, D), cache (B, K−1, D) or None (zeros) → (y (B, T, D), new cache)."""
+        K = self.width
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], K - 1, x.shape[2])
+        xp = torch.cat([cache, x], dim=1)                           # (B, K−1+T, D)
+        y = F.conv1d(xp.transpose(1, 2), self.weight[:, None, :].to(x.dtype), groups=x.shape[2])
+        return y.transpose(1, 2), xp[:, xp.shape[1] - (K - 1):]
+
+
+def rope(x: Tensor, offset: int, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding (rotate-half form) for x (B, H, T, d) at positions offset+t."""
+    d = x.shape[-1]
+    half = d // 2
+    inv = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    pos = torch.arange(offset, offset + x.shape[-2], device=x.device, dtype=torch.float32)
+    ang = pos[:, None] * inv[None, :]                               # (T, d/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:2 * half]
+    rot = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rot if 2 * half == d else torch.cat([rot, x[..., 2 * half:]], dim=-1)
+
+
+def split_heads(x: Tensor, H: int) -> Tensor:
+    """(B, T, H·d) → (B, H, T, d)."""
+    B, T, _ = x.shape
+    return x.view(B, T, H, -1).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, d) → (B, T, H·d)."""
+    B, H, T, d = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * d)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

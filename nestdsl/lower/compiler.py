@@ -1,0 +1,180 @@
+"""`compile_spec`: spec → `CompiledSystem` (model, plan, levels, schedule).
+
+torch.compile strategy (design.md §6): every layer compiles its own pieces, each with an eager
+twin (`common.Compiled`): the q/k/v/gate projections and the output path of a memory layer, the
+whole attention / MLP layer, and — through `nestdsl.ops.memory_scan(compile=True)` — the
+per-chunk step of every memory. The loop over chunks stays in Python, so no graph grows with the
+sequence length T and compile time is independent of T. A compile failure switches that piece to
+eager and is recorded in the plan (`compiled` column) and warned about, never silent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
+from nestdsl.lower.layer import PlanRow
+from nestdsl.lower.model import NestModel
+from nestdsl.spec import ir
+
+
+@dataclass
+class LevelInfo:
+    """One level as the runtime sees it.
+
+    role: "outer" (the pre-training level: every parameter not owned elsewhere, k = 1),
+    "persistent" (a CMS level updated by the outer optimizer every `every_k` steps with the
+    gradient accumulated in between, design.md §3.3) or "in-context" (updated inside the sequence;
+    its state lives in the streaming state of the layers listed in `state`, no parameters).
+    """
+
+    name: str
+    role: str
+    period: str
+    every_k: int
+    params: list[nn.Parameter] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+@dataclass
+class CompiledSystem:
+    spec: ir.Spec
+    model: NestModel
+    levels: list[LevelInfo]
+    schedule: Any
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def plan(self) -> list[PlanRow]:
+        """Re-collected on every access, so a compile fallback that happened since shows up."""
+        rows = self.model.plan()
+        fails = self.model._compile_config.failures
+        if fails:
+            rows.append(PlanRow(name="compile fallbacks", kind="note", implementation="eager",
+                                compiled="eager (compile failed)",
+                                notes=[f"{k}: {v}" for k, v in fails.items()]))
+        return rows
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def set_compile(self, enabled: bool) -> None:
+        self.model.set_compile(enabled)
+
+
+def _tokens_per_step(spec: ir.Spec) -> int | None:
+    d = spec.data
+    if d is None:
+        return None
+    if isinstance(d, ir.ContinualData):
+        d = d.tasks[0]
+    return d.seq_len * d.batch
+
+
+def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
+    persistent: dict[str, list[nn.Parameter]] = {}
+    in_context: dict[str, list[str]] = {}
+    from nestdsl.lower.memory import MemoryMixer
+
+    for name, layer in model.iter_layers():
+        lp = getattr(layer, "level_params", None)
+        if callable(lp):
+            for lvl, params in lp().items():
+                persistent.setdefault(lvl, []).extend(params)
+        ic = getattr(layer, "in_context_levels", None)
+        if callable(ic):
+            for lvl in ic():
+                in_context.setdefault(lvl, []).append(name)
+    for mod in model.modules():
+        if isinstance(mod, MemoryMixer):
+            in_context.setdefault(mod.ir.level or "token", []).append(mod.name)
+
+    levels: list[LevelInfo] = []
+    owned: set[int] = set()
+    tps = _tokens_per_step(spec)
+    for lvl, params in persistent.items():
+        period = spec.level_period(lvl)
+        if period.unit == "steps":
+            k = period.every
+        else:
+            if tps is None or period.every % tps:
+                node = spec.levels.get(lvl)
+                raise spec_error(spec, node, f"persistent level '{lvl}' has period {period}, which is "
+                                 f"not a whole number of optimizer steps ({tps} tokens per step)",
+                                 "give the period in steps, e.g. `every: 4 steps`")
+            k = period.every // tps
+        uniq = [p for p in params if id(p) not in owned]
+        owned.update(id(p) for p in uniq)
+        levels.append(LevelInfo(lvl, "persistent", str(period), k, uniq))
+    for lvl, holders in in_context.items():
+        levels.append(LevelInfo(lvl, "in-context", str(spec.level_period(lvl)), 0, [], holders))
+    outer = [p for p in model.parameters() if id(p) not in owned]
+    levels.insert(0, LevelInfo("outer", "outer", "1 step", 1, outer))
+    return levels
+
+
+def _schedule(spec: ir.Spec) -> Any:
+    try:
+        from nestdsl.graph.schedule import schedule
+    except ImportError:
+        return None
+    try:
+        return schedule(spec)
+    except Exception:  # noqa: BLE001 - the schedule is informative; lowering does not need it
+        return None
+
+
+def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, compile: bool = True) -> CompiledSystem:  # noqa: A002
+    """Lower a spec to a trainable system.
+
+    Args:
+        spec_or_path: a `Spec` or a path to a spec file (loaded and checked).
+        device, dtype: where the parameters live.
+        compile: torch.compile the per-layer pieces and per-chunk steps (eager twins otherwise;
+            switch later with `system.set_compile(flag)`).
+    Raises:
+        SpecError: the spec cannot be lowered (positioned diagnostics).
+    """
+    if isinstance(spec_or_path, ir.Spec):
+        spec = spec_or_path
+    else:
+        from nestdsl.spec import load_spec
+
+        spec = load_spec(spec_or_path)
+    if spec.model is None:
+        raise spec_error(spec, spec, f"spec '{spec.name}' has no `model:` section to lower",
+                         "this looks like an optimizer spec; use it from a model spec's `optimizer:`")
+    if compile:
+        # One graph per (layer, chunk shape, gate configuration): raise dynamo's per-function
+        # recompile limit so deep hybrids do not silently drop to eager.
+        import torch._dynamo as dynamo
+
+        for attr in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo.config, attr):
+                setattr(dynamo.config, attr, max(getattr(dynamo.config, attr), 64))
+    ctx = BuildContext(spec=spec, compile=CompileConfig(enabled=compile))
+    model = NestModel(ctx)
+    notes: list[str] = []
+    if model.uses_task_sweep:
+        import importlib.util
+
+        if importlib.util.find_spec("nestdsl.lower.sweep") is None:
+            raise spec_error(spec, spec.model, "this model has CMS stages with the in-context `task` "
+                             "signal, which train through the chunked task sweep "
+                             "(nestdsl.lower.sweep), not available in this installation",
+                             "use `signal: local` for now")
+        notes.append("loss: chunked task sweep (in-context CMS levels with the task signal)")
+    model = model.to(device=device, dtype=dtype)
+    return CompiledSystem(spec=spec, model=model, levels=_levels(spec, model),
+                          schedule=_schedule(spec), notes=notes)

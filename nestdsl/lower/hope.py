@@ -1,0 +1,492 @@
+"""Hope's self-modifying Titans (NL paper arXiv §8, Eqs. 83–97; design.md §3.4).
+
+Per head (width D split into H heads of d = D/H), memories □ ∈ {k, v, η, α} (+ q when listed in
+`adaptive`) are residual MLPs M_□(x) = x + W_1 σ(W_2 x) (Eq. 89) with meta-learned initial states
+θ_{□,0} (nn.Parameters, shared by every sequence of a batch); the main memory M_mem is built from
+the `memory` spec. For token t with C_other-chunk start c(t) and C_mem-chunk start c_m(t):
+
+    k_t, v_t = SiLU(conv(M_k(θ_{k,c(t)}; x_t))), SiLU(conv(M_v(θ_{v,c(t)}; x_t)))      (Eq. 83/90)
+    q_t      = SiLU(conv(x_t W_q))                        (static; M_q(θ_{q,c(t)}; x_t) if adaptive)
+    q_t, k_t = q_t/‖q_t‖, k_t/‖k_t‖                       (qk_norm)
+    η_t      = η_max · sigmoid(⟨w_η, M_η(θ_{η,c(t)}; x_t)⟩ + b_η)      (scale/init: rule.lr gate)
+    α_t      = sigmoid(⟨w_α, M_α(θ_{α,c(t)}; x_t)⟩ + b_α)              (rule.retention gate)
+    v̂_{□,t}  = M_□(θ_{□,c(t)}; v_t)                       self-generated targets (Eq. 84/95)
+    every memory □ (and mem, at its own chunk start c_m(t)) takes the design.md §3.1 step on
+    ℓ = ½‖M_□(k_t) − v̂_{□,t}‖² (Eq. 85/88/96):
+        S_t = β_t S_{t−1} − η_t ∇ℓ(θ_{□,c(t)}),   θ_t = α_t P_t(θ_{t−1}) + S_t
+    o_t = M_mem(θ; q_t) read per the memory's `read`     (after: θ_t; before: θ_{t−1}; chunk: θ_{c(t)})
+    y_t = W_o (RMSNorm_head(o_t) ⊙ sigmoid(x_t W_g))     (output_gate; else y_t = W_o o_t)
+
+Semantics decisions (documented here and printed by `plan()`):
+
+* **Per-head inputs.** x_t is split into heads before the memories: M_□ maps R^d → R^d so that
+  the same map can generate k_t from x_t and its own target M_□(v_t) from v_t (Eq. 84 needs input
+  and value spaces to agree). A projection *not* in `adaptive` is a static D×D linear map (the
+  Table 6 "w/o inner-projection" ablation): k_t = x_t W_k.
+* **Gates.** η, α, β are scalars per head and token. A memory group (the main memory, and the
+  projection memories, which share the `projections` spec) whose rule gives a *constant* uses it;
+  a `LearnedGate` becomes scale·squash(⟨w, M_η(x_t)⟩ + b) with the group's own w (H, d) and b (H,)
+  fed by the generated features M_η(x_t) (M_α for retention) when η (α) is adaptive, or a static
+  gate scale·squash(x_t W + b) otherwise. Momentum β is never generated (it is not one of the
+  paper's memories): a learned β is a static gate. w starts at 0 and b at squash⁻¹(init/scale),
+  so initial gates equal `init` (the convention of `common.LearnedGateModule`). If no group uses a
+  learned η (α), M_η (M_α) would have no consumer and is not built (plan note).
+* **Chunks.** Generation (k, v, q, η, α, targets) and the projection memories' writes advance
+  every C_other tokens; M_mem every C_mem tokens with targets from θ_{mem,c_m(t)}. One of C_mem,
+  C_other must divide the other; the per-chunk step covers max(C_mem, C_other) tokens (a fixed,
+  small unroll of the smaller chunk inside), and a Python loop runs the steps, so the compiled
+  graph does not grow with T. The projections must have `read: chunk` (generation reads the
+  chunk-start state, Eq. 90; reading θ_t would need k_t to produce k_t).
+* **Gradients.** Inner gradients are closed form (`nestdsl.ops.mlp_chunk_step`). The inner loss
+  treats v̂ as a constant target (Eq. 85); the *outer* loss back-propagates through v̂, through
+  every write (`writes: grad`) into θ_{□,0}, W_q, the gates and conv. `writes: stop` makes a
+  group's state updates stop-gradient (θ ← θ + sg(Δθ)), keeping the initial state learnable
+  through reads.
+* **DGD** (rule `dgd`) projects the key-multiplying weight W_2 (first layer) only:
+  W ↦ W(I − η'_t k_t k_tᵀ), η' = η/(1 + η‖k‖²); with the l2 objective the erase term appears
+  twice, exactly as Eq. 88 is written (design.md §3.1).
+* **Streaming state** = {"mems": {name: MemoryState}, "conv": {q|k|v: last K−1 inputs},
+  "pos": tokens seen}. Segments must be split at multiples of max(C_mem, C_other).
+* **Compilation.** The step is Python glue around three compiled pieces with eager twins
+  (`common.Compiled`): `_generate` (one C_other chunk's q, k, v, gates, targets), the memories'
+  `mlp_chunk_step` (one graph per configuration, shared by all memories and layers) and
+  `_output`. Initial zero states require grad under grad mode and conv caches are made
+  contiguous, so every chunk sees the same input signature (no recompiles after the first).
+* **Step sizes.** All gradients of a chunk are taken at θ_{c(t)}, so one chunk moves θ by about
+  η·C·‖a‖²/(1−β) along its top curvature direction (a: a layer input, ‖a‖² ≈ 11 for hidden 2·16):
+  keep it below ~2. E.g. η_max 0.1, β 0.9, C 16 diverges within ~100 tokens; η ≤ 0.01 for
+  M_mem and 0.002 for the projections (β 0.9, C 16) is stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestdsl.lower.common import (
+    BuildContext,
+    CompileConfig,
+    Compiled,
+    LearnedGateModule,
+    RMSNorm,
+    ShortConv,
+    compile_status,
+    describe_gate,
+    merge_heads,
+    split_heads,
+)
+from nestdsl.lower.layer import PlanRow
+from nestdsl.lower.registry import register_layer
+from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
+from nestdsl.spec import ir
+
+__all__ = ["InnerRule", "SelfModifyingTitans", "build_self_modifying"]
+
+ROLES = ("q", "k", "v", "eta", "alpha")      # projections that can be memories
+GATE_ROLES = ("lr", "retention", "momentum")  # η, α, β
+GATE_SOURCE = {"lr": "eta", "retention": "alpha"}  # which generated memory feeds a learned gate
+
+
+@dataclass(frozen=True)
+class InnerRule:
+    """How one memory group learns in context (from an `ir.Memory`)."""
+
+    objective: str
+    kind: str                        # "gd" | "dgd"
+    lr: ir.Gate
+    retention: ir.Gate | None
+    momentum: ir.Gate | None
+    read: str                        # "after" | "before" | "chunk"
+    writes: str                      # "grad" | "stop"
+
+    @classmethod
+    def of(cls, mem: ir.Memory) -> InnerRule:
+        rule = mem.rule or ir.Rule()
+        return cls(mem.objective or "l2", rule.kind, rule.lr, rule.retention, rule.momentum,
+                   mem.read, mem.writes)
+
+    def gate(self, role: str) -> ir.Gate | None:
+        return getattr(self, role)
+
+
+class GeneratedGate(nn.Module):
+    """g_t = scale · squash(⟨w_h, f_t⟩ + b_h) per head, f_t = M_η(x_t) (or M_α(x_t)), f: (B, H, L, d)."""
+
+    def __init__(self, heads: int, head_dim: int, gate: ir.LearnedGate, role: str,
+                 ctx: BuildContext, node: Any) -> None:
+        super().__init__()
+        self.squash, self.scale = gate.learned, float(gate.scale)
+        # Same bias rule (init / library default, validation) as the static gates.
+        ref = LearnedGateModule(1, heads, gate, role, ctx, node)
+        self.weight = nn.Parameter(torch.zeros(heads, head_dim))
+        self.bias = nn.Parameter(ref.proj.bias.detach().clone())
+
+    def forward(self, feats: Tensor) -> Tensor:
+        z = (feats * self.weight[:, None, :]).sum(-1) + self.bias[:, None]       # (B, H, L)
+        return (torch.sigmoid(z) if self.squash == "sigmoid" else F.softplus(z)) * self.scale
+
+
+def _write(old: MemoryState, new: MemoryState, writes: str) -> MemoryState:
+    """`writes: grad` keeps the new state; `stop` makes the change stop-gradient (reads stay
+    differentiable w.r.t. the state the chunk started from)."""
+    if writes == "grad":
+        return new
+    ws = tuple(o + (n - o).detach() for o, n in zip(old.weights, new.weights, strict=True))
+    mom = None if new.momentum is None else tuple(m.detach() for m in new.momentum)
+    return MemoryState(ws, mom)
+
+
+def _zeros(shape: tuple[int, ...], device: torch.device | None, dtype: torch.dtype) -> Tensor:
+    """Initial zero state. Under grad mode it requires grad like every later state does, so the
+    compiled pieces see one input signature (no recompile after the first chunk)."""
+    return torch.zeros(shape, device=device, dtype=dtype).requires_grad_(torch.is_grad_enabled())
+
+
+def _slice_gate(g: Tensor | float | None, sl: slice) -> Tensor | float | None:
+    return g[:, :, sl] if isinstance(g, Tensor) else g
+
+
+def _cat_gates(gs: list[Tensor | float | None]) -> Tensor | float | None:
+    return torch.cat(gs, dim=2) if isinstance(gs[0], Tensor) else gs[0]   # type: ignore[arg-type]
+
+
+class SelfModifyingTitans(nn.Module):
+    """Hope's self-modifying Titans layer: `y, state = layer(x, state)`, x, y: (B, T, D)."""
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        heads: int,
+        mem_mlp: MLPMemory,
+        proj_mlp: MLPMemory,
+        mem_rule: InnerRule,
+        proj_rule: InnerRule,
+        adaptive: Sequence[str] = ("k", "v", "eta", "alpha"),
+        c_mem: int = 16,
+        c_other: int = 16,
+        conv: int = 4,
+        qk_norm: bool = True,
+        output_gate: bool = True,
+        ctx: BuildContext | None = None,
+        node: Any = None,
+        name: str = "self_modifying",
+        mem_ir: ir.Memory | None = None,
+        proj_ir: ir.Memory | None = None,
+    ) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        ctx = ctx or BuildContext(ir.Spec(name=name), CompileConfig(enabled=False))
+        self.name, self.width, self.heads, self.head_dim = name, width, heads, width // heads
+        self.mem_mlp, self.proj_mlp = mem_mlp, proj_mlp
+        self.mem_rule, self.proj_rule = mem_rule, proj_rule
+        self.c_mem, self.c_other = c_mem, c_other
+        self.window = max(c_mem, c_other)
+        self.qk_norm, self.output_gate = qk_norm, output_gate
+        self.conv_width = conv
+        self.mem_ir, self.proj_ir = mem_ir, proj_ir
+        self.notes: list[str] = []
+        H, d = heads, self.head_dim
+
+        # Which projections are memories. η / α memories exist only if a learned gate reads them.
+        rules = {"mem": mem_rule, "proj": proj_rule}
+        learned = {role: any(isinstance(r.gate(role), ir.LearnedGate) for r in rules.values())
+                   for role in GATE_ROLES}
+        self.roles: list[str] = []
+        for r in ROLES:
+            if r not in adaptive:
+                continue
+            gate_role = {"eta": "lr", "alpha": "retention"}.get(r)
+            if gate_role is not None and not learned[gate_role]:
+                self.notes.append(f"M_{r} not built: no rule uses a learned "
+                                  f"{gate_role} (all constant or none), so it has no consumer")
+                continue
+            self.roles.append(r)
+
+        # Meta-learned initial states θ_{□,0}: (H, out, in) per weight, shared over the batch.
+        self.theta0 = nn.ModuleDict()
+        self.theta0["mem"] = nn.ParameterList(
+            nn.Parameter(w) for w in mem_mlp.init_weights(H, d, d))
+        for r in self.roles:
+            self.theta0[r] = nn.ParameterList(
+                nn.Parameter(w) for w in proj_mlp.init_weights(H, d, d))
+
+        # Static projections (not adaptive): q by default; k / v in the ablations.
+        self.static = nn.ModuleDict({r: nn.Linear(width, width, bias=False)
+                                     for r in ("q", "k", "v") if r not in self.roles})
+        self.conv = nn.ModuleDict({r: ShortConv(width, conv) for r in ("q", "k", "v")}) if conv else None
+
+        # Gates per group ("mem" = M_mem, "proj" = the projection memories) and role.
+        self.gates = nn.ModuleDict()
+        for group, rule in rules.items():
+            for role in GATE_ROLES:
+                g = rule.gate(role)
+                if not isinstance(g, ir.LearnedGate):
+                    continue
+                src = GATE_SOURCE.get(role)
+                if src is not None and src in self.roles:
+                    self.gates[f"{group}_{role}"] = GeneratedGate(H, d, g, role, ctx, node)
+                else:
+                    self.gates[f"{group}_{role}"] = LearnedGateModule(width, H, g, role, ctx, node)
+
+        self.out_norm = RMSNorm(d) if output_gate else None
+        self.gate_proj = nn.Linear(width, width, bias=False) if output_gate else None
+        self.out_proj = nn.Linear(width, width, bias=False)
+
+        cfg = ctx.compile
+        self.compile_config = cfg
+        self._gen = Compiled(self._generate, f"{name}.generate", cfg)
+        self._out = Compiled(self._output, f"{name}.output", cfg)
+        # one compiled chunk step for every MLP memory of every layer (shared dynamo cache)
+        self._mlp_step = Compiled(mlp_chunk_step, "ops.mlp_chunk_step", cfg)
+
+    # ------------------------------------------------------------------------------------------
+    # construction from the IR
+
+    @classmethod
+    def from_spec(cls, layer_ir: ir.SelfModifyingLayer, spec: ir.Spec, width: int, heads: int, *,
+                  compile_config: CompileConfig | None = None,
+                  name: str = "self_modifying") -> SelfModifyingTitans:
+        ctx = BuildContext(spec, compile_config or CompileConfig(enabled=False))
+        mem = ctx.memory(layer_ir.memory, layer_ir)
+        proj = ctx.memory(layer_ir.projections, layer_ir)
+        for m, field in ((mem, "memory"), (proj, "projections")):
+            if m.kind != "mlp":
+                raise ctx.error(m, f"self_modifying `{field}` must be an mlp memory (got {m.kind})",
+                                "Hope's memories are residual MLPs x + W1 s(W2 x): set `kind: mlp`")
+        H = mem.heads or heads
+        if proj.heads is not None and proj.heads != H:
+            raise ctx.error(proj, f"projections have {proj.heads} heads but the main memory has {H}",
+                            "all memories of a self_modifying layer share the keys, hence the heads")
+        if width % H:
+            raise ctx.error(mem if mem.heads else layer_ir, f"width {width} is not divisible by {H} heads",
+                            "choose heads that divide model.width")
+        d = width // H
+        c_mem, c_other = ctx.chunk_size(mem), ctx.chunk_size(proj)
+        if max(c_mem, c_other) % min(c_mem, c_other):
+            raise ctx.error(layer_ir, f"chunk sizes C_mem = {c_mem} ('{layer_ir.memory}') and C_other = "
+                            f"{c_other} ('{layer_ir.projections}') do not nest",
+                            "one must divide the other (e.g. C_mem = 4·C_other), so both memories "
+                            "advance together chunk by chunk")
+        if proj.read != "chunk":
+            raise ctx.error(proj, f"projections '{layer_ir.projections}' have `read: {proj.read}`; "
+                            "the generated k, v, eta, alpha read the chunk-start state",
+                            "set `read: chunk` (NL paper Eq. 90: elements of a chunk are generated "
+                            "from the state at the end of the previous chunk)")
+        mem_rule, proj_rule = InnerRule.of(mem), InnerRule.of(proj)
+        return cls(
+            width=width, heads=H,
+            mem_mlp=_mlp_of(mem, d), proj_mlp=_mlp_of(proj, d),
+            mem_rule=mem_rule, proj_rule=proj_rule, adaptive=tuple(layer_ir.adaptive),
+            c_mem=c_mem, c_other=c_other, conv=layer_ir.conv, qk_norm=layer_ir.qk_norm,
+            output_gate=layer_ir.output_gate, ctx=ctx, node=layer_ir, name=name,
+            mem_ir=mem, proj_ir=proj,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # state
+
+    def initial_state(self, batch: int, device: torch.device | None = None,
+                      dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """θ_{□,0} broadcast over the batch, zero momentum, zero conv caches, pos 0."""
+        mems = {}
+        for name, plist in self.theta0.items():
+            rule = self.mem_rule if name == "mem" else self.proj_rule
+            # materialised (not stride-0 views), so the compiled step sees one layout per call
+            ws = tuple(p.to(dtype).expand(batch, *p.shape).contiguous() for p in plist)
+            mom = (tuple(_zeros((batch, *p.shape), p.device, dtype) for p in plist)
+                   if rule.momentum is not None else None)
+            mems[name] = MemoryState(ws, mom)
+        conv = {}
+        if self.conv is not None:
+            dev = device if device is not None else self.out_proj.weight.device
+            conv = {r: _zeros((batch, self.conv_width - 1, self.width), dev, dtype)
+                    for r in ("q", "k", "v")}
+        return {"mems": mems, "conv": conv, "pos": 0}
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+
+    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+        B, T, _ = x.shape
+        if state is None:
+            state = self.initial_state(B, x.device, x.dtype)
+        elif state["pos"] % self.window:
+            raise ValueError(f"{self.name}: cannot continue a stream {state['pos']} tokens in, in the "
+                             f"middle of a chunk of {self.window}; split segments at multiples of "
+                             f"max(C_mem, C_other) = {self.window}")
+        st = {"mems": state["mems"], "conv": state["conv"]}
+        ys = []
+        for s in range(0, T, self.window):          # Python loop: the step graph is one chunk long
+            y, st = self._chunk_step(x[:, s:s + self.window], st)
+            ys.append(y)
+        return torch.cat(ys, dim=1), {**st, "pos": state["pos"] + T}
+
+    def _gate(self, group: str, role: str, xs: Tensor, feats: dict[str, Tensor]) -> Tensor | float | None:
+        rule = self.mem_rule if group == "mem" else self.proj_rule
+        g = rule.gate(role)
+        if g is None:
+            return None
+        key = f"{group}_{role}"
+        if key not in self.gates:
+            return float(g)
+        mod = self.gates[key]
+        if isinstance(mod, GeneratedGate):
+            return mod(feats[GATE_SOURCE[role]])
+        return mod(xs)
+
+    def _generate(self, xs: Tensor, weights: dict[str, tuple[Tensor, ...]], conv: dict[str, Tensor]
+                  ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], list[Any], list[Any], dict[str, Tensor]]:
+        """Everything one C_other chunk generates from the chunk-start states (Eqs. 83–84, 90).
+
+        xs: (B, l, D); weights[□]: θ_{□,c(t)}. Returns q, k, v (B, H, l, d), the targets
+        v̂_□ = M_□(θ_{□,c(t)}; v_t) of the projection memories, the gates (η, α, β) of M_mem and
+        of the projection memories, and the new conv caches.
+        """
+        H = self.heads
+        xh = split_heads(xs, H)                                              # (B, H, l, d)
+        conv = dict(conv)
+        qkv = {}
+        for r in ("q", "k", "v"):
+            if r in self.roles:          # k_t = M_k(θ_{k,c(t)}; x_t)   (Eq. 83 / 90)
+                pre = merge_heads(mlp_forward(weights[r], xh, self.proj_mlp))
+            else:                        # static: k_t = x_t W_k
+                pre = self.static[r](xs)
+            if self.conv is not None:
+                pre, cache = self.conv[r](pre, conv[r])
+                conv[r] = cache.contiguous()       # one layout for every call (no recompile)
+            qkv[r] = split_heads(F.silu(pre), H)
+        q, k, v = qkv["q"], qkv["k"], qkv["v"]
+        if self.qk_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        feats = {r: mlp_forward(weights[r], xh, self.proj_mlp)             # M_η(x_t), M_α(x_t)
+                 for r in ("eta", "alpha") if r in self.roles}
+        mem_g = [self._gate("mem", role, xs, feats) for role in GATE_ROLES]
+        proj_g = [self._gate("proj", role, xs, feats) for role in GATE_ROLES]
+        targets = {r: mlp_forward(weights[r], v, self.proj_mlp) for r in self.roles}   # Eq. 84
+        return q, k, v, targets, mem_g, proj_g, conv
+
+    def _output(self, o: Tensor, x: Tensor) -> Tensor:
+        """Output norm + gate + projection (Titans §4.4): o (B, H, L, d), x (B, L, D)."""
+        if self.out_norm is not None and self.gate_proj is not None:
+            y = merge_heads(self.out_norm(o)) * torch.sigmoid(self.gate_proj(x))
+        else:
+            y = merge_heads(o)
+        return self.out_proj(y)
+
+    def _chunk_step(self, x: Tensor, st: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        """One step of max(C_mem, C_other) tokens (fewer at the end): x (B, L, D).
+
+        Glue in Python; the pieces (`_generate`, the memories' `mlp_chunk_step`, `_output`) are
+        compiled separately. The chunk step graph is shared by every memory of a configuration
+        and by every layer (dynamo caches per code object), so compile time does not grow with
+        the depth either.
+        """
+        mems: dict[str, MemoryState] = dict(st["mems"])
+        conv: dict[str, Tensor] = st["conv"]
+        L = x.shape[1]
+        qs, ks, vs = [], [], []
+        mem_gates: list[list[Tensor | float | None]] = [[], [], []]
+
+        # 1. projection memories, every C_other tokens: generate, then write (Eqs. 83–88)
+        for s in range(0, L, self.c_other):
+            weights = {r: mems[r].weights for r in self.roles}
+            q, k, v, targets, mem_g, proj_g, conv = self._gen(x[:, s:s + self.c_other], weights, conv)
+            for r in self.roles:
+                _, new = self._mlp_step(mems[r], None, k, targets[r], *proj_g, spec=self.proj_mlp,
+                                        objective=self.proj_rule.objective, rule=self.proj_rule.kind,
+                                        read="chunk")
+                mems[r] = _write(mems[r], new, self.proj_rule.writes)
+            qs.append(q)
+            ks.append(k)
+            vs.append(v)
+            for i in range(3):
+                mem_gates[i].append(mem_g[i])
+        q, k, v = torch.cat(qs, dim=2), torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+        lr, ret, mom = (_cat_gates(g) for g in mem_gates)
+
+        # 2. main memory, every C_mem tokens: v̂_mem = M_mem(θ_{mem,c_m(t)}; v_t), read o_t
+        outs = []
+        for s in range(0, L, self.c_mem):
+            sl = slice(s, s + self.c_mem)
+            target = mlp_forward(mems["mem"].weights, v[:, :, sl], self.mem_mlp)
+            o, new = self._mlp_step(mems["mem"], q[:, :, sl], k[:, :, sl], target,
+                                    _slice_gate(lr, sl), _slice_gate(ret, sl), _slice_gate(mom, sl),
+                                    spec=self.mem_mlp, objective=self.mem_rule.objective,
+                                    rule=self.mem_rule.kind, read=self.mem_rule.read)
+            mems["mem"] = _write(mems["mem"], new, self.mem_rule.writes)
+            outs.append(o)
+        o = torch.cat(outs, dim=2).to(x.dtype)                                # (B, H, L, d)
+        return self._out(o, x), {"mems": mems, "conv": conv}
+
+    # ------------------------------------------------------------------------------------------
+    # plan
+
+    def in_context_levels(self) -> list[str]:
+        """Levels whose state lives in this layer's streaming state (C_mem, C_other)."""
+        names = [self.mem_ir.level if self.mem_ir else None, self.proj_ir.level if self.proj_ir else None]
+        return list(dict.fromkeys(n or "token" for n in names))
+
+    def plan(self) -> list[PlanRow]:
+        total = sum(p.numel() for p in self.parameters())
+        proj_counts = {r: sum(p.numel() for p in self.theta0[r]) for r in self.roles}
+        status, why = compile_status(self.compile_config, [self._gen.name, self._mlp_step.name, self._out.name],
+                                     "generation, memory chunk steps, output (Python loop over chunks)")
+        static = sorted(self.static.keys())
+        notes = [why,
+                 f"memories: {', '.join(['mem'] + self.roles)}; static projections: "
+                 f"{', '.join(static) or 'none'}",
+                 f"targets v̂ = M(θ_c(t); v_t) (self-generated, Eq. 84); gates η {describe_gate(self.mem_rule.lr, '1')}, "
+                 f"α {describe_gate(self.mem_rule.retention, 'none')}, β {describe_gate(self.mem_rule.momentum, 'none')}",
+                 f"step = {self.window} tokens (C_mem {self.c_mem}, C_other {self.c_other})",
+                 *self.notes]
+        mem_upd = _update(self.mem_rule, self.c_mem)
+        rows = [PlanRow(name=f"{self.name} (M_mem)", kind="self_modifying",
+                        implementation="mlp chunk step (closed-form grads" +
+                        (", UT solve for DGD)" if self.mem_rule.kind == "dgd" else ")"),
+                        chunk_size=self.c_mem, read=self.mem_rule.read, writes=self.mem_rule.writes,
+                        params=total - sum(proj_counts.values()), compiled=status, update=mem_upd,
+                        notes=notes)]
+        for r in self.roles:
+            rows.append(PlanRow(name=f"{self.name} (M_{r})", kind="self_modifying projection",
+                                implementation="mlp chunk step, generated at the chunk start",
+                                chunk_size=self.c_other, read="chunk", writes=self.proj_rule.writes,
+                                params=proj_counts[r], compiled=status,
+                                update=_update(self.proj_rule, self.c_other)))
+        return rows
+
+
+def _mlp_of(mem: ir.Memory, head_dim: int) -> MLPMemory:
+    """The per-head MLP of a memory spec (defaults: depth 2, hidden 4·d, silu, residual)."""
+    spec = MLPMemory(depth=mem.depth or 2, hidden=(mem.hidden or 4) * head_dim,
+                     activation=mem.activation or "silu",
+                     residual=True if mem.residual is None else mem.residual)
+    return _MLP_SPECS.setdefault(spec, spec)   # one object per description: shared compiled graphs
+
+
+_MLP_SPECS: dict[MLPMemory, MLPMemory] = {}
+
+
+def _update(rule: InnerRule, C: int) -> str:
+    eta = "η_t" if isinstance(rule.lr, ir.LearnedGate) else f"{float(rule.lr):g}"
+    alpha = "" if rule.retention is None else ("α_t·" if isinstance(rule.retention, ir.LearnedGate)
+                                               else f"{float(rule.retention):g}·")
+    a = "θ_{t−1}" if C == 1 else "θ_{c(t)}"
+    grad = f"∇ ℓ_{rule.objective}(M({a}; k_t), M({a}; v_t))"
+    prev = "P(θ_{t−1}) [W₀ ↦ W₀(I − η'_t k_t k_tᵀ)]" if rule.kind == "dgd" else "θ_{t−1}"
+    if rule.momentum is None:
+        return f"θ_t = {alpha}{prev} − {eta}·{grad}"
+    beta = "β_t" if isinstance(rule.momentum, ir.LearnedGate) else f"{float(rule.momentum):g}"
+    return f"S_t = {beta}·S_{{t−1}} − {eta}·{grad};  θ_t = {alpha}{prev} + S_t"
+
+
+@register_layer("self_modifying")
+def build_self_modifying(ctx: BuildContext, node: ir.SelfModifyingLayer, name: str) -> nn.Module:
+    return SelfModifyingTitans.from_spec(node, ctx.spec, ctx.width, ctx.model.heads,
+                                         compile_config=ctx.compile, name=name)

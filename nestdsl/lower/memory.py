@@ -1,0 +1,224 @@
+"""The `memory` layer: a parametric associative memory (linear or MLP) used as a token mixer.
+
+Wiring (design.md §3.4, Titans arXiv:2501.00663 §4.4), for x: (B, T, D) and H heads of size d:
+
+    q, k, v = x W_q, x W_k, x W_v                        # D → H·d each (one fused matmul)
+    q, k, v = SiLU(conv_K(q, k, v))                      # depthwise causal conv, width K (0: none)
+    q, k = q / ‖q‖₂, k / ‖k‖₂                            # qk_norm
+    η_t, α_t, β_t = gates(x_t)                           # per head: scale·squash(x_t w + b), or constants
+    o = memory_scan(q, k, v; η, α, β, C = level period)  # the update family, design.md §3.1:
+        g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)                  #   ℓ = ½‖M(k) − v‖²: Titans Eq. 12
+        S_t = β_t S_{t−1} − η_t g_t                      #   surprise momentum: Titans Eq. 14
+        θ_t = α_t P_t(θ_{t−1}) + S_t                     #   forgetting (α = 1 − α_Titans): Eq. 13;
+                                                         #   P_t = DGD erase, NL paper Eq. 88
+        o_t = M(θ_t; q_t)                                #   retrieval, Titans Eq. 15 (read after /
+                                                         #   before / chunk); c(t): chunk start,
+                                                         #   Titans Eq. 16 (mini-batch form)
+    y = (RMSNorm_head(o) ⊙ σ(x W_g)) W_o                 # output_gate (else y = o W_o)
+
+The memory's initial state θ_0 is zeros for a linear memory and meta-learned parameters
+(H, out, in) for an MLP memory (learned by backprop through the writes, design.md §3.2).
+
+`writes: stop` (design.md §3.2) detaches the *write path*: k, v and the η/α/β gates enter the
+scan detached, so no gradient flows through any inner update into W_k, W_v or the gate
+projections. Reads stay differentiable: o_t is differentiable in q_t (hence W_q, the conv and the
+output path) and in the initial state θ_0 (meta-learned MLP weights) through the detached
+recurrence. For a linear memory θ_0 = 0 is not a parameter, so W_k and W_v then get no
+gradient from this layer at all (the plan notes it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestdsl.lower.common import (
+    BuildContext,
+    Compiled,
+    LearnedGateModule,
+    RMSNorm,
+    ShortConv,
+    compile_status,
+    count_params,
+    describe_gate,
+    merge_heads,
+    split_heads,
+)
+from nestdsl.lower.equations import step_listing, update_equation
+from nestdsl.lower.layer import PlanRow
+from nestdsl.lower.registry import register_layer
+from nestdsl.ops import MemoryState, MLPMemory, get_objective, memory_scan
+from nestdsl.ops.linear_chunked import DEFAULT_BLOCK
+from nestdsl.spec import ir
+
+GATE_ROLES = ("lr", "retention", "momentum")
+
+
+class MemoryMixer(nn.Module):
+    """A linear / MLP associative memory as a token mixer (see the module docstring)."""
+
+    def __init__(self, ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv: int,
+                 qk_norm: bool, output_gate: bool) -> None:
+        super().__init__()
+        if mem.kind not in ("linear", "mlp"):
+            raise ctx.error(node, f"memory kind '{mem.kind}' is not a parametric memory")
+        if mem.objective is None:
+            raise ctx.error(mem, f"memory of kind '{mem.kind}' needs an `objective`",
+                            "objective: l2 (delta rule / Titans) or dot (linear attention)")
+        try:
+            self.objective = get_objective(mem.objective)
+        except ValueError as e:
+            raise ctx.error(mem, str(e)) from None
+        self.name, self.ir = name, mem
+        self.rule = mem.rule or ir.Rule()
+        H, d = ctx.heads_and_dim(mem, node)
+        D = ctx.width
+        self.H, self.d = H, d
+        self.chunk = ctx.chunk_size(mem)
+        self.conv_width, self.qk_norm, self.output_gate = conv, qk_norm, output_gate
+        self.writes = mem.writes
+
+        self.qkv = nn.Linear(D, 3 * H * d, bias=False)
+        self.conv = ShortConv(3 * H * d, conv) if conv > 0 else None
+
+        # η, α, β: learned per-head gates become modules; constants stay floats.
+        self.gates = nn.ModuleDict()
+        self.const: dict[str, float | None] = {}
+        for role in GATE_ROLES:
+            g = getattr(self.rule, role)
+            if isinstance(g, ir.LearnedGate):
+                self.gates[role] = LearnedGateModule(D, H, g, role, ctx, node)
+                self.const[role] = None
+            else:
+                self.const[role] = None if g is None else float(g)
+
+        self.mlp: MLPMemory | None = None
+        self.init_weights = nn.ParameterList()
+        if mem.kind == "mlp":
+            self.mlp = MLPMemory(depth=mem.depth or 2, hidden=(mem.hidden or 4) * d,
+                                 activation=mem.activation or "silu", residual=bool(mem.residual))
+            # θ_0 per head, meta-learned (Titans §3.2 / Hope: "knowledge in the initial state").
+            for o, i in self.mlp.weight_shapes(d, d):
+                self.init_weights.append(nn.Parameter(torch.randn(H, o, i) / math.sqrt(i)))
+
+        if output_gate:
+            self.o_norm = RMSNorm(d)
+            self.g_proj = nn.Linear(D, H * d, bias=False)
+        self.o_proj = nn.Linear(H * d, D, bias=False)
+
+        self._cfg = ctx.compile
+        self.pre = Compiled(self._pre, f"{name}.pre", ctx.compile)
+        self.post = Compiled(self._post, f"{name}.post", ctx.compile)
+
+    # -- the three stages: projections (compiled), scan (Python chunk loop), output (compiled)
+
+    def _pre(self, x: Tensor, conv_cache: Tensor | None
+             ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], Tensor | None]:
+        qkv = self.qkv(x)
+        if self.conv is not None:
+            qkv, conv_cache = self.conv(qkv, conv_cache)
+        qkv = F.silu(qkv)
+        q, k, v = (split_heads(t, self.H) for t in qkv.chunk(3, dim=-1))
+        if self.qk_norm:
+            q = F.normalize(q, dim=-1, eps=1e-6)
+            k = F.normalize(k, dim=-1, eps=1e-6)
+        gates = {role: g(x) for role, g in self.gates.items()}
+        return q, k, v, gates, conv_cache
+
+    def _post(self, o: Tensor, x: Tensor) -> Tensor:
+        if self.output_gate:
+            o = merge_heads(self.o_norm(o)) * torch.sigmoid(self.g_proj(x))
+        else:
+            o = merge_heads(o)
+        return self.o_proj(o)
+
+    # Never traced into an enclosing graph (e.g. torch.compile(model)): the Python loop over
+    # chunks would be unrolled and compile time would grow with T (design.md §6). The per-chunk
+    # step inside is compiled on its own.
+    @torch.compiler.disable
+    def scan(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor],
+             state: MemoryState | None) -> tuple[Tensor, MemoryState]:
+        """memory_scan with this layer's memory; the per-chunk step is the compiled one."""
+        g: dict[str, Tensor | float | None] = {r: gates.get(r, self.const[r]) for r in GATE_ROLES}
+        if self.writes == "stop":   # stop-gradient writes: detach everything the write path reads
+            k, v = k.detach(), v.detach()
+            g = {r: (t.detach() if isinstance(t, Tensor) else t) for r, t in g.items()}
+        if state is None and self.mlp is not None:
+            state = MemoryState(tuple(self.init_weights), None)
+        kw = dict(memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
+                  rule=self.rule.kind, lr=g["lr"] if g["lr"] is not None else 1.0,
+                  retention=g["retention"], momentum=g["momentum"], chunk_size=self.chunk,
+                  read=self.ir.read, state=state)
+        step_name = f"{self.name}.step"
+        if self._cfg.enabled and step_name not in self._cfg.failures:
+            try:
+                return memory_scan(q, k, v, compile=True, **kw)
+            except Exception as e:  # noqa: BLE001 - compiler failure: fall back visibly
+                out = memory_scan(q, k, v, compile=False, **kw)   # an input error raises here
+                self._cfg.note_failure(step_name, e)
+                return out
+        return memory_scan(q, k, v, compile=False, **kw)
+
+    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+        state = state or {}
+        q, k, v, gates, conv_cache = self.pre(x, state.get("conv"))
+        o, mem_state = self.scan(q, k, v, gates, state.get("memory"))
+        return self.post(o, x), {"conv": conv_cache, "memory": mem_state}
+
+    # -- plan
+
+    def implementation(self) -> str:
+        if self.mlp is not None:
+            return "mlp chunk step (closed-form grads, dual-form reads)"
+        if self.chunk == 1 and self.objective.affine is not None:
+            if self.objective.affine == 0.0 and self.rule.kind == "gd":
+                return f"chunked linear attention (exact C=1, blocks of {DEFAULT_BLOCK})"
+            return f"chunked delta rule (WY/UT solve, exact C=1, blocks of {DEFAULT_BLOCK})"
+        if self.chunk == 1:
+            return "linear step, one token per block (non-affine objective)"
+        return f"linear chunk step (gradient at chunk start, C={self.chunk})"
+
+    def plan(self) -> list[PlanRow]:
+        notes = [f"heads {self.H}×{self.d}, conv {self.conv_width or 'none'}, "
+                 f"qk_norm {self.qk_norm}, output_gate {self.output_gate}",
+                 "gates: " + ", ".join(f"{r} {describe_gate(getattr(self.rule, r), '—')}"
+                                       for r in GATE_ROLES)]
+        if self.mlp is not None:
+            notes.append(f"mlp memory depth {self.mlp.depth}, hidden {self.mlp.hidden}, "
+                         f"{self.mlp.activation}, residual {self.mlp.residual}; θ_0 meta-learned")
+        if self.writes == "stop":
+            notes.append("writes: stop — k, v, η, α, β detached on the write path; reads (q, θ_0) "
+                         "differentiable" + ("; W_k, W_v get no gradient (θ_0 = 0)" if self.mlp is None else ""))
+        status, why = compile_status(
+            self._cfg, [self.pre.name, self.post.name, f"{self.name}.step"],
+            "projections + output graphs and the per-chunk step; chunk loop in Python "
+            "(compile time independent of T)")
+        return [PlanRow(
+            name=self.name, kind=f"memory/{self.ir.kind}", implementation=self.implementation(),
+            chunk_size=self.chunk, read=self.ir.read, writes=self.writes, params=count_params(self),
+            compiled=status, update=update_equation(self.ir, self.chunk), notes=[*notes, why])]
+
+    def explain(self) -> list[str]:
+        return step_listing(self.ir, self.chunk, conv=self.conv_width, qk_norm=self.qk_norm,
+                            output_gate=self.output_gate, writes=self.writes, block=DEFAULT_BLOCK)
+
+
+def build_mixer(ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv: int,
+                qk_norm: bool, output_gate: bool) -> nn.Module:
+    """A memory used as a mixer: attention (non-parametric) or linear / MLP."""
+    if mem.kind == "attention":
+        from nestdsl.lower.attention import AttentionMixer
+
+        return AttentionMixer(ctx, node, mem, name, conv=conv, qk_norm=qk_norm, output_gate=output_gate)
+    return MemoryMixer(ctx, node, mem, name, conv=conv, qk_norm=qk_norm, output_gate=output_gate)
+
+
+@register_layer("memory")
+def build_memory_layer(ctx: BuildContext, node: ir.MemoryLayer, name: str) -> nn.Module:
+    mem = ctx.memory(node.memory, node)
+    return build_mixer(ctx, node, mem, f"{name} {node.memory}", conv=node.conv,
+                       qk_norm=node.qk_norm, output_gate=node.output_gate)

@@ -1,0 +1,163 @@
+"""The lowered model: token embedding → `depth` blocks (cycling through `model.pattern`) →
+final RMSNorm → head (tied to the embedding when `tie_embeddings`).
+
+A block applies its layers in order, each as a pre-norm residual `x = x + layer(norm(x))`
+(`residual: false` drops the `x +`; a layer with `owns_residual = True`, like MAL, gets the raw x
+and adds its own). The streaming state is a list (blocks) of lists (layers) of layer states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestdsl.lower.common import BuildContext, RMSNorm, count_params, make_norm
+from nestdsl.lower.layer import PlanRow
+from nestdsl.lower.registry import get_builder
+from nestdsl.spec import ir
+
+ModelState = list[list[Any]]
+
+
+class LayerSlot(nn.Module):
+    """One layer of a block with its pre-norm and residual."""
+
+    def __init__(self, ctx: BuildContext, node: Any, name: str) -> None:
+        super().__init__()
+        self.name, self.type = name, node.type
+        self.layer = get_builder(node.type, ctx, node)(ctx, node, name)
+        self.owns_residual = bool(getattr(self.layer, "owns_residual", False))
+        self.norm = nn.Identity() if self.owns_residual else make_norm(node.norm, ctx.width)
+        self.residual = node.residual
+
+    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if self.owns_residual:
+            return self.layer(x, state)
+        y, state = self.layer(self.norm(x), state)
+        return (x + y if self.residual else y), state
+
+    def plan(self) -> list[PlanRow]:
+        if hasattr(self.layer, "plan"):
+            rows = list(self.layer.plan())
+        else:  # a registered layer without a plan: still account for its parameters
+            rows = [PlanRow(name=self.name, kind=self.type, implementation=type(self.layer).__name__,
+                            params=count_params(self.layer))]
+        own = count_params(self) - sum(r.params for r in rows)
+        if rows and own:
+            rows[0].params += own       # the pre-norm (and anything the layer's rows left out)
+        return rows
+
+
+class Block(nn.Module):
+    def __init__(self, ctx: BuildContext, block: ir.Block, name: str) -> None:
+        super().__init__()
+        self.slots = nn.ModuleList(
+            LayerSlot(ctx, node, f"{name}.{j}") for j, node in enumerate(block.layers))
+
+    def forward(self, x: Tensor, state: list[Any] | None) -> tuple[Tensor, list[Any]]:
+        state = state if state is not None else [None] * len(self.slots)
+        new: list[Any] = []
+        for slot, s in zip(self.slots, state, strict=True):
+            x, s = slot(x, s)
+            new.append(s)
+        return x, new
+
+
+class NestModel(nn.Module):
+    """`model(tokens)` → logits (B, T, vocab); `forward_stream` carries memory state;
+    `loss(tokens, targets, mask)` is the training objective."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__()
+        m = ctx.model
+        self._compile_config = ctx.compile
+        self.vocab, self.width = m.vocab, m.width
+        self.embed = nn.Embedding(m.vocab, m.width)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        blocks = []
+        for i in range(m.depth):
+            bname = m.pattern[i % len(m.pattern)]
+            if bname not in ctx.spec.blocks:
+                from nestdsl.diagnostics import choices_hint
+
+                raise ctx.error(m, f"model.pattern names unknown block '{bname}'",
+                                choices_hint(bname, list(ctx.spec.blocks)))
+            blocks.append(Block(ctx, ctx.spec.blocks[bname], f"blocks.{i}"))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_f = RMSNorm(m.width)
+        self.head = None if m.tie_embeddings else nn.Linear(m.width, m.vocab, bias=False)
+        # CMS stages with an in-context `task` signal train through the chunked task sweep.
+        self.uses_task_sweep = any(getattr(layer, "uses_task_sweep", False) for _, layer in self.iter_layers())
+
+    # -- forward
+
+    def iter_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        for block in self.blocks:
+            for slot in block.slots:
+                yield slot.name, slot.layer
+
+    def hidden(self, tokens: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
+        """Embedding and blocks (no final norm/head): (B, T, D) and the new state."""
+        x = self.embed(tokens)
+        state = state if state is not None else [None] * len(self.blocks)
+        new: ModelState = []
+        for block, s in zip(self.blocks, state, strict=True):
+            x, s = block(x, s)
+            new.append(s)
+        return x, new
+
+    def logits(self, h: Tensor) -> Tensor:
+        h = self.norm_f(h)
+        return h @ self.embed.weight.mT if self.head is None else self.head(h)
+
+    def forward_stream(self, tokens: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
+        """Run a segment continuing from `state` (None: start of a sequence)."""
+        h, state = self.hidden(tokens, state)
+        return self.logits(h), state
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.forward_stream(tokens, None)[0]
+
+    def loss(self, tokens: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Mean next-token cross-entropy over the positions where `mask` is set (all if None;
+        targets equal to -100 are ignored)."""
+        if self.uses_task_sweep:
+            from nestdsl.lower.sweep import task_sweep
+
+            return task_sweep(self, tokens, targets, mask)
+        return masked_cross_entropy(self(tokens), targets, mask)
+
+    # -- reporting
+
+    def plan(self) -> list[PlanRow]:
+        tied = self.head is None
+        rows = [PlanRow(name="embed", kind="embedding",
+                        implementation=f"{self.vocab}×{self.width}" + (" (tied head)" if tied else ""),
+                        params=count_params(self.embed), writes="—")]
+        for block in self.blocks:
+            for slot in block.slots:
+                rows.extend(slot.plan())
+        rows.append(PlanRow(name="norm_f + head", kind="head",
+                            implementation="RMSNorm → " + ("embeddingᵀ (tied)" if tied else "linear"),
+                            params=count_params(self.norm_f) + (0 if tied else count_params(self.head)),
+                            writes="—"))
+        return rows
+
+    def set_compile(self, enabled: bool) -> None:
+        """Switch every compiled piece to its eager twin (False) or back (True)."""
+        self._compile_config.enabled = enabled
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None) -> Tensor:
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none",
+                           ignore_index=-100)
+    valid = (targets.flatten() != -100).to(loss.dtype)
+    if mask is not None:
+        valid = valid * mask.flatten().to(loss.dtype)
+    return (loss * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+__all__ = ["NestModel", "Block", "LayerSlot", "masked_cross_entropy", "ModelState"]

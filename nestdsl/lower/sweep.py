@@ -1,0 +1,125 @@
+"""The exact in-context `task` signal of CMS levels: a chunked forward sweep (design.md §3.3).
+
+An in-context CMS stage with `signal: task` and period C learns inside the sequence from the
+next-token loss of the chunk it just finished (NL paper Eq. 71 with f = ∇ of the task loss):
+
+    θ_{j+1} = θ_j − lr · sg( Σ_{t ∈ chunk j} ∇_{θ_j} CE(logits_t, target_t) )
+
+`task_sweep` runs the model segment by segment (segment = gcd of the task periods, i.e. the
+smallest one when they nest) through `model.forward_stream(tokens_segment, state) -> (logits,
+state)`, which carries every layer's state. At the end of each level's chunk it takes
+g = torch.autograd.grad(loss over that chunk, the stage's current fast weights, retain_graph=True)
+and writes θ − lr·g.detach() into the stage's state. Decisions:
+
+* First order, stop-gradient writes: the write adds no graph (back-propagating through a
+  gradient step would need double backward, which inductor cannot compile). Reads stay
+  differentiable, and θ_{j+1} = θ_j − const keeps the identity path to θ_0, so the returned loss
+  trains the meta-learned initial state (and every other outer parameter) by ordinary backprop.
+* The chunk loss is the *sum* of the per-token losses of the chunk (Eq. 71 sums per-token
+  gradients); each sequence of the batch has its own fast weights, so the gradient of the batch
+  sum w.r.t. the (B, …) fast weights is per sequence. Masked tokens (mask = 0) contribute nothing.
+* The returned loss is the mean next-token loss over the unmasked tokens of the whole sequence.
+* Each CMS layer's state is found by walking the model state for dicts carrying "__cms__" (the
+  layer's tag); its `state["fast"][stage]` holds the current fast weights.
+* Positions are relative to the start of this call: with `scope: stream`, pass `state=` and use
+  sequence lengths that are multiples of every task period (the checker already requires that
+  in-context periods divide seq_len).
+
+No Python branching on tensor values: the only conditions are on positions and periods.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestdsl.lower.cms import CMSLayerModule
+
+__all__ = ["task_sweep", "task_periods", "find_cms_states"]
+
+
+def find_cms_states(state: Any) -> Iterator[dict[str, Any]]:
+    """Every CMS layer state (a dict with a "__cms__" tag) inside a model's streaming state."""
+    if isinstance(state, dict):
+        if "__cms__" in state:
+            yield state
+            return
+        for v in state.values():
+            yield from find_cms_states(v)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            yield from find_cms_states(v)
+
+
+def task_periods(model: nn.Module) -> list[int]:
+    """The distinct periods (tokens) of the model's in-context `task` CMS stages, ascending."""
+    return sorted({lv.tokens for m in model.modules() if isinstance(m, CMSLayerModule)
+                   for lv in m.task_stages() if lv.tokens is not None})
+
+
+def _token_loss(logits: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
+    """Σ_t weight_t · CE(logits_t, target_t) over the segment (B, l)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
+    return (ce.view_as(weight) * weight.to(ce.dtype)).sum()
+
+
+def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor | None = None, *,
+               state: Any = None, return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
+    """Mean next-token loss of `model` on (tokens, targets), with in-context `task` writes.
+
+    Args:
+        model: has `forward_stream(tokens (B, l), state) -> (logits (B, l, V), state)`.
+        tokens, targets: (B, T) int64 (targets −100 are ignored). mask: (B, T), 1 = count the
+            token (None: all).
+        state: the streaming state to start from (None: a fresh sequence).
+        return_state: also return the final state (then the writes at the very end of the
+            sequence are applied too, for `scope: stream`).
+    Returns:
+        the loss (differentiable w.r.t. every outer parameter), or (loss, state).
+    """
+    B, T = tokens.shape
+    weight = (targets != -100).to(torch.float32)          # as `masked_cross_entropy`
+    if mask is not None:
+        weight = weight * mask.to(device=weight.device, dtype=torch.float32)
+    periods = task_periods(model)
+    layers = {m.tag: m for m in model.modules() if isinstance(m, CMSLayerModule)}
+    segment = math.gcd(*periods) if periods else T
+
+    total: Tensor | None = None
+    chunk_loss: dict[int, Tensor] = {}
+    with torch.enable_grad():
+        for s in range(0, T, segment):
+            e = min(s + segment, T)
+            logits, state = model.forward_stream(tokens[:, s:e], state)
+            seg = _token_loss(logits, targets[:, s:e], weight[:, s:e])
+            total = seg if total is None else total + seg
+            for P in periods:
+                chunk_loss[P] = chunk_loss[P] + seg if P in chunk_loss else seg
+                if e % P == 0 and (e < T or return_state):
+                    _write(state, layers, P, chunk_loss.pop(P))
+    assert total is not None, "empty sequence"
+    loss = total / weight.sum().clamp_min(1.0).to(total.dtype)
+    return (loss, state) if return_state else loss
+
+
+def _write(state: Any, layers: dict[str, CMSLayerModule], period: int, loss: Tensor) -> None:
+    """θ ← θ − lr · sg(∇_θ loss) for every task stage of this period (one backward pass)."""
+    sites = [(cs, lv.index, lv.lr)
+             for cs in find_cms_states(state)
+             for lv in layers[cs["__cms__"]].task_stages() if lv.tokens == period]
+    weights = [w for cs, i, _ in sites for w in cs["fast"][i]]
+    if not weights:
+        return
+    grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+    it = iter(grads)
+    for cs, i, lr in sites:
+        fast = dict(cs["fast"])
+        fast[i] = tuple(w if g is None else w - lr * g.detach()
+                        for w, g in zip(cs["fast"][i], it, strict=False))
+        cs["fast"] = fast
