@@ -1,9 +1,16 @@
 """Deep-optimizer experiments (issue 6): toy landscape, gradient-noise robustness, cost.
 
     python benchmarks/bench_optim.py {toy,noise,cost,all} --out runs/optim [--quick] [--text F]
+    python benchmarks/bench_optim.py noise --model preset --text F --out runs/optim
 
 Each experiment prints one JSON document on stdout and writes `<name>.md` (a table) and
 `<name>.png` into --out. Everything runs on CPU in a few minutes with --quick.
+
+`noise --model preset` runs the noise experiment on the real tiny transformer preset
+(`nestdsl.compile(load_spec("specs/transformer.yaml"))`, eager) as a byte-level LM on the text
+file `--text` (any path; synthetic Zipfian text by default): a full grid of optimizer x lr x
+noise level x seed, written to `noise-lm.{md,json,png}` (the JSON after every run, so an
+interrupted sweep keeps what it finished).
 """
 
 from __future__ import annotations
@@ -128,8 +135,12 @@ NOISE_LEVELS = [0.0, 0.1, 0.3, 1.0]
 AUX = [ParamGroup(params="vectors", type="adamw"), ParamGroup(params="embeddings", type="adamw")]
 
 
-def noise_specs(lrs: dict[str, float], aux: bool) -> dict[str, Optimizer]:
-    groups = AUX if aux else []
+def noise_specs(
+    lrs: dict[str, float], aux: bool, aux_lr: float | None = None
+) -> dict[str, Optimizer]:
+    """The compared optimizers. `aux`: vectors and embeddings go to AdamW (the Muon recipe),
+    at `aux_lr` (None: the optimizer's own lr)."""
+    groups = [g.model_copy(update={"lr": aux_lr}) for g in AUX] if aux else []
     return {
         "momentum": Optimizer(type="momentum", lr=lrs["momentum"], beta=0.9, groups=groups),
         "adamw": Optimizer(type="adamw", lr=lrs["adamw"], beta=0.9, beta2=0.999),
@@ -350,6 +361,308 @@ def noise(out: Path, quick: bool, text_path: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# 2b. Gradient-noise robustness on the tiny transformer preset (byte-level LM on a text file)
+
+PRESET_SPEC = Path(__file__).resolve().parents[1] / "specs" / "transformer.yaml"
+PRESET_AUX_LR = 3e-3  # AdamW for embeddings and vectors, as in specs/optim/muon.yaml
+# 3 values centred on a one-seed, noise-0, 150-step pilot on tinyshakespeare over wider grids
+# (benchmarks/results/optim/noise-lm-pilot.json), then extended/shifted while the full sweep's
+# best sat at an edge (momentum, dmgd, dgd: lower; adamw, muon, m3 at noise 1: higher). dgd (no
+# momentum; its forward hooks capture each nn.Linear's inputs) is compared on the preset only
+# (runs at lrs dropped from the grids are listed at the end of noise-lm.md).
+PRESET_LR_GRIDS = {
+    "adamw": [1e-3, 3e-3, 1e-2, 3e-2],
+    "momentum": [0.001, 0.003, 0.01, 0.03],
+    "delta_momentum": [0.1, 0.3, 0.6],
+    "dmgd": [0.001, 0.003, 0.01, 0.03],
+    "muon": [0.01, 0.03, 0.1, 0.3],
+    "m3": [1e-5, 3e-5, 1e-4, 3e-4],
+    "dgd": [0.001, 0.003, 0.01, 0.03],
+}
+
+
+def preset_spec(name: str, lr: float) -> Optimizer:
+    """The optimizer `name` at `lr`, embeddings and vectors to AdamW at PRESET_AUX_LR."""
+    if name == "dgd":
+        groups = [g.model_copy(update={"lr": PRESET_AUX_LR}) for g in AUX]
+        return Optimizer(type="dgd", lr=lr, groups=groups)
+    return noise_specs(dict.fromkeys(LR_GRIDS, lr), True, PRESET_AUX_LR)[name]
+
+
+class PresetLM:
+    """The transformer preset as a byte-level LM: random training windows (a pure function of
+    the seed), a fixed validation set from the last 10% of the text."""
+
+    def __init__(
+        self, text: bytes, spec_path: Path, seq_len: int, batch: int, depth: int | None,
+        val_windows: int = 32,
+    ) -> None:  # fmt: skip
+        from nestdsl.spec import load_spec
+
+        overrides = [f"data.seq_len={seq_len}", f"data.batch={batch}"]
+        if depth is not None:
+            overrides.append(f"model.depth={depth}")
+        self.spec = load_spec(spec_path, overrides=overrides)
+        self.vocab = self.spec.model.vocab
+        self.seq_len, self.batch = seq_len, batch
+        data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+        if int(data.max()) >= self.vocab:
+            raise SystemExit(f"the text has byte values >= model.vocab = {self.vocab}")
+        split = int(0.9 * len(data))
+        self.train, val = data[:split], data[split:]
+        if len(val) < seq_len + 2 or len(self.train) < seq_len + 2:
+            raise SystemExit(f"the text is too short for seq_len {seq_len}")
+        starts = torch.linspace(0, len(val) - seq_len - 1, val_windows).long()
+        self.val = torch.stack([val[i : i + seq_len + 1] for i in starts.tolist()])
+
+    def model(self, seed: int) -> nn.Module:
+        import nestdsl
+
+        torch.manual_seed(seed)
+        return nestdsl.compile(self.spec, compile=False).model
+
+    def sampler(self, seed: int) -> Callable[[], Tensor]:
+        gen = torch.Generator().manual_seed(200 + seed)
+        offs = torch.arange(self.seq_len + 1)
+
+        def sample() -> Tensor:
+            idx = torch.randint(0, len(self.train) - self.seq_len - 1, (self.batch,), generator=gen)
+            return self.train[idx[:, None] + offs]
+
+        return sample
+
+    def evaluate(self, model: nn.Module) -> float:
+        with torch.no_grad():
+            losses = [
+                model.loss(w[:, :-1], w[:, 1:], None).item() for w in self.val.split(self.batch)
+            ]
+        v = statistics.mean(losses)
+        return v if math.isfinite(v) else float("inf")
+
+
+def run_preset(task: PresetLM, spec: Optimizer, level: float, steps: int, seed: int) -> float:
+    """Final validation loss (nats/byte) of one run; inf if it diverged (stopped early)."""
+    model = task.model(seed)
+    opt = build(spec, model.named_parameters())
+    register_dgd_hooks(model, opt)
+    sample = task.sampler(seed)
+    gen = torch.Generator().manual_seed(300 + seed)
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        w = sample()
+        loss = model.loss(w[:, :-1], w[:, 1:], None)
+        if step % 25 == 0 and not math.isfinite(loss.item()):
+            return float("inf")
+        loss.backward()
+        add_grad_noise(model, level, gen)
+        opt.step()
+    return task.evaluate(model)
+
+
+def noise_preset(
+    out: Path,
+    quick: bool,
+    text_path: str | None,
+    *,
+    steps: int,
+    seq_len: int,
+    batch: int,
+    depth: int | None,
+    seeds: list[int],
+    levels: list[float],
+    only: list[str] | None,
+    reuse: bool = False,
+) -> dict[str, Any]:
+    text = Path(text_path).read_bytes() if text_path else synthetic_text(400_000)
+    task = PresetLM(text, PRESET_SPEC, seq_len, batch, depth)
+    grids = {k: v for k, v in PRESET_LR_GRIDS.items() if not only or k in only}
+    if quick:
+        grids = {k: v[1:2] for k, v in grids.items()}
+    result: dict[str, Any] = {
+        "model": f"{PRESET_SPEC.name} (depth {task.spec.model.depth}, width "
+        f"{task.spec.model.width}, eager)",
+        "text": str(text_path) if text_path else "synthetic (400 kB Zipfian bigram words)",
+        "text_bytes": len(text),
+        "steps": steps,
+        "seq_len": seq_len,
+        "batch": batch,
+        "seeds": seeds,
+        "noise_levels": levels,
+        "aux": f"embeddings and vectors -> AdamW lr {PRESET_AUX_LR} (all but adamw)",
+        "threads": torch.get_num_threads(),
+        "lr_grid": grids,
+        "runs": [],
+    }
+    json_path = out / "noise-lm.json"
+    # --reuse: runs of an earlier sweep with the same settings (deterministic on CPU) are kept
+    previous: dict[tuple[str, float, float, int], dict[str, Any]] = {}
+    same = ("model", "text", "text_bytes", "steps", "seq_len", "batch", "aux")
+    if reuse and json_path.is_file():
+        old_result = json.loads(json_path.read_text())
+        if all(old_result.get(k) == result[k] for k in same):
+            for r in old_result.get("runs", []):
+                previous[(r["optimizer"], r["lr"], r["noise"], r["seed"])] = r
+        print(f"[noise-lm] reusing {len(previous)} runs of {json_path}", file=sys.stderr)
+    total = sum(len(v) for v in grids.values()) * len(levels) * len(seeds)
+    t0, done = time.perf_counter(), 0
+    grid: dict[str, dict[float, dict[float, list[float]]]] = {}
+    for name, lrs in grids.items():
+        for lr in lrs:
+            spec = preset_spec(name, lr)
+            for level in levels:
+                vals = []
+                for seed in seeds:
+                    t1 = time.perf_counter()
+                    key = (name, lr, level, seed)
+                    old = previous.get(key)
+                    v = (
+                        old["val_loss"]
+                        if old is not None
+                        else run_preset(task, spec, level, steps, seed)
+                    )
+                    v = float("inf") if v is None else v
+                    vals.append(v)
+                    done += 1
+                    result["runs"].append(
+                        old if old is not None else
+                        {"optimizer": name, "lr": lr, "noise": level, "seed": seed,
+                         "val_loss": v if math.isfinite(v) else None,
+                         "seconds": round(time.perf_counter() - t1, 2)}
+                    )  # fmt: skip
+                    print(
+                        f"[noise-lm] {done}/{total} {name} lr={lr:g} noise={level:g} "
+                        f"seed={seed}: {v:.4f} ({time.perf_counter() - t0:.0f}s)"
+                        + (" (reused)" if old is not None else ""),
+                        file=sys.stderr, flush=True,
+                    )  # fmt: skip
+                    json_path.write_text(json.dumps(result, indent=2))
+                grid.setdefault(name, {}).setdefault(lr, {})[level] = vals
+
+    def mean(vals: list[float]) -> float:
+        return statistics.mean(vals) if all(math.isfinite(v) for v in vals) else float("inf")
+
+    # best lr per (optimizer, noise level), and the lr tuned without noise kept under noise
+    best: dict[str, dict[str, Any]] = {}
+    for name, by_lr in grid.items():
+        per_level = {}
+        for level in levels:
+            lr = min(by_lr, key=lambda r: mean(by_lr[r][level]))
+            per_level[level] = {"lr": lr, "mean": mean(by_lr[lr][level]), "seeds": by_lr[lr][level]}
+        lr0 = per_level[levels[0]]["lr"]
+        best[name] = {
+            "best_per_level": per_level,
+            "lr_clean": lr0,
+            "at_lr_clean": {lv: mean(by_lr[lr0][lv]) for lv in levels},
+        }
+    result["best"] = {
+        n: {
+            "best_per_level": {str(lv): b for lv, b in r["best_per_level"].items()},
+            "lr_clean": r["lr_clean"],
+            "at_lr_clean": {str(lv): v for lv, v in r["at_lr_clean"].items()},
+        }
+        for n, r in best.items()
+    }
+    result["seconds_this_invocation"] = round(time.perf_counter() - t0, 1)
+    result["seconds_all_runs"] = round(sum(r["seconds"] for r in result["runs"]), 1)
+    # runs of an earlier sweep at lrs no longer in the grids (kept for the record)
+    in_grid = {(r["optimizer"], r["lr"], r["noise"], r["seed"]) for r in result["runs"]}
+    off_grid = [r for k, r in previous.items() if k not in in_grid]
+    if off_grid:
+        result["runs_off_grid"] = off_grid
+    json_path.write_text(json.dumps(result, indent=2))
+
+    def edge(name: str, lr: float) -> str:
+        g = grids[name]
+        return "*" if len(g) > 1 and lr in (g[0], g[-1]) else ""
+
+    def fmt(v: float) -> str:
+        return f"{v:.3f}" if math.isfinite(v) else "div."
+
+    ns = len(seeds)
+    md = [
+        f"### Tiny transformer preset, byte-level LM ({result['text']})",
+        "",
+        f"{result['model']}; {steps} steps, seq_len {seq_len}, batch {batch}; final validation "
+        f"loss (nats/byte, {task.val.shape[0]} fixed windows), mean of {ns} seeds; noise = "
+        "g + level * ||g|| * N(0, I)/sqrt(n) per tensor. Embeddings and vectors -> AdamW "
+        f"(lr {PRESET_AUX_LR:g}) for every optimizer but adamw. lr grids: "
+        + "; ".join(f"{n} {', '.join(f'{x:g}' for x in g)}" for n, g in grids.items())
+        + ".",
+        "",
+        "**Best lr of the grid at each noise level** (mean loss (lr); * = lr at a grid edge)",
+        "",
+        "| optimizer | " + " | ".join(f"noise {lv:g}" for lv in levels) + " | loss(noise "
+        f"{levels[-1]:g}) - loss(noise {levels[0]:g}) |",
+        "|---|" + "---|" * len(levels) + "---|",
+    ]
+    for name, r in best.items():
+        cells = [
+            f"{fmt(b['mean'])} ({b['lr']:g}{edge(name, b['lr'])})"
+            for b in r["best_per_level"].values()
+        ]
+        d = r["best_per_level"][levels[-1]]["mean"] - r["best_per_level"][levels[0]]["mean"]
+        md.append(f"| {name} | " + " | ".join(cells) + f" | {d:+.3f} |")
+    md += [
+        "",
+        f"**lr tuned at noise {levels[0]:g}, kept under noise** (mean loss; per-seed spread in "
+        "the JSON)",
+        "",
+        "| optimizer | lr | " + " | ".join(f"noise {lv:g}" for lv in levels) + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
+    for name, r in best.items():
+        md.append(
+            f"| {name} | {r['lr_clean']:g}{edge(name, r['lr_clean'])} | "
+            + " | ".join(fmt(v) for v in r["at_lr_clean"].values())
+            + " |"
+        )
+    md += [
+        "",
+        "**Full grid** (mean loss over seeds; rows: optimizer, lr)",
+        "",
+        "| optimizer | lr | " + " | ".join(f"noise {lv:g}" for lv in levels) + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
+    for name, by_lr in grid.items():
+        for lr, by_level in by_lr.items():
+            md.append(
+                f"| {name} | {lr:g} | "
+                + " | ".join(fmt(mean(by_level[lv])) for lv in levels)
+                + " |"
+            )
+    if off_grid:
+        cells: dict[tuple[str, float], dict[float, list[float]]] = {}
+        for r in off_grid:
+            v = r["val_loss"] if r["val_loss"] is not None else float("inf")
+            cells.setdefault((r["optimizer"], r["lr"]), {}).setdefault(r["noise"], []).append(v)
+        md += ["", "Runs of earlier grids (not in the tables above):", ""]
+        for (name, lr), by_level in cells.items():
+            vals = ", ".join(f"noise {lv:g}: {fmt(mean(v))}" for lv, v in sorted(by_level.items()))
+            md.append(f"- {name} lr {lr:g}: {vals}")
+    md += [
+        "",
+        f"{len(result['runs'])} runs, {result['seconds_all_runs']:.0f} s of compute "
+        f"({result['threads']} thread).",
+    ]
+    (out / "noise-lm.md").write_text("\n".join(md) + "\n")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, r in best.items():
+        ys = [b["mean"] for b in r["best_per_level"].values()]
+        ax.plot(levels, ys, marker="o", label=name)
+    ax.set(
+        xlabel="noise level (x ||g||)",
+        ylabel="final val loss (nats/byte), best lr",
+        title=f"transformer preset, {steps} steps",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "noise-lm.png", dpi=120)
+    plt.close(fig)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
 # 3. Cost: step time and state memory relative to AdamW
 
 
@@ -452,6 +765,28 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short settings")
     ap.add_argument("--text", default=None, help="text file for the char LM (default: synthetic)")
     ap.add_argument(
+        "--model",
+        choices=["mlp", "preset"],
+        default="mlp",
+        help="noise: the char-LM stand-ins (mlp) or the tiny transformer preset (preset)",
+    )
+    ap.add_argument("--steps", type=int, default=150, help="noise --model preset: steps")
+    ap.add_argument("--seq-len", type=int, default=64, help="noise --model preset")
+    ap.add_argument("--batch", type=int, default=8, help="noise --model preset")
+    ap.add_argument("--depth", type=int, default=1, help="noise --model preset (0: the spec's)")
+    ap.add_argument("--seeds", default="0,1", help="noise --model preset: comma-separated")
+    ap.add_argument(
+        "--levels", default="0,0.3,1", help="noise --model preset: noise levels, comma-separated"
+    )
+    ap.add_argument(
+        "--optimizers", default=None, help="noise --model preset: a comma-separated subset"
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="noise --model preset: keep the runs of an earlier noise-lm.json with the same settings",
+    )
+    ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: stable on a shared CPU)"
     )
     args = ap.parse_args()
@@ -464,6 +799,21 @@ def main() -> None:
         t0 = time.perf_counter()
         if name == "toy":
             results[name] = toy(out, args.quick)
+        elif name == "noise" and args.model == "preset":
+            name = "noise-lm"
+            results[name] = noise_preset(
+                out,
+                args.quick,
+                args.text,
+                steps=args.steps,
+                seq_len=args.seq_len,
+                batch=args.batch,
+                depth=args.depth or None,
+                seeds=[int(x) for x in args.seeds.split(",")],
+                levels=[float(x) for x in args.levels.split(",")],
+                only=args.optimizers.split(",") if args.optimizers else None,
+                reuse=args.reuse,
+            )
         elif name == "noise":
             results[name] = noise(out, args.quick, args.text)
         else:

@@ -7,7 +7,7 @@ mix types (e.g. Muon on matrices, AdamW on vectors and embeddings).
 
 Parameter classes:
 * ``embeddings``: the name contains "embed", "wte" or "lm_head", or the tensor belongs to an
-  `nn.Embedding` (detectable only when a module is passed);
+  `nn.Embedding` (detectable when a module is passed, or through `build(..., embedding_ids=)`);
 * ``matrices``: ndim >= 2 and not an embedding;
 * ``vectors``: ndim < 2;
 * ``all``: everything.
@@ -143,14 +143,19 @@ def _named(params: Any) -> tuple[list[tuple[str | None, Tensor]], set[int]]:
     return out, set()
 
 
-def build(spec: Any, params_or_named_params: Any) -> torch.optim.Optimizer:
+def build(
+    spec: Any, params_or_named_params: Any, *, embedding_ids: set[int] | None = None
+) -> torch.optim.Optimizer:
     """A `torch.optim.Optimizer` for `spec` (an IR `Optimizer`) over the given parameters.
 
     Accepts an `nn.Module`, an iterable of `(name, tensor)` pairs (e.g. `model.named_parameters()`)
     or of tensors. Parameters with `requires_grad=False` and duplicates (tied weights) are
     skipped. The routing decisions are recorded in each param group's `"names"` and `"type"`.
+    `embedding_ids`: ids of tensors to treat as embeddings whatever their names (e.g. the
+    weights of the model's `nn.Embedding`s when only some of its parameters are passed).
     """
-    named, embedding_ids = _named(params_or_named_params)
+    named, found_ids = _named(params_or_named_params)
+    embedding_ids = found_ids | set(embedding_ids or ())
     seen: set[int] = set()
     # (type, lr, weight_decay) -> names, tensors; insertion order keeps the result stable
     buckets: dict[tuple[str, float, float], tuple[list[str], list[Tensor]]] = {}
@@ -217,6 +222,9 @@ class MultiOptimizer(torch.optim.Optimizer):
             )
         for opt, sd in zip(self.optimizers, saved, strict=True):
             opt.load_state_dict(sd)
+        # torch's load_state_dict replaces each child's param_group dicts with new ones: relink,
+        # or an lr schedule writing `self.param_groups[i]["lr"]` would no longer reach them.
+        self.param_groups = [g for opt in self.optimizers for g in opt.param_groups]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not self._ready:

@@ -20,6 +20,10 @@ The inputs x are captured by forward hooks on `nn.Linear` modules (`DGD.attach(m
 `register_dgd_hooks(model, optimizer)`); the hook accumulates X^T X in float32 while autograd
 is enabled (so evaluation passes under `torch.no_grad()` do not count; several forwards
 before one step -- gradient accumulation -- average together) and the step consumes it.
+Under data parallelism (torch.distributed initialised, world size > 1) the step first sums the
+captured X^T X and sample counts over the ranks (one all-reduce per weight, in parameter
+order), so C is the global batch's, as the gradient DDP averages is: every rank takes the same
+step, equal to a single process on the whole batch.
 **Fallback:** a parameter with no captured inputs since the last step (biases, embeddings,
 weights of modules that were not hooked) takes a plain GD step W <- W - eta * grad.
 """
@@ -27,6 +31,7 @@ weights of modules that were not hooked) takes a plain GD step W <- W - eta * gr
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import torch
@@ -41,8 +46,9 @@ __all__ = ["DGD", "register_dgd_hooks"]
 class DGD(DeepOptimizer):
     """W <- W - eta' W C - eta g for hooked nn.Linear weights; W <- W - eta g otherwise.
 
-    State (float32): `step` (int) only; the captured input moments are transient (consumed by
-    the next `step()`), so they are not part of `state_dict`.
+    State (float32): `step` (int). The input moments captured since the last `step()` (consumed
+    by the next one) are saved under `state_dict()["captured"]` too, so a checkpoint taken in
+    the middle of a gradient-accumulation window resumes exactly.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0) -> None:
@@ -77,6 +83,29 @@ class DGD(DeepOptimizer):
 
         return hook
 
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        self._all_reduce_captured()
+        return super().step(closure)
+
+    def _all_reduce_captured(self) -> None:
+        """Sum the captured moments over the ranks (no-op in one process). Every rank runs the
+        same model, so every rank holds the same weights here, in the same order."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        for p in self._all_params():
+            slot = self._captured.get(p)
+            if slot is None:
+                continue
+            gram, n = slot
+            packed = torch.cat([gram.reshape(-1), gram.new_tensor([float(n)])])
+            dist.all_reduce(packed)
+            d = gram.shape[0]
+            # the count stays a 0-d tensor: no host synchronisation
+            self._captured[p] = [packed[:-1].reshape(d, d), packed[-1]]
+
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         pass
 
@@ -93,6 +122,30 @@ class DGD(DeepOptimizer):
         # W C: (W X^T) X would be cheaper for few samples, but only C is kept
         erase = w @ C
         return erase.mul_(-eta_prime).sub_(g, alpha=lr)
+
+    def _all_params(self) -> list[Tensor]:
+        return list(chain.from_iterable(g["params"] for g in self.param_groups))
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        sd = super().state_dict()
+        index = {id(p): i for i, p in enumerate(self._all_params())}
+        sd["captured"] = {
+            index[id(w)]: {"gram": gram, "n": int(n)}
+            for w, (gram, n) in self._captured.items()
+            if id(w) in index
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        captured = state_dict.pop("captured", None) or {}
+        super().load_state_dict(state_dict)
+        params = self._all_params()
+        self._captured = {}
+        for i, slot in captured.items():
+            w = params[int(i)]
+            gram = slot["gram"].to(device=w.device, dtype=torch.float32, copy=True)
+            self._captured[w] = [gram, int(slot["n"])]
 
     def zero_captured(self) -> None:
         """Drop inputs captured since the last step (e.g. after a skipped step)."""

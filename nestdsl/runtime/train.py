@@ -60,6 +60,7 @@ class LevelOptimizer:
     every_k: int
     optimizer: torch.optim.Optimizer
     base_lrs: list[float] = field(default_factory=list)
+    hooks: list[Any] = field(default_factory=list)  # DGD's input-capturing forward hooks
 
 
 @dataclass
@@ -130,14 +131,29 @@ def _level_groups(system: Any) -> list[tuple[str, list[torch.nn.Parameter], int]
 
 
 def build_level_optimizers(system: Any, opt_spec: ir.Optimizer) -> list[LevelOptimizer]:
-    from nestdsl.optim import build
+    """One optimizer per clock (`_level_groups`), each built from the outer optimizer spec by
+    `nestdsl.optim.build`: any type, a `MultiOptimizer` when the spec's `groups` mix types
+    (its `param_groups` are the children's, so the loop's lr schedule reaches them).
 
-    names = {id(p): n for n, p in system.model.named_parameters()}
+    Parameters are routed by their names in `system.model` and, for `groups: embeddings`, by
+    belonging to an `nn.Embedding`. DGD needs each `nn.Linear`'s inputs: its forward hooks are
+    registered on the model here (the handles are kept in `LevelOptimizer.hooks`).
+    """
+    from nestdsl.optim import build, register_dgd_hooks
+
+    model = system.model
+    names = {id(p): n for n, p in model.named_parameters()}
+    embedding_ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag)
+    }
     out: list[LevelOptimizer] = []
     for name, params, k in _level_groups(system):
         named = [(names.get(id(p), f"param{i}"), p) for i, p in enumerate(params)]
-        opt = build(opt_spec, named)
-        out.append(LevelOptimizer(name, params, k, opt, [g["lr"] for g in opt.param_groups]))
+        opt = build(opt_spec, named, embedding_ids=embedding_ids)
+        hooks = register_dgd_hooks(model, opt)
+        out.append(LevelOptimizer(name, params, k, opt, [g["lr"] for g in opt.param_groups], hooks))
     return out
 
 
