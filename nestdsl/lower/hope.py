@@ -8,6 +8,7 @@ the `memory` spec. For token t with C_other-chunk start c(t) and C_mem-chunk sta
     k_t, v_t = SiLU(conv(M_k(θ_{k,c(t)}; x_t))), SiLU(conv(M_v(θ_{v,c(t)}; x_t)))      (Eq. 83/90)
     q_t      = SiLU(conv(x_t W_q))                        (static; M_q(θ_{q,c(t)}; x_t) if adaptive)
     q_t, k_t = q_t/‖q_t‖, k_t/‖k_t‖                       (qk_norm)
+    v_t      = v_t/‖v_t‖                                   (v_norm; off by default, not in the paper)
     η_t      = η_max · sigmoid(⟨w_η, M_η(θ_{η,c(t)}; x_t)⟩ + b_η)      (scale/init: rule.lr gate)
     α_t      = sigmoid(⟨w_α, M_α(θ_{α,c(t)}; x_t)⟩ + b_α)              (rule.retention gate)
     v̂_{□,t}  = M_□(θ_{□,c(t)}; v_t)                       self-generated targets (Eq. 84/95)
@@ -172,6 +173,7 @@ class SelfModifyingTitans(nn.Module):
         c_other: int = 16,
         conv: int = 4,
         qk_norm: bool = True,
+        v_norm: bool = False,
         output_gate: bool = True,
         ctx: BuildContext | None = None,
         node: Any = None,
@@ -188,7 +190,7 @@ class SelfModifyingTitans(nn.Module):
         self.mem_rule, self.proj_rule = mem_rule, proj_rule
         self.c_mem, self.c_other = c_mem, c_other
         self.window = max(c_mem, c_other)
-        self.qk_norm, self.output_gate = qk_norm, output_gate
+        self.qk_norm, self.v_norm, self.output_gate = qk_norm, v_norm, output_gate
         self.conv_width = conv
         self.mem_ir, self.proj_ir = mem_ir, proj_ir
         self.notes: list[str] = []
@@ -285,6 +287,7 @@ class SelfModifyingTitans(nn.Module):
             mem_mlp=_mlp_of(mem, d), proj_mlp=_mlp_of(proj, d),
             mem_rule=mem_rule, proj_rule=proj_rule, adaptive=tuple(layer_ir.adaptive),
             c_mem=c_mem, c_other=c_other, conv=layer_ir.conv, qk_norm=layer_ir.qk_norm,
+            v_norm=layer_ir.v_norm,
             output_gate=layer_ir.output_gate, ctx=ctx, node=layer_ir, name=name,
             mem_ir=mem, proj_ir=proj,
         )
@@ -365,6 +368,8 @@ class SelfModifyingTitans(nn.Module):
         q, k, v = qkv["q"], qkv["k"], qkv["v"]
         if self.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.v_norm:      # bounded targets: every memory regresses onto M(v_t) with ‖v_t‖ = 1
+            v = F.normalize(v, dim=-1)
         feats = {r: mlp_forward(weights[r], xh, self.proj_mlp)             # M_η(x_t), M_α(x_t)
                  for r in ("eta", "alpha") if r in self.roles}
         mem_g = [self._gate("mem", role, xs, feats) for role in GATE_ROLES]

@@ -256,6 +256,11 @@ class SelfModifyingLayer(_Layer):
     )
     conv: int = Field(default=4, ge=0)
     qk_norm: bool = True
+    v_norm: bool = Field(
+        default=False,
+        description="L2-normalise v_t per head like q and k (bounds the self-generated targets "
+                    "M(v_t) and keeps the inner steps of every memory stable; not in the paper)",
+    )
     output_gate: bool = True
 
 

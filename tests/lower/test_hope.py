@@ -32,7 +32,7 @@ def _one_thread():
 def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 4,
               read: str = "chunk", adaptive: list[str] | None = None,
               mem_rule: dict[str, Any] | None = None, proj_rule: dict[str, Any] | None = None,
-              conv: int = 4, mem_writes: str = "grad") -> dict[str, Any]:
+              conv: int = 4, mem_writes: str = "grad", v_norm: bool = False) -> dict[str, Any]:
     mem_rule = mem_rule if mem_rule is not None else {
         "kind": "dgd", "lr": {"learned": "sigmoid", "scale": 0.5},
         "retention": {"learned": "sigmoid", "init": 0.9},
@@ -51,6 +51,7 @@ def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 
         },
         "blocks": {"b": {"layers": [{
             "type": "self_modifying", "memory": "titans", "projections": "projection", "conv": conv,
+            "v_norm": v_norm,
             "adaptive": adaptive if adaptive is not None else ["k", "v", "eta", "alpha"]}]}},
         "data": {"task": "copy", "seq_len": 64, "batch": 2},
     }
@@ -127,6 +128,8 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
                 pre = sum(w[:, j] * hist[r][-K + j] for j in range(K))
             qkv[r] = F.silu(pre)
         q, k, v = F.normalize(qkv["q"], dim=-1), F.normalize(qkv["k"], dim=-1), qkv["v"]
+        if layer.v_norm:                        # v_t / ‖v_t‖ (v_norm)
+            v = F.normalize(v, dim=-1)
         feats = {r: M(anchor[r], xt) for r in ("eta", "alpha") if r in layer.roles}
         o_before = M(theta["mem"], q)
         for n in names:
@@ -181,6 +184,8 @@ CASES = [
                  id="Cmem4-Cother2-after-learned-proj-gates"),
     pytest.param(2, 4, "before", {"adaptive": ["q", "k", "v", "eta", "alpha"]},
                  id="Cmem2-Cother4-before-adaptive-q"),
+    pytest.param(4, 2, "after", {"v_norm": True}, id="Cmem4-Cother2-after-v-norm"),
+    pytest.param(1, 1, "chunk", {"v_norm": True, "conv": 0}, id="C1-chunk-v-norm-no-conv"),
 ]
 
 
@@ -358,6 +363,35 @@ def test_ablation_static_projection(role):
     assert role not in st_sta["mems"]
     assert all(w.abs().max() == 0 for w in st_ada["mems"][role].weights)
     torch.testing.assert_close(y_ada, y_sta, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# v_norm
+
+
+@pytest.mark.parametrize("v_norm", [False, True])
+def test_v_norm_makes_values_unit_norm(v_norm):
+    """v_norm L2-normalises v_t per head after conv + SiLU, like q and k; off by default."""
+    layer = build(spec_dict(heads=2, v_norm=v_norm))
+    assert layer.v_norm is v_norm
+    x = torch.randn(2, 4, 8)
+    st = layer.initial_state(2)
+    weights = {r: st["mems"][r].weights for r in layer.roles}
+    q, k, v, *_ = layer._generate(x, weights, st["conv"])
+    assert v.shape == (2, 2, 4, 4)
+    ones = torch.ones(2, 2, 4)
+    torch.testing.assert_close(k.norm(dim=-1), ones)
+    if v_norm:
+        torch.testing.assert_close(v.norm(dim=-1), ones)
+    else:
+        assert not torch.allclose(v.norm(dim=-1), ones)
+
+
+def test_v_norm_default_is_off():
+    d = spec_dict()
+    del d["blocks"]["b"]["layers"][0]["v_norm"]
+    _, spec = parse_text(json.dumps(d))
+    assert spec.blocks["b"].layers[0].v_norm is False
 
 
 # ---------------------------------------------------------------------------------------------
