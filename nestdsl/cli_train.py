@@ -26,6 +26,25 @@ def _load(spec: Path, sets: list[str]) -> tuple[object, str]:
     return spec_obj, read_source(spec) + "".join(f"\n# --set {s}" for s in sets)
 
 
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="CPU intra-op threads (default 1: the tiny presets' small matmuls run fastest on one "
+        "thread; measured 32k vs 5.5k tok/s on a shared 2-core machine). Raise it for wide models.",
+    ),
+]
+
+
+def _set_threads(device: str, threads: int | None) -> None:
+    import torch
+
+    if device == "cpu" or threads is not None:
+        if threads is not None and threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(threads or 1)
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -49,6 +68,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last good checkpoint")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    threads: ThreadsOpt = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume."""
@@ -56,6 +76,7 @@ def train(
         sets = list(set_ or [])
         spec_obj, spec_text = _load(spec, sets)
         _check_device(device)
+        _set_threads(device, threads)
         from nestdsl.runtime.distributed import from_env
         from nestdsl.runtime.progress import Progress
         from nestdsl.runtime.train import train as run_train
@@ -97,12 +118,14 @@ def eval_(
     device: Annotated[str, typer.Option()] = "cpu",
     out_png: Annotated[Path | None, typer.Option("--png", help="heatmap output (niah)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="the overrides the run was trained with")] = None,
+    threads: ThreadsOpt = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb."""
     with _guard(traceback):
         spec_obj, spec_text = _load(spec, list(set_ or []))
         _check_device(device)
+        _set_threads(device, threads)
         from nestdsl.runtime.evaluate import evaluate
 
         lens = _int_list(lengths, "--lengths") if lengths else None
