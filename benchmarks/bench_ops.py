@@ -90,16 +90,20 @@ def child(kind: str, impl: str, B: int, H: int, T: int, D: int, reps: int, devic
     step()                                    # warm-up (includes compilation when compiled)
     sync()
     first = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         sync()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     best = min(times)
     out = dict(kind=kind, impl=impl, B=B, H=H, T=T, D=D, device=device,
                fwd_bwd_s=round(best, 5), tokens_per_s=round(B * T / best, 1),
                us_per_token=round(1e6 * best / (B * T), 3))
+    if dev.type == "cpu":
+        # process CPU time (all threads): robust to other processes on a shared machine
+        out["cpu_us_per_token"] = round(1e6 * min(cpu) / (B * T), 3)
     if impl == "compiled":
         out["compile_s"] = round(max(0.0, first - best), 2)
     if dev.type == "cuda":

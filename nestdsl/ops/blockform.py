@@ -51,40 +51,61 @@ class Decays(NamedTuple):
     zeta_last: Tensor | None    # ζ_L: weight of S_0 in S_L
 
 
-def _segment_products(a: Tensor) -> Tensor:
-    """D[t, s] = ∏_{s<i≤t} a_i for t ≥ s, else 0. a: (…, L) → (…, L, L).
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b; ``torch.bmm`` when both are 3-D with one batch size (fewer autograd nodes than
+    matmul's expand/reshape wrapping — the fast forms run many tiny products per chunk)."""
+    if a.dim() == 3 and b.dim() == 3 and a.shape[0] == b.shape[0]:
+        return torch.bmm(a, b)
+    return a @ b
 
-    Computed with a cumulative product down the rows (no logs or divisions, so a = 0 is fine).
+
+_STRICT: dict[tuple[int, str], Tensor] = {}
+
+
+def _strict_lower(n: int, device: torch.device) -> Tensor:
+    """The strictly lower-triangular boolean n×n mask (cached per size and device)."""
+    key = (n, str(device))
+    m = _STRICT.get(key)
+    if m is None:
+        m = _STRICT[key] = torch.ones(n, n, dtype=torch.bool, device=device).tril(-1)
+    return m
+
+
+def _segment_products_ext(a: Tensor) -> Tensor:
+    """E[t', s'] = ∏_{s'<i'≤t'} ã_{i'} for t' ≥ s', else 0, with ã = (1, a_0, …, a_{L−1}).
+
+    a: (…, L) → (…, L+1, L+1). With D[t, s] = ∏_{s<i≤t} a_i (t ≥ s) and γ_t = ∏_{i≤t} a_i:
+
+        D = E[1:, 1:],   D shifted down one row ("before"; row 0 zero) = E[:L, 1:],
+        γ = E[1:, 0],    γ shifted (γ_{−1} = 1) = E[:L, 0].
+
+    One cumulative product down the rows gives all four (no logs or divisions, so a = 0 is
+    fine; each column multiplies the same factors in the same order as a cumprod of a alone).
     """
-    L = a.shape[-1]
-    strict = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(-1)
-    rep = torch.where(strict, a.unsqueeze(-1).expand(*a.shape, L), torch.ones_like(a)[..., None])
-    return torch.cumprod(rep, dim=-2) * strict.logical_or(
-        torch.eye(L, dtype=torch.bool, device=a.device))
+    n = a.shape[-1] + 1
+    col = torch.nn.functional.pad(a, (1, 0), value=1.0)[..., :, None]
+    rep = torch.where(_strict_lower(n, a.device), col, 1.0)
+    return torch.cumprod(rep, dim=-2).tril()
 
 
-def _shift_rows(x: Tensor) -> Tensor:
-    """Row t of the result is row t−1 of x (row 0 is zero): the 'before' version of a matrix."""
-    return torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], dim=-2)
-
-
-def _shift_vec(x: Tensor, first: float) -> Tensor:
-    return torch.cat([torch.full_like(x[..., :1], first), x[..., :-1]], dim=-1)
+def _segment_products(a: Tensor) -> Tensor:
+    """D[t, s] = ∏_{s<i≤t} a_i for t ≥ s, else 0. a: (…, L) → (…, L, L)."""
+    return _segment_products_ext(a)[..., 1:, 1:]
 
 
 def decays(alpha: Tensor, beta: Tensor | None) -> Decays:
     """Decay coefficients for per-token retention α (…, L) and momentum β (…, L) or None."""
-    D1 = _segment_products(alpha)
-    gamma = torch.cumprod(alpha, dim=-1)
-    D1m, gamma_m = _shift_rows(D1), _shift_vec(gamma, 1.0)
+    L = alpha.shape[-1]
+    E = _segment_products_ext(alpha)
+    D1, D1m, gamma, gamma_m = E[..., 1:, 1:], E[..., :L, 1:], E[..., 1:, 0], E[..., :L, 0]
     if beta is None:
         return Decays(D1, D1m, gamma, gamma_m, D1, D1m, None, None, None, None)
-    D2 = _segment_products(beta)
-    zeta = torch.cumprod(beta, dim=-1)
-    Wc = D1 @ D2
-    Z = (D1 @ zeta[..., None])[..., 0]
-    return Decays(D1, D1m, gamma, gamma_m, Wc, _shift_rows(Wc), Z, _shift_vec(Z, 0.0),
-                  D2[..., -1, :], zeta[..., -1])
+    F = _segment_products_ext(beta)
+    # G[t'] = E[t', 1:] · F[1:, :]: row t+1 is (Z_t, Wc[t, :]) with Wc = D1·D2 and Z = D1·ζ;
+    # row 0 is zero, so rows 0..L−1 are the "before" versions — one product for all four.
+    G = _mm(E[..., :, 1:], F[..., 1:, :])
+    return Decays(D1, D1m, gamma, gamma_m, G[..., 1:, 1:], G[..., :L, 1:], G[..., 1:, 0],
+                  G[..., :L, 0], F[..., L, 1:], F[..., L, 0])
 
 
 def solve_prefix(W0: Tensor, S0: Tensor | None, K: Tensor, dec: Decays, *,
@@ -97,12 +118,12 @@ def solve_prefix(W0: Tensor, S0: Tensor | None, K: Tensor, dec: Decays, *,
     Returns:
         Y: (…, L, Dout).
     """
-    h = dec.gamma_m[..., None] * (K @ W0.mT)
+    h = dec.gamma_m[..., None] * _mm(K, W0.mT)
     if S0 is not None:
-        h = h + dec.Zm[..., None] * (K @ S0.mT)
-    KK = K @ K.mT
+        h = h + dec.Zm[..., None] * _mm(K, S0.mT)
+    KK = _mm(K, K.mT)
     if delta is not None:
-        h = h + (KK * dec.Wcm) @ delta
+        h = h + _mm(KK * dec.Wcm, delta)
     coef = torch.zeros_like(KK)
     if phi is not None:
         coef = coef + dec.D1m * phi[..., None, :]
@@ -127,13 +148,13 @@ def read_weights(W0: Tensor, S0: Tensor | None, X: Tensor, A: Tensor, Ef: Tensor
     """
     g, D1, Wc, Z = ((dec.gamma, dec.D1, dec.Wc, dec.Z) if after
                     else (dec.gamma_m, dec.D1m, dec.Wcm, dec.Zm))
-    out = g[..., None] * (X @ W0.mT)
+    out = g[..., None] * _mm(X, W0.mT)
     if S0 is not None:
-        out = out + Z[..., None] * (X @ S0.mT)
-    XA = X @ A.mT
-    out = out + (XA * Wc) @ Ed
+        out = out + Z[..., None] * _mm(X, S0.mT)
+    XA = _mm(X, A.mT)
+    out = out + _mm(XA * Wc, Ed)
     if Ef is not None:
-        out = out + (XA * D1) @ Ef
+        out = out + _mm(XA * D1, Ef)
     return out
 
 
@@ -143,9 +164,9 @@ def end_state(W0: Tensor, S0: Tensor | None, A: Tensor, Ef: Tensor | None, Ed: T
     coef = Ed * dec.Wc[..., -1, :, None]
     if Ef is not None:
         coef = coef + Ef * dec.D1[..., -1, :, None]
-    W = dec.gamma[..., -1, None, None] * W0 + coef.mT @ A
+    W = dec.gamma[..., -1, None, None] * W0 + _mm(coef.mT, A)
     if S0 is None:
         return W, None
     W = W + dec.Z[..., -1, None, None] * S0
-    S = dec.zeta_last[..., None, None] * S0 + (Ed * dec.D2_last[..., None]).mT @ A
+    S = dec.zeta_last[..., None, None] * S0 + _mm((Ed * dec.D2_last[..., None]).mT, A)
     return W, S

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .blockform import _mm
+
 __all__ = ["MLPMemory", "ACTIVATIONS", "mlp_forward", "mlp_forward_cached", "mlp_backward"]
 
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh")
@@ -101,7 +103,7 @@ def mlp_forward(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory) -> Tensor
     """
     h = x
     for i, w in enumerate(weights):
-        h = h @ w.mT
+        h = _mm(h, w.mT)
         if i < len(weights) - 1:
             h = _act(h, spec.activation)
     return x + h if spec.residual else h
@@ -117,7 +119,7 @@ def mlp_forward_cached(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory
     inputs, pre = [x], []
     h = x
     for i, w in enumerate(weights):
-        z = h @ w.mT
+        z = _mm(h, w.mT)
         if i < len(weights) - 1:
             pre.append(z)
             h = _act(z, spec.activation)
@@ -144,6 +146,6 @@ def mlp_backward(weights: Sequence[Tensor], pre: Sequence[Tensor], out_grad: Ten
     """
     deltas = [out_grad]
     for i in range(len(weights) - 1, 0, -1):
-        back = deltas[0] @ weights[i]                       # ∂ℓ/∂a_i
+        back = _mm(deltas[0], weights[i])                       # ∂ℓ/∂a_i
         deltas.insert(0, back * _act_grad(pre[i - 1], spec.activation))
     return deltas

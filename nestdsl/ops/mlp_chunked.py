@@ -57,24 +57,38 @@ def mlp_chunk_step(
         (o_c (B, H, L, Dv) or None, state at the end of the chunk, weights (B, H, out, in)).
     """
     obj = get_objective(objective)
-    B, H = k_c.shape[:2]
-    Ws = [w.expand(B, H, *w.shape[-2:]) for w in state.weights]
+    B, H, L = k_c.shape[:3]
+    N = B * H
+    # Work on (B·H, …) tensors: the products below are plain bmm calls (fewer autograd nodes
+    # than 4-D matmuls; identical values).
+
+    def flat(x: Tensor) -> Tensor:
+        return x.expand(B, H, *x.shape[-2:]).reshape(N, *x.shape[-2:])
+
+    def flat_gate(x: Tensor | float | None) -> Tensor | float | None:
+        return x.expand(B, H, L).reshape(N, L) if isinstance(x, Tensor) else x
+
+    Ws = [flat(w) for w in state.weights]
+    k_c, v_c = flat(k_c), flat(v_c)
+    if q_c is not None:
+        q_c = flat(q_c)
     gate_like = k_c[..., 0]
-    eta = _gate(lr_c, gate_like, 1.0)
-    alpha = _gate(retention_c, gate_like, 1.0)
-    beta = _gate(momentum_c, gate_like, None)
+    eta = _gate(flat_gate(lr_c), gate_like, 1.0)
+    alpha = _gate(flat_gate(retention_c), gate_like, 1.0)
+    beta = _gate(flat_gate(momentum_c), gate_like, None)
     Ss: list[Tensor | None] = [None] * len(Ws)
     if beta is not None:
         if state.momentum is None:
             Ss = [torch.zeros_like(w) for w in Ws]
         else:
-            Ss = [s.expand(B, H, *s.shape[-2:]) for s in state.momentum]
+            Ss = [flat(s) for s in state.momentum]
     dec = decays(alpha, beta)
 
     # 1. per-token gradients at θ_{c(t)}: ∂ℓ/∂W_i = δ_i a_iᵀ
     pred, inputs, pre = mlp_forward_cached(Ws, k_c, spec)
     deltas = mlp_backward(Ws, pre, obj.grad(pred, v_c), spec)
-    Eds = [-eta[..., None] * d for d in deltas]                   # d_{i,t} = −η_t δ_{i,t}
+    neg_eta = -eta[..., None]
+    Eds = [neg_eta * d for d in deltas]                           # d_{i,t} = −η_t δ_{i,t}
 
     # 3. DGD on the key-multiplying weight: f_t = −α_t η'_t W_{0,t−1} k_t
     Ef0 = None
@@ -102,8 +116,10 @@ def mlp_chunk_step(
     new_w, new_s = [], []
     for i in range(len(Ws)):
         w, s = end_state(Ws[i], Ss[i], inputs[i], Efs[i], Eds[i], dec)
-        new_w.append(w)
-        new_s.append(s)
+        new_w.append(w.reshape(B, H, *w.shape[-2:]))
+        new_s.append(None if s is None else s.reshape(B, H, *s.shape[-2:]))
+    if o is not None:
+        o = o.reshape(B, H, L, o.shape[-1])
     return o, MemoryState(tuple(new_w), tuple(new_s) if beta is not None else None)
 
 
