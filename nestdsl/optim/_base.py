@@ -17,6 +17,7 @@ Conventions every optimizer in this package follows (design.md §4, §6):
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
@@ -62,7 +63,7 @@ def as_rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-class DeepOptimizer(torch.optim.Optimizer):
+class DeepOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
     """Base class: a per-tensor loop calling `_direction` for the additive update Delta W.
 
     Subclasses implement `_init_state(p, state, group)` and
@@ -70,13 +71,15 @@ class DeepOptimizer(torch.optim.Optimizer):
     parameter and its gradient; the base applies `W <- W (1 - lr*wd) + Delta W`.
     """
 
+    @abstractmethod
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Create the per-parameter state (momentum buffers, ...)."""
 
+    @abstractmethod
     def _direction(
         self, p: Tensor, w: Tensor, g: Tensor, state: dict[str, Any], group: dict[str, Any]
     ) -> Tensor:
-        raise NotImplementedError
+        """The additive update Delta W for one parameter (float32)."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

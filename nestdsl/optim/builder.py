@@ -230,7 +230,7 @@ class MultiOptimizer(torch.optim.Optimizer):
         if not self._ready:
             super().add_param_group(param_group)  # called by torch's __init__
             return
-        raise NotImplementedError("add the group to one of `.optimizers` instead")
+        raise TypeError("a MultiOptimizer routes groups by type: add the group to one of `.optimizers` instead")
 
     def __repr__(self) -> str:
         inner = ", ".join(type(o).__name__ for o in self.optimizers)

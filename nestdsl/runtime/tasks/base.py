@@ -14,6 +14,7 @@ counts in the loss (every position for text; only answer positions for recall ta
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 import numpy as np
@@ -121,7 +122,7 @@ def accuracy(
     return float(ok[scored].float().mean().item())
 
 
-class Task:
+class Task(ABC):
     """Base class of the task generators.
 
     Subclasses set ``vocab_size``, ``seq_len``, ``batch_size`` and ``seed`` and implement
@@ -134,9 +135,9 @@ class Task:
     batch_size: int
     seed: int
 
+    @abstractmethod
     def batch(self, step: int, split: str = "train") -> Batch:
         """The batch for optimizer step ``step`` of ``split`` (a pure function of seed/step/split)."""
-        raise NotImplementedError
 
     def accuracy(
         self, logits_or_predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
