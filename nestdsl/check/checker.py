@@ -25,6 +25,9 @@ from nestdsl.spec.source import Document, Path
 __all__ = ["check_spec", "collect_diagnostics"]
 
 
+_ABSENT = object()  # sentinel: `Document.find` found nothing
+
+
 def collect_diagnostics(
     spec: ir.Spec, doc: Document, *, broken: dict[str, set[str]] | None = None
 ) -> list[Diagnostic]:
@@ -95,15 +98,7 @@ class _Ctx:
 
     def given(self, path: Path) -> bool:
         """Was this field written in the source (as opposed to filled in by a default)?"""
-        node: Any = self.doc.data
-        for part in path:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                node = node[part]
-            else:
-                return False
-        return True
+        return self.doc.find(path, _ABSENT) is not _ABSENT
 
     @property
     def shape(self) -> DataShape:

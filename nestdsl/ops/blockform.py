@@ -25,7 +25,8 @@ d_t = ψ_t y_t + δ_t, e.g. the delta rule with ψ = −η) the same solve cover
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -170,3 +171,22 @@ def end_state(W0: Tensor, S0: Tensor | None, A: Tensor, Ef: Tensor | None, Ed: T
     W = W + dec.Z[..., -1, None, None] * S0
     S = dec.zeta_last[..., None, None] * S0 + _mm((Ed * dec.D2_last[..., None]).mT, A)
     return W, S
+
+
+def scan_blocks(
+    step: Callable[..., tuple[Tensor | None, Any]], state: Any, size: int,
+    inputs: tuple[Tensor | None, ...], **step_kwargs: Any,
+) -> tuple[Tensor, Any]:
+    """Run `step(state, *block_inputs, **step_kwargs)` over blocks of `size` tokens (dim 2).
+
+    A Python loop over blocks, so a compiled `step` stays one block long whatever T is.
+    torch.split (not slicing in the loop): its backward is one concatenation, whereas each
+    slice's backward would write a full-length zero tensor (quadratic in T).
+    """
+    pieces = [x.split(size, dim=2) if x is not None else None for x in inputs]
+    outs = []
+    for i in range(len(pieces[0])):
+        block = tuple(p[i] if p is not None else None for p in pieces)
+        o, state = step(state, *block, **step_kwargs)
+        outs.append(o)
+    return torch.cat(outs, dim=2), state

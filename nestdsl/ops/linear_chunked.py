@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockform import decays, end_state, read_weights, solve_prefix
+from .blockform import decays, end_state, read_weights, scan_blocks, solve_prefix
 from .objectives import Objective, get_objective
 from .state import MemoryState
 
@@ -124,15 +124,5 @@ def linear_scan_chunked(
     exact = chunk_size == 1 and objective.affine is not None
     # Non-affine objective with C = 1: one token per block *is* the exact semantics.
     L = block_size if exact else chunk_size
-    # torch.split (not slicing in the loop): its backward is one concatenation, whereas each
-    # slice's backward would write a full-length zero tensor (quadratic in T).
-    pieces = [x.split(L, dim=2) if x is not None else None
-              for x in (q, k, v, lr, retention, momentum)]
-    n = len(pieces[0])
-    outs = []
-    for i in range(n):
-        qc, kc, vc, lc, rc, mc = (p[i] if p is not None else None for p in pieces)
-        o, state = step(state, qc, kc, vc, lc, rc, mc, objective=objective, rule=rule,
-                        read=read, exact=exact)
-        outs.append(o)
-    return torch.cat(outs, dim=2), state
+    return scan_blocks(step, state, L, (q, k, v, lr, retention, momentum),
+                       objective=objective, rule=rule, read=read, exact=exact)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockform import decays, end_state, read_weights, solve_prefix
+from .blockform import decays, end_state, read_weights, scan_blocks, solve_prefix
 from .linear_chunked import _gate
 from .mlp import MLPMemory, _act, mlp_backward, mlp_forward, mlp_forward_cached
 from .objectives import Objective, get_objective
@@ -130,15 +130,5 @@ def mlp_scan_chunked(
 ) -> tuple[Tensor, MemoryState]:
     """Run an MLP memory over (B, H, T, ·) chunk by chunk (a Python loop over chunks, so a
     compiled ``step`` stays one chunk long whatever T is)."""
-    # torch.split (not slicing in the loop): its backward is one concatenation, whereas each
-    # slice's backward would write a full-length zero tensor (quadratic in T).
-    pieces = [x.split(chunk_size, dim=2) if x is not None else None
-              for x in (q, k, v, lr, retention, momentum)]
-    n = len(pieces[0])
-    outs = []
-    for i in range(n):
-        qc, kc, vc, lc, rc, mc = (p[i] if p is not None else None for p in pieces)
-        o, state = step(state, qc, kc, vc, lc, rc, mc, objective=objective, rule=rule,
-                        read=read, spec=spec)
-        outs.append(o)
-    return torch.cat(outs, dim=2), state
+    return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum),
+                       objective=objective, rule=rule, read=read, spec=spec)

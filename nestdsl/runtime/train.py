@@ -157,6 +157,18 @@ def build_level_optimizers(system: Any, opt_spec: ir.Optimizer) -> list[LevelOpt
     return out
 
 
+def _main_lr(level_opts: list[LevelOptimizer]) -> float:
+    """The base lr of the param group holding the most parameter elements: with a Muon-style
+    split that is the matrices' optimizer, not the AdamW group of embeddings and vectors."""
+    best, best_size = 0.0, -1
+    for lo in level_opts:
+        for group, base in zip(lo.optimizer.param_groups, lo.base_lrs, strict=True):
+            size = sum(p.numel() for p in group["params"])
+            if size > best_size:
+                best, best_size = base, size
+    return best
+
+
 def lr_factor(train: ir.Train, step: int) -> float:
     """Warmup then constant / cosine / linear decay, as a multiplier of the base lr."""
     from nestdsl.runtime.schedule_lr import lr_factor as factor
@@ -443,7 +455,7 @@ def train(
             record = {
                 "step": done,
                 "loss": mean_loss,
-                "lr": level_opts[0].base_lrs[0] * factor if level_opts else 0.0,
+                "lr": _main_lr(level_opts) * factor,
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                 "elapsed": elapsed,
             }

@@ -538,72 +538,50 @@ class _Builder:
         self.singleton(stmt, data, "optimizer", self.string(tok), self.span(tok))
 
     def stmt_optimizer(self, stmt: Tree, data: dict[str, Any]) -> None:
-        type_tree, args, body = stmt.children
-        value: dict[str, Any] = {}
-        self.singleton(stmt, data, "optimizer", value, self.span(stmt))
-        if data.get("optimizer") is not value:
-            return
-        path: Path = ("optimizer",)
-        type_, type_span = self.name(type_tree)
-        self.put(value, path, "type", type_, type_span)
-        if isinstance(args, Tree):
-            self.args(args, path, value)
-        if isinstance(body, Tree):
-            groups: list[Any] = []
-            for item in body.children:
-                if not isinstance(item, Tree):
-                    continue
-                if item.data == "entry":
-                    self.entry(item, path, value)
-                    continue
-                if not groups and not self.put(value, path, "groups", groups, self.span(item),
-                                               self.keyword_span(item, "group")):
-                    continue
-                gpath = path + ("groups", len(groups))
-                group: dict[str, Any] = {}
-                self.doc.positions[gpath] = self.span(item)
-                groups.append(group)
-                params_tree, gargs, gbody = item.children
-                params, params_span = self.name(params_tree)
-                self.put(group, gpath, "params", params, params_span)
-                if isinstance(gargs, Tree):
-                    self.args(gargs, gpath, group)
-                if isinstance(gbody, Tree):
-                    self.body(gbody, gpath, group)
+        self.section_with_items(stmt, data, "optimizer", "type", "groups", "group", "params")
 
     def stmt_data(self, stmt: Tree, data: dict[str, Any]) -> None:
-        task_tree, args, body = stmt.children
+        self.section_with_items(stmt, data, "data", "task", "tasks", "task", "task")
+
+    def section_with_items(
+        self, stmt: Tree, data: dict[str, Any], section: str, disc: str, items_key: str,
+        item_keyword: str, item_disc: str,
+    ) -> None:
+        """`section DISC (args) { entries  item_keyword ITEM_DISC (args) {..} ... }`: the shape of
+        `optimizer TYPE { group PARAMS {..} }` and `data continual { task KIND {..} }`."""
+        disc_tree, args, body = stmt.children
         value: dict[str, Any] = {}
-        self.singleton(stmt, data, "data", value, self.span(stmt))
-        if data.get("data") is not value:
+        self.singleton(stmt, data, section, value, self.span(stmt))
+        if data.get(section) is not value:
             return
-        path: Path = ("data",)
-        task, task_span = self.name(task_tree)
-        self.put(value, path, "task", task, task_span)
+        path: Path = (section,)
+        name, name_span = self.name(disc_tree)
+        self.put(value, path, disc, name, name_span)
         if isinstance(args, Tree):
             self.args(args, path, value)
-        if isinstance(body, Tree):
-            tasks: list[Any] = []
-            for item in body.children:
-                if not isinstance(item, Tree):
-                    continue
-                if item.data == "entry":
-                    self.entry(item, path, value)
-                    continue
-                if not tasks and not self.put(value, path, "tasks", tasks, self.span(item),
-                                              self.keyword_span(item, "task")):
-                    continue
-                tpath = path + ("tasks", len(tasks))
-                sub: dict[str, Any] = {}
-                self.doc.positions[tpath] = self.span(item)
-                tasks.append(sub)
-                sub_tree, sargs, sbody = item.children
-                sub_task, sub_span = self.name(sub_tree)
-                self.put(sub, tpath, "task", sub_task, sub_span)
-                if isinstance(sargs, Tree):
-                    self.args(sargs, tpath, sub)
-                if isinstance(sbody, Tree):
-                    self.body(sbody, tpath, sub)
+        if not isinstance(body, Tree):
+            return
+        items: list[Any] = []
+        for item in body.children:
+            if not isinstance(item, Tree):
+                continue
+            if item.data == "entry":
+                self.entry(item, path, value)
+                continue
+            if not items and not self.put(value, path, items_key, items, self.span(item),
+                                          self.keyword_span(item, item_keyword)):
+                continue
+            ipath = path + (items_key, len(items))
+            sub: dict[str, Any] = {}
+            self.doc.positions[ipath] = self.span(item)
+            items.append(sub)
+            sub_tree, sargs, sbody = item.children
+            sub_name, sub_span = self.name(sub_tree)
+            self.put(sub, ipath, item_disc, sub_name, sub_span)
+            if isinstance(sargs, Tree):
+                self.args(sargs, ipath, sub)
+            if isinstance(sbody, Tree):
+                self.body(sbody, ipath, sub)
 
     # -- fields ------------------------------------------------------------------------------
 

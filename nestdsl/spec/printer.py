@@ -423,29 +423,27 @@ def _nest_layer(layer: dict[str, Any]) -> str:
     return "  ".join(parts + _entries(rest))
 
 
-def _nest_optimizer(opt: dict[str, Any]) -> list[str]:
-    groups = opt.get("groups", [])
-    fields = {k: v for k, v in opt.items() if k not in ("type", "groups")}
-    prefix = f"optimizer {opt['type']}"
-    if not groups:
+def _nest_with_items(
+    keyword: str, value: dict[str, Any], disc: str, items_key: str, item_keyword: str, item_disc: str
+) -> list[str]:
+    """`keyword DISC { fields  item_keyword ITEM_DISC { ... } ... }`: the shape shared by
+    `optimizer TYPE { group PARAMS {..} }` and `data continual { task KIND {..} }`."""
+    items = value.get(items_key, [])
+    fields = {k: v for k, v in value.items() if k not in (disc, items_key)}
+    prefix = f"{keyword} {value[disc]}"
+    if not items:
         return [prefix] if not fields else _braced(prefix, _entries(fields), 0)
     lines = [f"{prefix} {{"] + [f"  {e}" for e in _entries(fields)]
-    for group in groups:
-        rest = {k: v for k, v in group.items() if k != "params"}
-        gprefix = f"group {group['params']}"
-        lines.extend(_braced(gprefix, _entries(rest), 2) if rest else [f"  {gprefix}"])
+    for item in items:
+        rest = {k: v for k, v in item.items() if k != item_disc}
+        iprefix = f"{item_keyword} {item[item_disc]}"
+        lines.extend(_braced(iprefix, _entries(rest), 2) if rest else [f"  {iprefix}"])
     return lines + ["}"]
+
+
+def _nest_optimizer(opt: dict[str, Any]) -> list[str]:
+    return _nest_with_items("optimizer", opt, "type", "groups", "group", "params")
 
 
 def _nest_data(data: dict[str, Any]) -> list[str]:
-    tasks = data.get("tasks", [])
-    fields = {k: v for k, v in data.items() if k not in ("task", "tasks")}
-    prefix = f"data {data['task']}"
-    if not tasks:
-        return [prefix] if not fields else _braced(prefix, _entries(fields), 0)
-    lines = [f"{prefix} {{"] + [f"  {e}" for e in _entries(fields)]
-    for sub in tasks:
-        rest = {k: v for k, v in sub.items() if k != "task"}
-        tprefix = f"task {sub['task']}"
-        lines.extend(_braced(tprefix, _entries(rest), 2) if rest else [f"  {tprefix}"])
-    return lines + ["}"]
+    return _nest_with_items("data", data, "task", "tasks", "task", "task")

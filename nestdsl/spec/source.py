@@ -51,6 +51,18 @@ class Document:
             node = node[part]
         return node
 
+    def find(self, path: Path, default: Any = None) -> Any:
+        """The value written at `path`, or `default` when the source has no such node."""
+        node: Any = self.data
+        for part in path:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                return default
+        return node
+
     def strip_tags(self, loc: tuple[Any, ...]) -> tuple[Any, ...]:
         """Drop the discriminator tags pydantic inserts into an error `loc`.
 

@@ -72,8 +72,8 @@ def _bool_coercions(node: Any, path: Path, doc: Document) -> list[Diagnostic]:
                 continue
             value = getattr(node, name)
             sub = path + (name,)
-            if not isinstance(value, bool) and isinstance(value, (int, float)) and isinstance(_doc_value(doc, sub), bool):
-                raw = _doc_value(doc, sub)
+            raw = doc.find(sub)
+            if not isinstance(value, bool) and isinstance(value, (int, float)) and isinstance(raw, bool):
                 expected = _describe_annotation(type(node), name)
                 out.append(Diagnostic(doc.position(sub), f"invalid value for '{_dotted(sub)}': expected {expected}, got {_kind(raw)}",
                                       _field_hint(type(node), name), code="type"))
@@ -85,21 +85,6 @@ def _bool_coercions(node: Any, path: Path, doc: Document) -> list[Diagnostic]:
         for i, value in enumerate(node):
             out.extend(_bool_coercions(value, path + (i,), doc))
     return out
-
-
-_MISSING = object()
-
-
-def _doc_value(doc: Document, path: Path) -> Any:
-    node: Any = doc.data
-    for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        else:
-            return _MISSING
-    return node
 
 
 # Named sections whose entries can be dropped one by one to validate the rest of a spec.
@@ -251,7 +236,7 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     field = str(clean[-1]) if clean else "spec"
     parent_model = _model_at(clean[:-1])
     where = _dotted(_without_tags(clean, doc))
-    if len(path) < len(loc) and not isinstance(_doc_value(doc, path), (dict, list)) and etype != "missing":
+    if len(path) < len(loc) and not isinstance(doc.find(path), (dict, list)) and etype != "missing":
         # The value was a scalar that a before-validator expanded (a period "16 tokens" becomes
         # {every, unit}): name the field the user wrote, not the expanded one.
         where = _dotted(path)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import nestdsl
-from nestdsl.lower.registry import provider_available
 from nestdsl.spec import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -17,13 +16,7 @@ SPECS = Path(__file__).resolve().parents[2] / "specs"
 @pytest.mark.slow
 @pytest.mark.parametrize("name,T", [("titans-lmm", 32), ("hope", 64)])
 def test_compiled_equals_eager(name: str, T: int) -> None:
-    path = SPECS / f"{name}.yaml"
-    if not path.is_file():
-        pytest.skip(f"{path.name} not available")
-    spec = load_spec(path)
-    types = {layer.type for b in spec.blocks.values() for layer in b.layers}
-    if not all(provider_available(t) for t in types):
-        pytest.skip("layer types not available yet")
+    spec = load_spec(SPECS / f"{name}.yaml")
     torch.manual_seed(0)
     system = nestdsl.compile(spec, compile=True)
     model = system.model
