@@ -82,6 +82,7 @@ def train(
         from nestdsl.runtime.train import train as run_train
 
         dist = from_env(device)
+        ok = False
         try:
             if dist is not None:
                 device = dist.device
@@ -101,9 +102,10 @@ def train(
                         f"[bold]done[/bold] {result.steps} steps · loss {result.first_loss:.3f} → "
                         f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s · {run_dir}"
                     )
+            ok = True
         finally:
             if dist is not None:
-                dist.close()
+                dist.close(ok=ok)
 
 
 @app.command("eval")

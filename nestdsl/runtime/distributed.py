@@ -29,11 +29,24 @@ class Distributed:
         ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
         return DDP(module, device_ids=ids)
 
-    def close(self) -> None:
+    def close(self, *, ok: bool = True) -> None:
+        """Tear the process group down.
+
+        On success every rank first meets at a barrier, so no rank closes its connections while
+        a peer still has gloo work in flight (a rank torn down early was seen to abort its peer
+        with SIGABRT), and unreferenced DDP reducers are collected before the group goes. On
+        failure the group is left alone: the barrier would wait for peers that may never come,
+        and torchrun stops them once this rank exits non-zero with its error printed.
+        """
+        import gc
+
         import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if not ok or not dist.is_initialized():
+            return
+        dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def from_env(device: str) -> Distributed | None:
