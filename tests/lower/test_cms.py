@@ -21,15 +21,6 @@ from nestdsl.spec import load_spec, parse_text
 W, V = 8, 11
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend (40x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cms_spec(stages: list[dict[str, Any]], *, mode: str = "chain", levels: dict[str, str] | None = None,
              seq_len: int = 16, batch: int = 2):
     levels = levels or {"fast": "4 tokens", "mid": "8 tokens", "slow": "2 steps"}

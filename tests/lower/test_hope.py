@@ -15,16 +15,6 @@ from nestdsl.lower.common import LearnedGateModule
 from nestdsl.lower.hope import GeneratedGate, SelfModifyingTitans
 from nestdsl.spec import parse_text
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend (40x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------
 # spec helpers
 

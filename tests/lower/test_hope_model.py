@@ -10,14 +10,6 @@ from nestdsl.lower import compile_spec
 from nestdsl.spec import ir, load_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hope_tiny() -> ir.Spec:
     spec = load_spec("specs/hope.yaml").model_copy(deep=True)
     # Inner step sizes that keep the chunked updates stable (the preset's η_max 0.1 for M_mem and
