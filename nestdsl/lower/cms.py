@@ -219,7 +219,7 @@ class CMSLayerModule(nn.Module):
         """Stage i's meta-learned initial weights, one copy per sequence: (B, out, in)."""
         ws = []
         for p in self.stages[i].weights:
-            w = p.to(dtype).expand(batch, *p.shape)
+            w = p.to(dtype).expand(batch, *p.shape).contiguous()   # dense: one compiled layout
             if not w.requires_grad:          # the task sweep differentiates the loss w.r.t. it
                 w = w.detach().clone().requires_grad_(True)
             ws.append(w)

@@ -64,7 +64,14 @@ _STRICT: dict[tuple[int, str], Tensor] = {}
 
 
 def _strict_lower(n: int, device: torch.device) -> Tensor:
-    """The strictly lower-triangular boolean n×n mask (cached per size and device)."""
+    """The strictly lower-triangular boolean n×n mask (cached per size and device in eager mode).
+
+    Inside torch.compile the mask is built in the graph (a constant inductor folds): reading a
+    module-level cache there installs a guard on the dict, which the first call then invalidates
+    by filling it, costing a second full compile of every graph.
+    """
+    if torch.compiler.is_compiling():
+        return torch.ones(n, n, dtype=torch.bool, device=device).tril(-1)
     key = (n, str(device))
     m = _STRICT.get(key)
     if m is None:

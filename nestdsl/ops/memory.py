@@ -76,8 +76,29 @@ def _expand_weights(ws: tuple[Tensor, ...], shapes: list[tuple[int, int]], B: in
                 w.dim() == 4 and w.shape[0] != B):
             raise ValueError(f"{what}[{i}]: expected shape (H, out, in) = {(H, *shp)} or "
                              f"(B, H, out, in) = {(B, H, *shp)}; got {tuple(w.shape)}")
-        out.append(w.to(dtype).expand(B, H, *shp))
+        # materialised, not a stride-0 view: every later chunk's state is a dense (B, H, …)
+        # tensor, and a compiled chunk step would recompile for the first chunk's layout
+        out.append(w.to(dtype).expand(B, H, *shp).contiguous())
     return tuple(out)
+
+
+def _match_later_states(weights: tuple[Tensor, ...], moms: tuple[Tensor, ...] | None,
+                        inputs: tuple[Tensor | None, ...]
+                        ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
+    """Initial states that require grad exactly when the states after a chunk will.
+
+    Every later state is a function of q, k, v and the gates; if those require grad so do the
+    states. Initial zeros (or a detached state) that do not would make the compiled chunk step
+    recompile on its second call for a mere requires_grad mismatch.
+    """
+    needs = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    if not needs:
+        return weights, moms
+
+    def fix(ts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tuple(t if t.requires_grad else t.detach().requires_grad_() for t in ts)
+
+    return fix(weights), None if moms is None else fix(moms)
 
 
 def memory_scan(
@@ -186,6 +207,8 @@ def memory_scan(
             momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms)
         new_state = MemoryState(tuple(w_out), None if s_out is None else tuple(s_out))
     else:
+        if compile:
+            weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
         init = MemoryState(weights, moms)
         common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
                       rule=rule, read=read, chunk_size=chunk_size)
