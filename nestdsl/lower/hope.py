@@ -385,6 +385,35 @@ class SelfModifyingTitans(nn.Module):
             y = merge_heads(o)
         return self.out_proj(y)
 
+    def _write_projections(self, mems: dict[str, MemoryState], k: Tensor, targets: dict[str, Tensor],
+                           gates: list[Tensor | float | None]) -> dict[str, MemoryState]:
+        """One C_other write of every projection memory (Eq. 88), as one batched chunk step.
+
+        The memories share the keys k_t, the MLP shape, the rule and the gates, and differ only in
+        their states and targets, so they are stacked along the batch dimension: one call (one
+        compiled graph launch) instead of one per memory, with identical per-memory values.
+        """
+        roles, B = self.roles, k.shape[0]
+
+        def stack(ts: list[Tensor]) -> Tensor:
+            return torch.cat([t.expand(B, *t.shape[-3:]) for t in ts])
+
+        old = [mems[r] for r in roles]
+        state = MemoryState(
+            tuple(stack([m.weights[i] for m in old]) for i in range(len(old[0].weights))),
+            None if old[0].momentum is None else
+            tuple(stack([m.momentum[i] for m in old]) for i in range(len(old[0].momentum))))
+        R = len(roles)
+        g = [x.repeat(R, 1, 1) if isinstance(x, Tensor) else x for x in gates]
+        _, new = self._mlp_step(state, None, k.repeat(R, 1, 1, 1), torch.cat([targets[r] for r in roles]),
+                                *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
+                                rule=self.proj_rule.kind, read="chunk")
+        new = _write(state, new, self.proj_rule.writes)
+        ws = [w.split(B) for w in new.weights]
+        ms = None if new.momentum is None else [m.split(B) for m in new.momentum]
+        return {r: MemoryState(tuple(w[j] for w in ws), None if ms is None else tuple(m[j] for m in ms))
+                for j, r in enumerate(roles)}
+
     def _chunk_step(self, x: Tensor, st: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
         """One step of max(C_mem, C_other) tokens (fewer at the end): x (B, L, D).
 
@@ -403,11 +432,8 @@ class SelfModifyingTitans(nn.Module):
         for s in range(0, L, self.c_other):
             weights = {r: mems[r].weights for r in self.roles}
             q, k, v, targets, mem_g, proj_g, conv = self._gen(x[:, s:s + self.c_other], weights, conv)
-            for r in self.roles:
-                _, new = self._mlp_step(mems[r], None, k, targets[r], *proj_g, spec=self.proj_mlp,
-                                        objective=self.proj_rule.objective, rule=self.proj_rule.kind,
-                                        read="chunk")
-                mems[r] = _write(mems[r], new, self.proj_rule.writes)
+            if self.roles:
+                mems.update(self._write_projections(mems, k, targets, proj_g))
             qs.append(q)
             ks.append(k)
             vs.append(v)
