@@ -150,7 +150,8 @@ def _yaml_str(s: str, *, flow: bool = True) -> str:
     return _escape(s)
 
 
-def _yaml_scalar(v: Any, *, flow: bool = True) -> str:
+def _plain_scalar(v: Any, *, yaml_form: bool) -> str | None:
+    """null / booleans / numbers, spelled the same in both syntaxes (None for anything else)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -158,7 +159,14 @@ def _yaml_scalar(v: Any, *, flow: bool = True) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return _float_text(v, yaml_form=True)
+        return _float_text(v, yaml_form=yaml_form)
+    return None
+
+
+def _yaml_scalar(v: Any, *, flow: bool = True) -> str:
+    plain = _plain_scalar(v, yaml_form=True)
+    if plain is not None:
+        return plain
     if isinstance(v, str):
         return _yaml_str(v, flow=flow)
     raise TypeError(f"cannot print {type(v).__name__} as a YAML scalar")
@@ -169,14 +177,9 @@ def _nest_name(s: str) -> str:
 
 
 def _nest_scalar(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return _float_text(v, yaml_form=False)
+    plain = _plain_scalar(v, yaml_form=False)
+    if plain is not None:
+        return plain
     if isinstance(v, str):
         return v if _NEST_NAME.match(v) and v not in _NEST_VALUE_KEYWORDS else _escape(v)
     raise TypeError(f"cannot print {type(v).__name__} as a .nest value")
