@@ -271,8 +271,22 @@ def _check_memories(ctx: _Ctx) -> None:
             allowed = f"registered objectives: {_names(objectives)}"
             ctx.add(base + ("objective",), f"unknown objective '{mem.objective}' in memory '{mname}'",
                     f"{dym} {allowed}" if dym else allowed, "unknown-ref")
+        if mem.kind == "attention":
+            for f in ("norm", "init"):
+                if getattr(mem, f) is not None:
+                    ctx.add(base + (f,), f"`{f}` on attention memory '{mname}'",
+                            f"`{f}` applies to linear and mlp memories only", "combination",
+                            key=True)
+        if mem.kind == "mlp" and mem.init == "zeros":
+            ctx.add(base + ("init",), f"mlp memory '{mname}' cannot start from zeros",
+                    "an all-zero MLP has zero inner gradients in every layer but the last; "
+                    "remove `init` (mlp memories learn their initial state)", "combination")
+        if mem.kind == "linear" and mem.residual and not mem.norm:
+            ctx.add(base + ("residual",), f"`residual` on linear memory '{mname}' without `norm`",
+                    "a linear memory's residual belongs to TTT-Linear's x + LN(W x): add "
+                    "`norm: true`, or remove `residual`", "combination", key=True)
         if mem.kind != "mlp":
-            for f in ("depth", "hidden", "activation", "residual"):
+            for f in ("depth", "hidden", "activation") + (("residual",) if mem.kind != "linear" else ()):
                 if getattr(mem, f) is not None:
                     ctx.add(base + (f,), f"`{f}` on {mem.kind} memory '{mname}'",
                             f"`{f}` applies to mlp memories only; remove it or use `kind: mlp`",
@@ -282,6 +296,14 @@ def _check_memories(ctx: _Ctx) -> None:
                     f"heads split the width; use a divisor of {width}: {_divisors(width)}", "heads")
         if mem.rule is not None and mem.kind != "attention":
             _check_rule(ctx, base + ("rule",), mname, mem.rule)
+            if mem.rule.clip is not None and mem.objective not in (None, "l2"):
+                ctx.add(base + ("rule", "clip"),
+                        f"memory '{mname}': `clip` soft-clips the l2 error, but the objective is "
+                        f"'{mem.objective}'", "use `objective: l2`, or remove `clip`", "combination")
+            if mem.rule.erase is not None and mem.rule.kind != "dgd":
+                ctx.add(base + ("rule", "erase"),
+                        f"memory '{mname}': `erase` is the erase rate of dgd, but the rule is "
+                        f"'{mem.rule.kind}'", "use `kind: dgd`, or remove `erase`", "combination")
 
 
 def _divisors(n: int) -> str:

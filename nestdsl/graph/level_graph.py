@@ -52,7 +52,7 @@ import networkx as nx
 from nestdsl.graph.schedule import LevelClock, Schedule, optimizer_levels, schedule
 from nestdsl.spec import ir
 
-__all__ = ["build_graph", "read_text", "update_equation"]
+__all__ = ["build_graph", "instance_name", "read_text", "update_equation"]
 
 READ_TEXT = {
     "after": "o_t = M_t(q_t)  (read after write)",
@@ -81,71 +81,96 @@ def _times(coef: str, expr: str) -> str:
     return f"{coef}·{expr}" if coef else expr
 
 
-def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str:
-    """One line of what a memory's rule does, derived from its objective and rule.
+def _memory_function(mem: ir.Memory, M: str, x: str) -> str:
+    """f_θ(x) as text: the weights' map, then the inner norm and residual (design.md §3.1)."""
+    f = f"{M} {x}" if mem.kind == "linear" else f"MLP_{M}({x})"
+    if mem.norm:
+        f = f"LN({f})"
+    if mem.residual:
+        f = f"{x} + {f}"
+    return f
 
-    `chunk` is C (gradients are taken at the chunk-start state M_c when C > 1); `target` is the
-    value the memory regresses to ('v̂' for Hope's self-generated targets). With DGD the erase
-    uses eta' = eta / (1 + eta·|k|²); with `l2` it appears twice, as in Hope's Eq. 88.
+
+def instance_name(mem: ir.Memory, chunk: int) -> str:
+    """The published recurrence this memory computes, if it is one (printed beside the update)."""
+    rule = mem.rule or ir.Rule()
+    ret, mom, obj = rule.retention is not None, rule.momentum is not None, mem.objective or "l2"
+    erase = rule.erase or "eta"
+    if mem.kind == "linear" and not mem.norm and not mom and rule.clip is None:
+        if obj == "dot" and rule.kind == "gd":
+            return "gated linear attention (Mamba2-like)" if ret else "linear attention"
+        if obj == "dot" and rule.kind == "dgd" and (erase == "retained" or not ret) and erase != "normalized":
+            return "Gated DeltaNet" if ret else "DeltaNet"
+        if obj == "l2" and rule.kind == "gd" and chunk == 1:
+            return "delta rule with decay after the erase" if ret else "DeltaNet"
+        if obj == "l2" and rule.kind == "gd":
+            return "mini-batch GD on a linear memory (TTT-Linear without its inner norm)"
+    if mem.kind == "linear" and mem.norm and mem.residual and obj == "l2" and rule.kind == "gd" \
+            and not mom and not ret:
+        return "TTT-Linear"
+    if mem.kind == "mlp" and obj == "l2":
+        if rule.kind == "dgd":
+            return f"DGD, Hope Eq. {'57' if erase == 'normalized' else '88'}" + (
+                "" if erase != "retained" else " with retention before the erase")
+        if mom and ret:
+            return "Titans LMM (Eqs. 13-14)"
+        if not mom and not ret and mem.norm and mem.residual:
+            return "TTT-MLP"
+    return ""
+
+
+def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str:
+    """One line of what a memory's rule does (design.md §3.1), derived from its spec:
+
+        S ← β S − η ∇ℓ(θ_c; k, v);   θ ← θ(α I − ε k kᵀ) + S
+
+    specialised to its objective, memory function (inner norm, residual), erase rate ε and
+    gates; `chunk` is C (the gradient is taken at the chunk-start state θ_c when C > 1) and
+    `target` the value regressed onto ('v̂' for Hope's self-generated targets). The one renderer
+    of the update: `graph`, `compile --explain` and the plan all print it.
     """
     if mem.kind == "attention":
         w = f"keep the last {mem.window}" if mem.window else "keep all"
         return f"cache ← cache ∪ {{(k_t, v_t)}} ({w}); o_t = softmax(q_t Kᵀ) V"
     rule = mem.rule or ir.Rule()
     eta = _gate(rule.lr, "η")
+    if rule.lr_per_dim:
+        eta = f"{eta or '1'}/d"
     alpha = _gate(rule.retention, "α")
     beta = _gate(rule.momentum, "β") if rule.momentum is not None else None
     linear = mem.kind == "linear"
     M = "M" if linear else "θ"
-    M0 = M if chunk == 1 else f"{M}_c"  # the chunk-start state (θ₀ is the initial state)
-    obj = mem.objective or "l2"
-    k = "k" if linear else "k_t"
-    v = target
+    Mc = M if chunk == 1 else f"{M}_c"     # the state the gradient is taken at
+    obj, v = mem.objective or "l2", target
+    plain = linear and not mem.norm and rule.clip is None
 
-    # The gradient term -eta*g (as text, with its sign) for the objective.
+    f = _memory_function(mem, Mc, "k")
     if obj == "dot":
-        step = f"+ {_times(eta, f'{v} kᵀ')}" if linear else f"+ {_times(eta, f'∇θ⟨{M0}({k}), {v}⟩')}"
+        step = f"+ {_times(eta, f'{v} kᵀ')}" if plain else f"+ {_times(eta, f'∇{M}⟨{f}, {v}⟩')}"
+    elif obj == "l2" and rule.clip is not None:
+        c = f"{rule.clip:g}"
+        step = f"− {_times(eta, f'∇{M} {c}²·log cosh(‖{f} − {v}‖/{c})')}"
     elif obj == "l2":
-        step = (
-            f"− {_times(eta, f'({M0} k − {v}) kᵀ')}" if linear
-            else f"− {_times(eta, f'∇θ ½‖{M0}({k}) − {v}‖²')}"
-        )
+        step = f"− {_times(eta, f'({Mc} k − {v}) kᵀ')}" if plain else f"− {_times(eta, f'∇{M} ½‖{f} − {v}‖²')}"
     else:
-        step = f"− {_times(eta, f'∇θ {obj}({M0}({k}), {v})')}"
+        step = f"− {_times(eta, f'∇{M} {obj}({f}, {v})')}"
 
-    # The projection P of the rule: identity (gd) or the DGD erase on the key-side weight.
     if rule.kind == "dgd":
-        eta_p = "η′_t" if isinstance(rule.lr, ir.LearnedGate) else "η′"
-        kept = f"{M}(I − {eta_p} k kᵀ)" if linear else "P(θ)"
-        p_note = "" if linear else f", P: W_in ↦ W_in(I − {eta_p} k kᵀ)"
+        e = eta or "1"
+        eps = {"eta": e, "normalized": f"{e}/(1 + {e}‖k‖²)",
+               "retained": _times(alpha, e)}[rule.erase or "eta"]
+        core = f"({alpha + ' ' if alpha else ''}I − {eps} k kᵀ)"
+        kept = f"{M}{core}" if linear else f"θ [W_in ← W_in{core}, others {_times(alpha, 'W')}]"
     else:
-        kept, p_note = M, ""
+        kept = _times(alpha, M)
 
     if beta is not None:
-        momentum = f"S ← {_times(beta or '', 'S')} {step}; "
-        body = f"{M} ← {_times(alpha, kept)} + S"
+        text = f"S ← {_times(beta, 'S')} {step}; {M} ← {kept} + S"
     else:
-        momentum = ""
-        body = f"{M} ← {_times(alpha, kept)} {step}"
-
-    name = ""
-    if linear and beta is None:
-        if rule.kind == "dgd" and obj == "dot":
-            name = "  (gated delta rule)" if alpha else "  (delta rule)"
-        elif rule.kind == "dgd" and obj == "l2":
-            name = "  (DGD: erase twice, Hope Eq. 88)"
-        elif obj == "l2" and chunk == 1:
-            # l2 + gd at C = 1 expands to the delta rule: M(αI − η kkᵀ) + η v kᵀ.
-            a = alpha or ""
-            e = eta or ""
-            body = f"M ← M({a + ' ' if a else ''}I − {_times(e, 'k kᵀ')}) + {_times(e, f'{v} kᵀ')}"
-            name = "  (gated delta rule)" if alpha else "  (delta rule)"
-        elif obj == "dot":
-            name = "  (gated linear attention)" if alpha else "  (linear attention)"
-    elif rule.kind == "dgd" and obj == "l2":
-        name = "  (DGD: erase twice, Hope Eq. 88)"
-    chunk_note = f"; {M0} = state at chunk start (C = {chunk})" if chunk > 1 else ""
-    return f"{momentum}{body}{p_note}{name}{chunk_note}"
+        text = f"{M} ← {kept} {step}"
+    name = instance_name(mem, chunk)
+    chunk_note = f"; {Mc} = state at chunk start (C = {chunk})" if chunk > 1 else ""
+    return text + (f"  ({name})" if name else "") + chunk_note
 
 
 def read_text(mem: ir.Memory) -> str:

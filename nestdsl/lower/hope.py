@@ -43,9 +43,12 @@ Semantics decisions (documented here and printed by `plan()`):
   every write (`writes: grad`) into θ_{□,0}, W_q, the gates and conv. `writes: stop` makes a
   group's state updates stop-gradient (θ ← θ + sg(Δθ)), keeping the initial state learnable
   through reads.
-* **DGD** (rule `dgd`) projects the key-multiplying weight W_2 (first layer) only:
-  W ↦ W(I − η'_t k_t k_tᵀ), η' = η/(1 + η‖k‖²); with the l2 objective the erase term appears
-  twice, exactly as Eq. 88 is written (design.md §3.1).
+* **DGD** (rule `dgd`) erases on the key-multiplying weight (first layer) only:
+  W ↦ W(α_t I − ε_t k_t k_tᵀ) − η_t ∇ℓ, the other weights α_t W − η_t ∇ℓ (design.md §3.1). The
+  erase rate ε is `rule.erase`: η (default: Eq. 88 exactly, M(αI − ηkkᵀ) − η∇ℓ), η/(1 + η‖k‖²)
+  (Eq. 57) or αη. With the l2 objective the erase term appears twice, as Eq. 88 is written.
+* **Inner norm** (`norm: true`): M(x) = x + LN(W_1 σ(W_2 x))·γ + b, γ, b outer-learned per
+  memory and head: bounds every generated k, v, η, α and every self-generated target M(v_t).
 * **Streaming state** = {"mems": {name: MemoryState}, "conv": {q|k|v: last K−1 inputs},
   "pos": tokens seen}. Segments must be split at multiples of max(C_mem, C_other).
 * **Compilation.** The step is Python glue around three compiled pieces with eager twins
@@ -69,6 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestdsl.graph.level_graph import update_equation
+from nestdsl.lower import telemetry
 from nestdsl.lower.common import (
     BuildContext,
     CompileConfig,
@@ -81,9 +86,11 @@ from nestdsl.lower.common import (
     merge_heads,
     split_heads,
 )
+from nestdsl.lower.inner import NormParameters, erase_of, lr_divisor, memory_function, objective_of
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
+from nestdsl.ops.objectives import Objective
 from nestdsl.spec import ir
 
 __all__ = ["InnerRule", "SelfModifyingTitans", "build_self_modifying"]
@@ -97,19 +104,21 @@ GATE_SOURCE = {"lr": "eta", "retention": "alpha"}  # which generated memory feed
 class InnerRule:
     """How one memory group learns in context (from an `ir.Memory`)."""
 
-    objective: str
+    objective: Objective
     kind: str                        # "gd" | "dgd"
     lr: ir.Gate
     retention: ir.Gate | None
     momentum: ir.Gate | None
     read: str                        # "after" | "before" | "chunk"
     writes: str                      # "grad" | "stop"
+    erase: str = "eta"               # DGD's ε (lower/inner.py)
+    lr_divisor: float = 1.0          # η / d_head with `lr_per_dim`
 
     @classmethod
-    def of(cls, mem: ir.Memory) -> InnerRule:
+    def of(cls, mem: ir.Memory, head_dim: int = 1) -> InnerRule:
         rule = mem.rule or ir.Rule()
-        return cls(mem.objective or "l2", rule.kind, rule.lr, rule.retention, rule.momentum,
-                   mem.read, mem.writes)
+        return cls(objective_of(mem), rule.kind, rule.lr, rule.retention, rule.momentum,
+                   mem.read, mem.writes, erase_of(mem), lr_divisor(mem, head_dim))
 
     def gate(self, role: str) -> ir.Gate | None:
         return getattr(self, role)
@@ -218,6 +227,13 @@ class SelfModifyingTitans(nn.Module):
         for r in self.roles:
             self.theta0[r] = nn.ParameterList(
                 nn.Parameter(w) for w in proj_mlp.init_weights(H, d, d))
+        # inner norms' gain and bias (outer parameters), one pair per memory that has a norm
+        self.norms = nn.ModuleDict()
+        if mem_mlp.norm:
+            self.norms["mem"] = NormParameters(H, d)
+        if proj_mlp.norm:
+            for r in self.roles:
+                self.norms[r] = NormParameters(H, d)
 
         # Static projections (not adaptive): q by default; k / v in the ablations.
         self.static = nn.ModuleDict({r: nn.Linear(width, width, bias=False)
@@ -241,6 +257,8 @@ class SelfModifyingTitans(nn.Module):
         self.gate_proj = nn.Linear(width, width, bias=False) if output_gate else None
         self.out_proj = nn.Linear(width, width, bias=False)
 
+        self.probe = telemetry.NonFiniteProbe()       # first non-finite token of M_mem's reads
+        self._inner_losses: list[tuple[Tensor, Tensor]] = []   # telemetry: M_mem before/after
         cfg = ctx.compile
         self.compile_config = cfg
         self._gen = Compiled(self._generate, f"{name}.generate", cfg)
@@ -281,7 +299,7 @@ class SelfModifyingTitans(nn.Module):
                             "the generated k, v, eta, alpha read the chunk-start state",
                             "set `read: chunk` (NL paper Eq. 90: elements of a chunk are generated "
                             "from the state at the end of the previous chunk)")
-        mem_rule, proj_rule = InnerRule.of(mem), InnerRule.of(proj)
+        mem_rule, proj_rule = InnerRule.of(mem, d), InnerRule.of(proj, d)
         return cls(
             width=width, heads=H,
             mem_mlp=_mlp_of(mem, d), proj_mlp=_mlp_of(proj, d),
@@ -325,24 +343,47 @@ class SelfModifyingTitans(nn.Module):
                              f"middle of a chunk of {self.window}; split segments at multiples of "
                              f"max(C_mem, C_other) = {self.window}")
         st = {"mems": state["mems"], "conv": state["conv"]}
-        ys = []
+        ys, outs = [], []
+        self._inner_losses = []
         for s in range(0, T, self.window):          # Python loop: the step graph is one chunk long
-            y, st = self._chunk_step(x[:, s:s + self.window], st)
+            y, st, o = self._chunk_step(x[:, s:s + self.window], st)
             ys.append(y)
+            outs.append(o)
+        self.probe.update(torch.cat(outs, dim=2))
+        if telemetry.active():
+            self._telemetry(state["mems"], st["mems"])
         return torch.cat(ys, dim=1), {**st, "pos": state["pos"] + T}
+
+    @torch.no_grad()
+    def _telemetry(self, first: dict[str, MemoryState], last: dict[str, MemoryState]) -> None:
+        """State and update norms of every memory; M_mem's inner loss before/after each write."""
+        for name, st in last.items():
+            w0 = [w.expand_as(w1) for w, w1 in zip(first[name].weights, st.weights, strict=True)]
+            stats: dict[str, Any] = {
+                "state_norm": telemetry.state_norm(st.weights).mean(),
+                "update_norm": telemetry.state_norm(
+                    [a - b for a, b in zip(st.weights, w0, strict=True)]).mean()}
+            if name == "mem" and self._inner_losses:
+                stats["loss_before"] = torch.stack([b for b, _ in self._inner_losses]).mean()
+                stats["loss_after"] = torch.stack([a for _, a in self._inner_losses]).mean()
+            telemetry.record(f"{self.name} M_{name}", stats)
+
+    def _norm(self, name: str) -> tuple[Tensor, Tensor] | None:
+        """(gain, bias) of memory `name`'s inner norm, or None (no norm)."""
+        return self.norms[name]() if name in self.norms else None
 
     def _gate(self, group: str, role: str, xs: Tensor, feats: dict[str, Tensor]) -> Tensor | float | None:
         rule = self.mem_rule if group == "mem" else self.proj_rule
         g = rule.gate(role)
         if g is None:
             return None
+        div = rule.lr_divisor if role == "lr" else 1.0        # η / d_head (lr_per_dim)
         key = f"{group}_{role}"
         if key not in self.gates:
-            return float(g)
+            return float(g) / div
         mod = self.gates[key]
-        if isinstance(mod, GeneratedGate):
-            return mod(feats[GATE_SOURCE[role]])
-        return mod(xs)
+        out = mod(feats[GATE_SOURCE[role]]) if isinstance(mod, GeneratedGate) else mod(xs)
+        return out / div if div != 1.0 else out
 
     def _generate(self, xs: Tensor, weights: dict[str, tuple[Tensor, ...]], conv: dict[str, Tensor]
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], list[Any], list[Any], dict[str, Tensor]]:
@@ -358,7 +399,7 @@ class SelfModifyingTitans(nn.Module):
         qkv = {}
         for r in ("q", "k", "v"):
             if r in self.roles:          # k_t = M_k(θ_{k,c(t)}; x_t)   (Eq. 83 / 90)
-                pre = merge_heads(mlp_forward(weights[r], xh, self.proj_mlp))
+                pre = merge_heads(mlp_forward(weights[r], xh, self.proj_mlp, self._norm(r)))
             else:                        # static: k_t = x_t W_k
                 pre = self.static[r](xs)
             if self.conv is not None:
@@ -370,11 +411,12 @@ class SelfModifyingTitans(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.v_norm:      # bounded targets: every memory regresses onto M(v_t) with ‖v_t‖ = 1
             v = F.normalize(v, dim=-1)
-        feats = {r: mlp_forward(weights[r], xh, self.proj_mlp)             # M_η(x_t), M_α(x_t)
+        feats = {r: mlp_forward(weights[r], xh, self.proj_mlp, self._norm(r))  # M_η(x_t), M_α(x_t)
                  for r in ("eta", "alpha") if r in self.roles}
         mem_g = [self._gate("mem", role, xs, feats) for role in GATE_ROLES]
         proj_g = [self._gate("proj", role, xs, feats) for role in GATE_ROLES]
-        targets = {r: mlp_forward(weights[r], v, self.proj_mlp) for r in self.roles}   # Eq. 84
+        targets = {r: mlp_forward(weights[r], v, self.proj_mlp, self._norm(r))       # Eq. 84
+                   for r in self.roles}
         return q, k, v, targets, mem_g, proj_g, conv
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
@@ -405,16 +447,21 @@ class SelfModifyingTitans(nn.Module):
             tuple(stack([m.momentum[i] for m in old]) for i in range(len(old[0].momentum))))
         R = len(roles)
         g = [x.repeat(R, 1, 1) if isinstance(x, Tensor) else x for x in gates]
+        norm = None
+        if self.proj_mlp.norm:    # per-memory gain/bias, stacked like the states: (R·B, H, d)
+            ps = [self.norms[r]() for r in roles]
+            norm = tuple(torch.cat([p[i].expand(B, *p[i].shape) for p in ps]) for i in range(2))
         _, new = self._mlp_step(state, None, k.repeat(R, 1, 1, 1), torch.cat([targets[r] for r in roles]),
                                 *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
-                                rule=self.proj_rule.kind, read="chunk")
+                                rule=self.proj_rule.kind, read="chunk", erase=self.proj_rule.erase,
+                                norm=norm)
         new = _write(state, new, self.proj_rule.writes)
         ws = [w.split(B) for w in new.weights]
         ms = None if new.momentum is None else [m.split(B) for m in new.momentum]
         return {r: MemoryState(tuple(w[j] for w in ws), None if ms is None else tuple(m[j] for m in ms))
                 for j, r in enumerate(roles)}
 
-    def _chunk_step(self, x: Tensor, st: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+    def _chunk_step(self, x: Tensor, st: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor]:
         """One step of max(C_mem, C_other) tokens (fewer at the end): x (B, L, D).
 
         Glue in Python; the pieces (`_generate`, the memories' `mlp_chunk_step`, `_output`) are
@@ -446,15 +493,23 @@ class SelfModifyingTitans(nn.Module):
         outs = []
         for s in range(0, L, self.c_mem):
             sl = slice(s, s + self.c_mem)
-            target = mlp_forward(mems["mem"].weights, v[:, :, sl], self.mem_mlp)
+            norm = self._norm("mem")
+            target = mlp_forward(mems["mem"].weights, v[:, :, sl], self.mem_mlp, norm)
             o, new = self._mlp_step(mems["mem"], q[:, :, sl], k[:, :, sl], target,
                                     _slice_gate(lr, sl), _slice_gate(ret, sl), _slice_gate(mom, sl),
                                     spec=self.mem_mlp, objective=self.mem_rule.objective,
-                                    rule=self.mem_rule.kind, read=self.mem_rule.read)
+                                    rule=self.mem_rule.kind, read=self.mem_rule.read,
+                                    erase=self.mem_rule.erase, norm=norm)
+            if telemetry.active():
+                with torch.no_grad():
+                    kc, obj = k[:, :, sl], self.mem_rule.objective
+                    self._inner_losses.append(tuple(
+                        obj.loss(mlp_forward(w, kc, self.mem_mlp, norm), target).mean()
+                        for w in (mems["mem"].weights, new.weights)))
             mems["mem"] = _write(mems["mem"], new, self.mem_rule.writes)
             outs.append(o)
         o = torch.cat(outs, dim=2).to(x.dtype)                                # (B, H, L, d)
-        return self._out(o, x), {"mems": mems, "conv": conv}
+        return self._out(o, x), {"mems": mems, "conv": conv}, o
 
     # ------------------------------------------------------------------------------------------
     # plan
@@ -477,7 +532,7 @@ class SelfModifyingTitans(nn.Module):
                  f"α {describe_gate(self.mem_rule.retention, 'none')}, β {describe_gate(self.mem_rule.momentum, 'none')}",
                  f"step = {self.window} tokens (C_mem {self.c_mem}, C_other {self.c_other})",
                  *self.notes]
-        mem_upd = _update(self.mem_rule, self.c_mem)
+        mem_upd = _update(self.mem_ir, self.c_mem)
         rows = [PlanRow(name=f"{self.name} (M_mem)", kind="self_modifying",
                         implementation="mlp chunk step (closed-form grads" +
                         (", UT solve for DGD)" if self.mem_rule.kind == "dgd" else ")"),
@@ -489,32 +544,23 @@ class SelfModifyingTitans(nn.Module):
                                 implementation="mlp chunk step, generated at the chunk start",
                                 chunk_size=self.c_other, read="chunk", writes=self.proj_rule.writes,
                                 params=proj_counts[r], compiled=status,
-                                update=_update(self.proj_rule, self.c_other)))
+                                update=_update(self.proj_ir, self.c_other)))
         return rows
 
 
 def _mlp_of(mem: ir.Memory, head_dim: int) -> MLPMemory:
     """The per-head MLP of a memory spec (defaults: depth 2, hidden 4·d, silu, residual)."""
-    spec = MLPMemory(depth=mem.depth or 2, hidden=(mem.hidden or 4) * head_dim,
-                     activation=mem.activation or "silu",
-                     residual=True if mem.residual is None else mem.residual)
+    spec = memory_function(mem, head_dim, residual_default=True)
+    assert isinstance(spec, MLPMemory)
     return _MLP_SPECS.setdefault(spec, spec)   # one object per description: shared compiled graphs
 
 
 _MLP_SPECS: dict[MLPMemory, MLPMemory] = {}
 
 
-def _update(rule: InnerRule, C: int) -> str:
-    eta = "η_t" if isinstance(rule.lr, ir.LearnedGate) else f"{float(rule.lr):g}"
-    alpha = "" if rule.retention is None else ("α_t·" if isinstance(rule.retention, ir.LearnedGate)
-                                               else f"{float(rule.retention):g}·")
-    a = "θ_{t−1}" if C == 1 else "θ_{c(t)}"
-    grad = f"∇ ℓ_{rule.objective}(M({a}; k_t), M({a}; v_t))"
-    prev = "P(θ_{t−1}) [W₀ ↦ W₀(I − η'_t k_t k_tᵀ)]" if rule.kind == "dgd" else "θ_{t−1}"
-    if rule.momentum is None:
-        return f"θ_t = {alpha}{prev} − {eta}·{grad}"
-    beta = "β_t" if isinstance(rule.momentum, ir.LearnedGate) else f"{float(rule.momentum):g}"
-    return f"S_t = {beta}·S_{{t−1}} − {eta}·{grad};  θ_t = {alpha}{prev} + S_t"
+def _update(mem: ir.Memory | None, C: int) -> str:
+    """The memory's update with Hope's self-generated target v̂ (the one renderer, graph/)."""
+    return "" if mem is None else update_equation(mem, C, target="v̂")
 
 
 @register_layer("self_modifying")

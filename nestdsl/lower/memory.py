@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestdsl.lower import telemetry
 from nestdsl.lower.common import (
     BuildContext,
     Compiled,
@@ -49,9 +50,10 @@ from nestdsl.lower.common import (
     split_heads,
 )
 from nestdsl.lower.equations import step_listing, update_equation
+from nestdsl.lower.inner import NormParameters, erase_of, lr_divisor, memory_function, objective_of
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
-from nestdsl.ops import MemoryState, MLPMemory, get_objective, memory_scan
+from nestdsl.ops import MemoryState, MLPMemory, memory_scan, mlp_forward
 from nestdsl.ops.linear_chunked import DEFAULT_BLOCK
 from nestdsl.spec import ir
 
@@ -70,7 +72,7 @@ class MemoryMixer(nn.Module):
             raise ctx.error(mem, f"memory of kind '{mem.kind}' needs an `objective`",
                             "objective: l2 (delta rule / Titans) or dot (linear attention)")
         try:
-            self.objective = get_objective(mem.objective)
+            self.objective = objective_of(mem)
         except ValueError as e:
             raise ctx.error(mem, str(e)) from None
         self.name, self.ir = name, mem
@@ -96,20 +98,27 @@ class MemoryMixer(nn.Module):
             else:
                 self.const[role] = None if g is None else float(g)
 
-        self.mlp: MLPMemory | None = None
+        self.erase = erase_of(mem)
+        self.lr_divisor = lr_divisor(mem, d)
+        fn = memory_function(mem, d)
+        self.mlp: MLPMemory | None = None if fn == "linear" else fn
+        self.norm = NormParameters(H, d) if self.mlp is not None and self.mlp.norm else None
         self.init_weights = nn.ParameterList()
-        if mem.kind == "mlp":
-            self.mlp = MLPMemory(depth=mem.depth or 2, hidden=(mem.hidden or 4) * d,
-                                 activation=mem.activation or "silu", residual=bool(mem.residual))
-            # θ_0 per head, meta-learned (Titans §3.2 / Hope: "knowledge in the initial state").
-            for o, i in self.mlp.weight_shapes(d, d):
-                self.init_weights.append(nn.Parameter(torch.randn(H, o, i) / math.sqrt(i)))
+        if mem.kind == "mlp" or mem.init == "learned" or self.mlp is not None:
+            # θ_0 per head, meta-learned (Titans §3.2 / Hope: "knowledge in the initial state");
+            # a linear memory starts from zeros unless `init: learned`.
+            shapes = self.mlp.weight_shapes(d, d) if self.mlp is not None else [(d, d)]
+            for o, i in shapes:
+                w = (torch.randn(H, o, i) / math.sqrt(i) if mem.kind == "mlp"
+                     else torch.zeros(H, o, i))
+                self.init_weights.append(nn.Parameter(w))
 
         if output_gate:
             self.o_norm = RMSNorm(d)
             self.g_proj = nn.Linear(D, H * d, bias=False)
         self.o_proj = nn.Linear(H * d, D, bias=False)
 
+        self.probe = telemetry.NonFiniteProbe()
         self._cfg = ctx.compile
         self.pre = Compiled(self._pre, f"{name}.pre", ctx.compile)
         self.post = Compiled(self._post, f"{name}.post", ctx.compile)
@@ -147,21 +156,67 @@ class MemoryMixer(nn.Module):
         if self.writes == "stop":   # stop-gradient writes: detach everything the write path reads
             k, v = k.detach(), v.detach()
             g = {r: (t.detach() if isinstance(t, Tensor) else t) for r, t in g.items()}
-        if state is None and self.mlp is not None:
+        if state is None and len(self.init_weights):
             state = MemoryState(tuple(self.init_weights), None)
+        lr = g["lr"] if g["lr"] is not None else 1.0
+        if self.lr_divisor != 1.0:
+            lr = lr / self.lr_divisor
         kw = dict(memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
-                  rule=self.rule.kind, lr=g["lr"] if g["lr"] is not None else 1.0,
-                  retention=g["retention"], momentum=g["momentum"], chunk_size=self.chunk,
-                  read=self.ir.read, state=state)
+                  rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
+                  chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
+                  norm=self.norm() if self.norm is not None else None)
         step_name = f"{self.name}.step"
         if self._cfg.enabled and step_name not in self._cfg.failures:
             try:
-                return memory_scan(q, k, v, compile=True, **kw)
+                out = memory_scan(q, k, v, compile=True, **kw)
             except Exception as e:  # noqa: BLE001 - compiler failure: fall back visibly
                 out = memory_scan(q, k, v, compile=False, **kw)   # an input error raises here
                 self._cfg.note_failure(step_name, e)
-                return out
-        return memory_scan(q, k, v, compile=False, **kw)
+        else:
+            out = memory_scan(q, k, v, compile=False, **kw)
+        self.probe.update(out[0])
+        if telemetry.active():
+            self._telemetry(q, k, v, kw)
+        return out
+
+    def _forward_fn(self, ws: tuple[Tensor, ...], x: Tensor, norm: Any) -> Tensor:
+        """f_θ(x) for x (B, H, N, d)."""
+        if self.mlp is None:
+            return x @ ws[0].mT
+        return mlp_forward(ws, x, self.mlp, norm)
+
+    @torch.no_grad()
+    def _telemetry(self, q: Tensor, k: Tensor, v: Tensor, kw: dict[str, Any]) -> None:
+        """Chunk by chunk again (no grad; log steps only): state norms and the inner loss on each
+        chunk's (k, v) before and after its writes (lower/telemetry.py)."""
+        B, H, T, _ = k.shape
+        L = self.chunk if self.chunk > 1 else DEFAULT_BLOCK
+        state = kw["state"]
+        if state is None:
+            state = MemoryState((torch.zeros(B, H, self.d, self.d, device=k.device),), None)
+        first = state
+        before, after, norms = [], [], []
+
+        def sl(x: Any, a: int, b: int) -> Any:
+            return x[..., a:b] if isinstance(x, Tensor) and x.dim() == 3 else x
+
+        for a in range(0, T, L):
+            b = min(a + L, T)
+            kc, vc = k[:, :, a:b].float(), v[:, :, a:b].float()
+            part = {**kw, "lr": sl(kw["lr"], a, b), "retention": sl(kw["retention"], a, b),
+                    "momentum": sl(kw["momentum"], a, b), "state": state}
+            before.append(self.objective.loss(self._forward_fn(state.weights, kc, kw["norm"]), vc).mean())
+            _, state = memory_scan(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], compile=False, **part)
+            after.append(self.objective.loss(self._forward_fn(state.weights, kc, kw["norm"]), vc).mean())
+            norms.append(telemetry.state_norm(state.weights).mean())
+        w0 = tuple(w.expand(B, *w.shape[-3:]) for w in first.weights)
+        moved = telemetry.state_norm([w - w0_ for w, w0_ in zip(state.weights, w0, strict=True)])
+        telemetry.record(self.name, {
+            "state_norm": norms[-1], "max_state_norm": torch.stack(norms).max(),
+            "update_norm": moved.mean(), "loss_before": torch.stack(before).mean(),
+            "loss_after": torch.stack(after).mean(),
+            **telemetry.gate_means(lr=kw["lr"], retention=kw["retention"], momentum=kw["momentum"]),
+        })
 
     def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
         state = state or {}
@@ -172,6 +227,8 @@ class MemoryMixer(nn.Module):
     # -- plan
 
     def implementation(self) -> str:
+        if self.mlp is not None and self.mlp.depth == 1:
+            return f"matrix + inner norm chunk step (closed-form grads, dual-form reads, C={self.chunk})"
         if self.mlp is not None:
             return "mlp chunk step (closed-form grads, dual-form reads)"
         if self.chunk == 1 and self.objective.affine is not None:
@@ -188,8 +245,15 @@ class MemoryMixer(nn.Module):
                  "gates: " + ", ".join(f"{r} {describe_gate(getattr(self.rule, r), '—')}"
                                        for r in GATE_ROLES)]
         if self.mlp is not None:
-            notes.append(f"mlp memory depth {self.mlp.depth}, hidden {self.mlp.hidden}, "
-                         f"{self.mlp.activation}, residual {self.mlp.residual}; θ_0 meta-learned")
+            notes.append(f"memory function: depth {self.mlp.depth}, hidden {self.mlp.hidden}, "
+                         f"{self.mlp.activation}, inner norm {self.mlp.norm}, residual "
+                         f"{self.mlp.residual}; θ_0 meta-learned")
+        elif len(self.init_weights):
+            notes.append("θ_0 meta-learned (init: learned)")
+        if self.rule.kind == "dgd":
+            notes.append(f"dgd erase rate ε = {self.erase}")
+        if self.lr_divisor != 1.0:
+            notes.append(f"η divided by d_head = {self.lr_divisor:g} (lr_per_dim)")
         if self.writes == "stop":
             notes.append("writes: stop — k, v, η, α, β detached on the write path; reads (q, θ_0) "
                          "differentiable" + ("; W_k, W_v get no gradient (θ_0 = 0)" if self.mlp is None else ""))

@@ -4,7 +4,9 @@ Inside a block that starts from weight W_0 (one matrix, (…, Dout, Din)) and mo
 rule of design.md §3.1 has the form
 
     S_t = β_t S_{t−1} + d_t a_tᵀ                    (d_t = −η_t δ_t: the momentary surprise)
-    W_t = α_t W_{t−1} + f_t k_tᵀ + S_t              (f_t = −α_t η'_t W_{t−1} k_t: DGD, else 0)
+    W_t = α_t W_{t−1} + f_t k_tᵀ + S_t              (f_t = −ε_t W_{t−1} k_t: DGD, else 0)
+
+(W_{t−1}(α_t I − ε_t k_t k_tᵀ) = α_t W_{t−1} + f_t k_tᵀ; ε_t is the erase rate, ``erase_rate``)
 
 i.e. every change is a sum of rank-1 terms whose right factor is a known row (a_t, the layer
 input, or k_t). Unrolling with the segment products D1[t,s] = ∏_{s<i≤t} α_i and
@@ -31,7 +33,24 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Decays", "decays", "solve_prefix", "read_weights", "end_state"]
+__all__ = ["Decays", "ERASES", "decays", "erase_rate", "solve_prefix", "read_weights",
+           "end_state"]
+
+#: The erase rate ε_t of Delta Gradient Descent (design.md §3.1), by spec name:
+#: ``eta`` ε = η (NL paper Eq. 88, literally), ``normalized`` ε = η' = η/(1 + η‖k‖²) (Eq. 57),
+#: ``retained`` ε = α·η (retention before the erase: Gated DeltaNet's αS(I − βkkᵀ)).
+ERASES = ("eta", "normalized", "retained")
+
+
+def erase_rate(erase: str, eta: Tensor, alpha: Tensor, k: Tensor) -> Tensor:
+    """ε_t (…, L) for per-token η, α (…, L) and keys k (…, L, Dk)."""
+    if erase == "eta":
+        return eta
+    if erase == "normalized":
+        return eta / (1 + eta * (k * k).sum(-1))
+    if erase == "retained":
+        return alpha * eta
+    raise ValueError(f"erase must be one of {ERASES}; got {erase!r}")
 
 
 class Decays(NamedTuple):

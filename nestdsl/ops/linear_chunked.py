@@ -3,12 +3,13 @@
 With exact online learning (chunk size C = 1) the update family is the gated delta rule in
 disguise. Writing y_t = M_{t−1} k_t and ``affine`` objectives ∂ℓ/∂p = a·p + c(v):
 
-    M_t = α_t M_{t−1} − α_t η'_t y_t k_tᵀ [dgd] + S_t,   S_t = β_t S_{t−1} − η_t (a·y_t + c(v_t)) k_tᵀ
+    M_t = α_t M_{t−1} − ε_t y_t k_tᵀ [dgd] + S_t,   S_t = β_t S_{t−1} − η_t (a·y_t + c(v_t)) k_tᵀ
 
   * linear/dot/gd, η = 1, α = 1: causal linear attention (M_t = Σ v_s k_sᵀ), no solve needed;
   * + α: gated linear attention / Mamba2-like;
-  * linear/l2/gd: the delta rule (DeltaNet), dgd with dot: the gated delta rule;
-  * linear/l2/dgd: the erase term appears twice (once in P_t, once in the gradient; Hope Eq. 88).
+  * linear/l2/gd: the delta rule (DeltaNet); dot/dgd with ε = αη: Gated DeltaNet;
+  * linear/l2/dgd: the erase term appears twice (once in the erase, once in the gradient; Hope
+    Eq. 88).
 
 These are computed exactly, block by block (block size is an implementation choice that never
 changes results), with the UT/WY triangular solve of ``blockform``. With C > 1 the gradient is
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockform import decays, end_state, read_weights, scan_blocks, solve_prefix
+from .blockform import decays, end_state, erase_rate, read_weights, scan_blocks, solve_prefix
 from .objectives import Objective, get_objective
 from .state import MemoryState
 
@@ -54,6 +55,7 @@ def linear_chunk_step(
     rule: str = "gd",
     read: str = "after",
     exact: bool = False,
+    erase: str = "eta",
 ) -> tuple[Tensor | None, MemoryState]:
     """Advance a linear memory over one block of L tokens.
 
@@ -62,6 +64,7 @@ def linear_chunk_step(
         q_c: (B, H, L, Dk) or None (no read); k_c: (B, H, L, Dk); v_c: (B, H, L, Dv).
         lr_c, retention_c, momentum_c: η, α, β as floats or (B, H, L); retention None → α = 1;
             momentum None → no momentum (then ``state.momentum`` is ignored and returned None).
+        erase: DGD's erase rate ε (``blockform.ERASES``); ignored for gd.
         exact: True for chunk size 1 (the block is any run of tokens; requires an objective with
             ``affine`` set); False when the block is one semantic chunk (gradient at its start).
     Returns:
@@ -79,8 +82,8 @@ def linear_chunk_step(
     dec = decays(alpha, beta)
 
     phi = None
-    if rule == "dgd":  # f_t = −α_t η'_t y_t, η'_t = η_t / (1 + η_t ‖k_t‖²)
-        phi = -alpha * eta / (1 + eta * (k_c * k_c).sum(-1))
+    if rule == "dgd":  # f_t = −ε_t y_t
+        phi = -erase_rate(erase, eta, alpha, k_c)
     psi = None
     if exact:
         if obj.affine is None:
@@ -114,7 +117,7 @@ def linear_chunk_step(
 def linear_scan_chunked(
     q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
     momentum: Tensor | None, state: MemoryState, objective: Objective, rule: str, read: str,
-    chunk_size: int, block_size: int = DEFAULT_BLOCK, step=linear_chunk_step,
+    chunk_size: int, erase: str = "eta", block_size: int = DEFAULT_BLOCK, step=linear_chunk_step,
 ) -> tuple[Tensor, MemoryState]:
     """Run a linear memory over (B, H, T, ·) blockwise; see ``linear_chunk_step``.
 
@@ -125,4 +128,4 @@ def linear_scan_chunked(
     # Non-affine objective with C = 1: one token per block *is* the exact semantics.
     L = block_size if exact else chunk_size
     return scan_blocks(step, state, L, (q, k, v, lr, retention, momentum),
-                       objective=objective, rule=rule, read=read, exact=exact)
+                       objective=objective, rule=rule, read=read, exact=exact, erase=erase)

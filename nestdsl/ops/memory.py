@@ -4,14 +4,20 @@ Semantics (design.md §3.1), for token t = 1..T, chunk size C, c(t) = C⌊(t−1
 
     g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)
     S_t = β_t S_{t−1} − η_t g_t                  (no momentum: S_t = −η_t g_t)
-    θ_t = α_t P_t(θ_{t−1}) + S_t                 (P_t = id for gd; W_0 ↦ W_0(I − η'_t k_t k_tᵀ)
-                                                  for dgd, η'_t = η_t / (1 + η_t ‖k_t‖²))
+    θ_t = θ_{t−1}(α_t I − ε_t k_t k_tᵀ) + S_t    on W_0, the key-side weight; α_t θ_{t−1} + S_t
+                                                  on the others. ε_t = 0 for gd; for dgd the
+                                                  erase rate: η_t ("eta", NL Eq. 88),
+                                                  η_t/(1 + η_t‖k_t‖²) ("normalized", Eq. 57),
+                                                  α_t η_t ("retained", Gated DeltaNet)
     o_t = M(θ_t; q_t)  [read="after"] | M(θ_{t−1}; q_t) [before] | M(θ_{c(t)}; q_t) [chunk]
 
 What DGD does per objective (documented for users, design.md §3.1):
-  * dot: θ_t = α_t θ_{t−1}(I − η'_t k_t k_tᵀ) + η_t v_t k_tᵀ — the (gated) delta rule;
-  * l2:  θ_t = α_t θ_{t−1}(I − η'_t k_t k_tᵀ) − η_t (θ_{c(t)} k_t − v_t) k_tᵀ — the erase term
-    appears twice, exactly as Hope's Eq. 88 is written.
+  * dot, ε = αη: θ_t = α_t θ_{t−1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ — Gated DeltaNet;
+  * l2, ε = η:  θ_t = θ_{t−1}(α_t I − η_t k_t k_tᵀ) − η_t (θ_{c(t)} k_t − v_t) k_tᵀ — the erase
+    term appears twice, exactly as Hope's Eq. 88 is written.
+
+M may carry an inner norm and residual, M(x) = x + LN(MLP(x)) (``MLPMemory(norm=True)``, also
+at depth 1 for TTT-Linear); its gain and bias are outer parameters passed as ``norm``.
 
 Gradients flow into q, k, v, the gate tensors and the initial state through every write; inner
 gradients are closed-form, so the fast path compiles with inductor (design.md §3.2).
@@ -24,8 +30,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .blockform import ERASES
 from .linear_chunked import linear_chunk_step, linear_scan_chunked
-from .mlp import MLPMemory, mlp_forward
+from .mlp import MLPMemory, NormParams, mlp_forward
 from .mlp_chunked import mlp_chunk_step, mlp_scan_chunked
 from .objectives import Objective, get_objective
 from .reference import reference_scan
@@ -117,6 +124,8 @@ def memory_scan(
     state: MemoryState | None = None,
     impl: str = "auto",
     compile: bool = False,
+    erase: str = "eta",
+    norm: NormParams = None,
 ) -> tuple[Tensor, MemoryState]:
     """Run an associative memory over a sequence (see the module docstring for the equations).
 
@@ -134,6 +143,9 @@ def memory_scan(
             default to zeros.
         impl: ``"reference"`` (token loop, the oracle), ``"chunked"`` (fast), ``"auto"`` (fast).
         compile: run the fast path with the ``torch.compile``'d per-chunk step.
+        erase: DGD's erase rate ε: ``"eta"`` | ``"normalized"`` | ``"retained"`` (gd: unused).
+        norm: (gain, bias), each (H, Dv), of an ``MLPMemory(norm=True)``'s inner LayerNorm
+            (None: gain 1, bias 0).
     Returns:
         (o (B, H, T, Dv) in q's dtype, final ``MemoryState`` in float32 — or float64 for
         float64 inputs). Passing the state back continues the sequence exactly, provided the
@@ -150,6 +162,8 @@ def memory_scan(
     obj = get_objective(objective)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+    if erase not in ERASES:
+        raise ValueError(f"erase must be one of {ERASES}; got {erase!r}")
     if read not in READS:
         raise ValueError(f"read must be one of {READS}; got {read!r}")
     if impl not in IMPLS:
@@ -158,6 +172,8 @@ def memory_scan(
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if not (memory == "linear" or isinstance(memory, MLPMemory)):
         raise ValueError(f"memory must be 'linear' or an MLPMemory; got {memory!r}")
+    if norm is not None and not (isinstance(memory, MLPMemory) and memory.norm):
+        raise ValueError("norm parameters given for a memory without an inner norm")
     if isinstance(memory, MLPMemory) and memory.residual and Dk != Dv:
         raise ValueError(f"a residual MLP memory needs Dk == Dv; got Dk={Dk}, Dv={Dv}")
     if state is not None and state.offset != 0 and chunk_size > 1:
@@ -200,24 +216,29 @@ def memory_scan(
         else:
             spec = memory
 
+            nrm = None if norm is None else tuple(p.to(cd) for p in norm)
+
             def fwd(ws, x):
-                return mlp_forward(ws, x, spec)
+                return mlp_forward(ws, x, spec, nrm)
         o, w_out, s_out = reference_scan(
             qc, kc, vc, forward=fwd, objective=obj, rule=rule, lr=lr_t, retention=ret_t,
-            momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms)
+            momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms,
+            erase=erase)
         new_state = MemoryState(tuple(w_out), None if s_out is None else tuple(s_out))
     else:
         if compile:
             weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
         init = MemoryState(weights, moms)
         common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
-                      rule=rule, read=read, chunk_size=chunk_size)
+                      rule=rule, read=read, chunk_size=chunk_size, erase=erase)
         if memory == "linear":
             step = compiled_step("linear") if compile else linear_chunk_step
             o, new_state = linear_scan_chunked(qc, kc, vc, step=step, **common)
         else:
             step = compiled_step("mlp") if compile else mlp_chunk_step
-            o, new_state = mlp_scan_chunked(qc, kc, vc, spec=memory, step=step, **common)
+            nrm = None if norm is None else tuple(p.to(cd) for p in norm)
+            o, new_state = mlp_scan_chunked(qc, kc, vc, spec=memory, step=step, norm=nrm,
+                                            **common)
 
     offset = T % chunk_size if chunk_size > 1 else 0
     return o.to(q.dtype), MemoryState(new_state.weights, new_state.momentum, offset)

@@ -2,9 +2,13 @@
 
 An MLP memory of depth n maps a key x ∈ R^{Dk} to
 
-    M(θ; x) = W_{n-1} σ( … σ(W_1 σ(W_0 x)) … )          (+ x if residual; Hope Eq. 89)
+    z(θ; x) = W_{n-1} σ( … σ(W_1 σ(W_0 x)) … )          (no biases; depth 1: z = W_0 x)
+    M(θ; x) = [x +] [Norm](z)                           (residual: Hope Eq. 89; norm: design §3.1)
 
-with no biases. Titans (arXiv:2501.00663 §3) and Hope (NL paper Eqs. 88–91) update θ by gradient
+``Norm`` is the inner LayerNorm of TTT (Sun et al. 2024 §2.7, f(x) = x + LN(f_res(x))) and of
+titans-pytorch's residual memory: LN(z)·γ + b with an outer-learned per-head gain γ and bias b
+(not updated by the inner rule). It bounds the prediction whatever the weights grow to, which is
+what keeps deep test-time memories finite. Titans (arXiv:2501.00663 §3) and Hope (NL paper Eqs. 88–91) update θ by gradient
 steps on an inner objective; ``mlp_backward`` gives the per-token gradients in closed form as
 rank-1 factors ``∂ℓ/∂W_i = δ_i a_iᵀ`` (δ_i: gradient at layer i's output, a_i: layer i's input),
 so the fast forms never call ``torch.autograd.grad`` and compile with inductor.
@@ -21,7 +25,18 @@ from torch import Tensor
 
 from .blockform import _mm
 
-__all__ = ["MLPMemory", "ACTIVATIONS", "mlp_forward", "mlp_forward_cached", "mlp_backward"]
+__all__ = ["MLPMemory", "ACTIVATIONS", "NormParams", "mlp_forward", "mlp_forward_cached",
+           "mlp_backward", "output_grad"]
+
+#: (gain, bias) of the inner LayerNorm per head: each (…, Dv), broadcastable to the leading dims
+#: of the input without its token axis, e.g. (H, Dv) for x (B, H, N, Dk). None = (1, 0).
+NormParams = tuple[Tensor, Tensor] | None
+
+
+def _per_token(norm: NormParams) -> NormParams:
+    """(…, Dv) → (…, 1, Dv): broadcast over the token axis."""
+    return None if norm is None else (norm[0].unsqueeze(-2), norm[1].unsqueeze(-2))
+LN_EPS = 1e-5
 
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh")
 
@@ -31,21 +46,23 @@ class MLPMemory:
     """Description of an MLP memory (per head).
 
     Attributes:
-        depth: number of weight matrices (≥ 2; use ``memory="linear"`` for depth 1).
-        hidden: absolute hidden width per head.
+        depth: number of weight matrices (≥ 1; depth 1 is a matrix, used for a linear memory
+            with inner normalisation — TTT-Linear; a bare matrix is ``memory="linear"``).
+        hidden: absolute hidden width per head (unused at depth 1).
         activation: one of ``silu``, ``gelu`` (exact, erf), ``relu``, ``tanh``.
-        residual: ``M(x) = x + MLP(x)`` as in Hope (Eq. 89); requires Dk == Dv.
+        residual: ``M(x) = x + …`` as in Hope (Eq. 89) and TTT; requires Dk == Dv.
+        norm: inner LayerNorm on the MLP output, before the residual (TTT, titans-pytorch).
     """
 
     depth: int = 2
     hidden: int = 64
     activation: str = "silu"
     residual: bool = False
+    norm: bool = False
 
     def __post_init__(self) -> None:
-        if self.depth < 2:
-            raise ValueError(f"MLPMemory.depth must be >= 2 (got {self.depth}); "
-                             "use memory='linear' for a single matrix")
+        if self.depth < 1:
+            raise ValueError(f"MLPMemory.depth must be >= 1 (got {self.depth})")
         if self.hidden < 1:
             raise ValueError(f"MLPMemory.hidden must be >= 1 (got {self.hidden})")
         if self.activation not in ACTIVATIONS:
@@ -91,13 +108,33 @@ def _act_grad(z: Tensor, name: str) -> Tensor:
     return 1 - t * t
 
 
-def mlp_forward(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory) -> Tensor:
+def _layer_norm(z: Tensor, norm: NormParams) -> tuple[Tensor, Tensor, Tensor]:
+    """LN(z)·γ + b over the last dim; also returns x̂ and 1/σ for the closed-form backward."""
+    mu = z.mean(-1, keepdim=True)
+    zc = z - mu
+    rstd = torch.rsqrt(zc.pow(2).mean(-1, keepdim=True) + LN_EPS)
+    xhat = zc * rstd
+    y = xhat if norm is None else xhat * norm[0] + norm[1]
+    return y, xhat, rstd
+
+
+def _finish(x: Tensor, z: Tensor, spec: MLPMemory, norm: NormParams) -> Tensor:
+    """M = [x +] [Norm](z): the part of the memory function after the last weight."""
+    if spec.norm:
+        z = _layer_norm(z, _per_token(norm))[0]
+    return x + z if spec.residual else z
+
+
+def mlp_forward(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory,
+                norm: NormParams = None) -> Tensor:
     """M(θ; x).
 
     Args:
         weights: W_i of shape (..., out_i, in_i) (batch dims broadcast against x's).
         x: inputs of shape (..., N, Dk).
         spec: the MLP description.
+        norm: the inner norm's (gain, bias) per head when ``spec.norm``, each (..., Dv)
+            (None: 1 and 0).
     Returns:
         (..., N, Dv).
     """
@@ -106,15 +143,16 @@ def mlp_forward(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory) -> Tensor
         h = _mm(h, w.mT)
         if i < len(weights) - 1:
             h = _act(h, spec.activation)
-    return x + h if spec.residual else h
+    return _finish(x, h, spec, norm)
 
 
 def mlp_forward_cached(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory
                        ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Forward pass that also returns each layer's input a_i and pre-activation z_i.
+    """The weights' part of the forward pass, z(θ; x), with each layer's input and
+    pre-activation (the norm and residual come after: ``output_grad``).
 
     Returns:
-        (output (..., N, Dv), inputs [a_0 = x, a_1, …], pre-activations [z_0, …, z_{n-2}]).
+        (z (..., N, Dv), inputs [a_0 = x, a_1, …], pre-activations [z_0, …, z_{n-2}]).
     """
     inputs, pre = [x], []
     h = x
@@ -126,8 +164,23 @@ def mlp_forward_cached(weights: Sequence[Tensor], x: Tensor, spec: MLPMemory
             inputs.append(h)
         else:
             h = z
-    out = x + h if spec.residual else h
-    return out, inputs, pre
+    return h, inputs, pre
+
+
+def output_grad(x: Tensor, z: Tensor, v: Tensor, spec: MLPMemory, norm: NormParams,
+                objective_grad) -> Tensor:
+    """∂ℓ/∂z for ℓ(M(x), v) with M = [x +] [Norm](z), in closed form.
+
+    The residual passes the error through unchanged; the LayerNorm's backward is
+    ∂ℓ/∂z = (1/σ)(g − mean(g) − x̂·mean(g ⊙ x̂)) with g = γ ⊙ ∂ℓ/∂M.
+    """
+    if not spec.norm:
+        return objective_grad(x + z if spec.residual else z, v)
+    norm = _per_token(norm)
+    y, xhat, rstd = _layer_norm(z, norm)
+    err = objective_grad(x + y if spec.residual else y, v)
+    g = err if norm is None else err * norm[0]
+    return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
 
 
 def mlp_backward(weights: Sequence[Tensor], pre: Sequence[Tensor], out_grad: Tensor,
@@ -140,7 +193,7 @@ def mlp_backward(weights: Sequence[Tensor], pre: Sequence[Tensor], out_grad: Ten
     Args:
         weights: W_i (..., out_i, in_i).
         pre: pre-activations z_0 … z_{n-2} from ``mlp_forward_cached``, each (..., N, out_i).
-        out_grad: ∂ℓ/∂M(x), (..., N, Dv).
+        out_grad: ∂ℓ/∂z, (..., N, Dv) (``output_grad``).
     Returns:
         [δ_0, …, δ_{n-1}], δ_i of shape (..., N, out_i).
     """

@@ -21,9 +21,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockform import decays, end_state, read_weights, scan_blocks, solve_prefix
+from .blockform import decays, end_state, erase_rate, read_weights, scan_blocks, solve_prefix
 from .linear_chunked import _gate
-from .mlp import MLPMemory, _act, mlp_backward, mlp_forward, mlp_forward_cached
+from .mlp import (
+    MLPMemory,
+    NormParams,
+    _act,
+    _finish,
+    mlp_backward,
+    mlp_forward,
+    mlp_forward_cached,
+    output_grad,
+)
 from .objectives import Objective, get_objective
 from .state import MemoryState
 
@@ -43,6 +52,8 @@ def mlp_chunk_step(
     objective: str | Objective = "l2",
     rule: str = "gd",
     read: str = "after",
+    erase: str = "eta",
+    norm: NormParams = None,
 ) -> tuple[Tensor | None, MemoryState]:
     """Advance an MLP memory over one chunk of L ≤ C tokens (gradients at the chunk start).
 
@@ -53,6 +64,8 @@ def mlp_chunk_step(
         lr_c, retention_c, momentum_c: η, α, β as floats or (B, H, L); retention None → α = 1,
             momentum None → no momentum.
         spec, objective, rule ("gd" | "dgd"), read ("after" | "before" | "chunk").
+        erase: DGD's erase rate ε (``blockform.ERASES``); ignored for gd.
+        norm: (gain, bias) of the inner norm when ``spec.norm``, each (H, Dv) (None: 1, 0).
     Returns:
         (o_c (B, H, L, Dv) or None, state at the end of the chunk, weights (B, H, out, in)).
     """
@@ -69,6 +82,8 @@ def mlp_chunk_step(
         return x.expand(B, H, L).reshape(N, L) if isinstance(x, Tensor) else x
 
     Ws = [flat(w) for w in state.weights]
+    if norm is not None:   # (H, Dv) or (B, H, Dv) → (B·H, Dv)
+        norm = tuple(p.expand(B, H, p.shape[-1]).reshape(N, p.shape[-1]) for p in norm)
     k_c, v_c = flat(k_c), flat(v_c)
     if q_c is not None:
         q_c = flat(q_c)
@@ -85,15 +100,15 @@ def mlp_chunk_step(
     dec = decays(alpha, beta)
 
     # 1. per-token gradients at θ_{c(t)}: ∂ℓ/∂W_i = δ_i a_iᵀ
-    pred, inputs, pre = mlp_forward_cached(Ws, k_c, spec)
-    deltas = mlp_backward(Ws, pre, obj.grad(pred, v_c), spec)
+    z, inputs, pre = mlp_forward_cached(Ws, k_c, spec)
+    deltas = mlp_backward(Ws, pre, output_grad(k_c, z, v_c, spec, norm, obj.grad), spec)
     neg_eta = -eta[..., None]
     Eds = [neg_eta * d for d in deltas]                           # d_{i,t} = −η_t δ_{i,t}
 
-    # 3. DGD on the key-multiplying weight: f_t = −α_t η'_t W_{0,t−1} k_t
+    # 3. DGD on the key-multiplying weight: f_t = −ε_t W_{0,t−1} k_t
     Ef0 = None
     if rule == "dgd":
-        phi = -alpha * eta / (1 + eta * (k_c * k_c).sum(-1))
+        phi = -erase_rate(erase, eta, alpha, k_c)
         Y = solve_prefix(Ws[0], Ss[0], k_c, dec, phi=phi, psi=None, delta=Eds[0])
         Ef0 = phi[..., None] * Y
     Efs = [Ef0] + [None] * (len(Ws) - 1)
@@ -102,7 +117,7 @@ def mlp_chunk_step(
     o = None
     if q_c is not None:
         if read == "chunk":
-            o = mlp_forward(Ws, q_c, spec)
+            o = mlp_forward(Ws, q_c, spec, norm)
         else:
             h = q_c
             for i in range(len(Ws)):
@@ -110,7 +125,7 @@ def mlp_chunk_step(
                                  after=(read == "after"))
                 if i < len(Ws) - 1:
                     h = _act(h, spec.activation)
-            o = q_c + h if spec.residual else h
+            o = _finish(q_c, h, spec, norm)
 
     # 2. state at the chunk end
     new_w, new_s = [], []
@@ -126,9 +141,11 @@ def mlp_chunk_step(
 def mlp_scan_chunked(
     q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
     momentum: Tensor | None, state: MemoryState, spec: MLPMemory, objective: Objective,
-    rule: str, read: str, chunk_size: int, step=mlp_chunk_step,
+    rule: str, read: str, chunk_size: int, erase: str = "eta", norm: NormParams = None,
+    step=mlp_chunk_step,
 ) -> tuple[Tensor, MemoryState]:
     """Run an MLP memory over (B, H, T, ·) chunk by chunk (a Python loop over chunks, so a
     compiled ``step`` stays one chunk long whatever T is)."""
     return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum),
-                       objective=objective, rule=rule, read=read, spec=spec)
+                       objective=objective, rule=rule, read=read, spec=spec, erase=erase,
+                       norm=norm)

@@ -15,13 +15,15 @@ linear memory with chunk size 1 then falls back to one token per block.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Objective", "OBJECTIVES", "register_objective", "get_objective"]
+__all__ = ["Objective", "OBJECTIVES", "register_objective", "get_objective", "soft_clipped_l2"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,31 @@ register_objective(
         affine=None,
     )
 )
+
+
+@functools.cache   # one instance per c: compiled steps guard on the object
+def soft_clipped_l2(clip: float) -> Objective:
+    """L2 with the surprise soft-clipped at ``clip`` (design.md §3.1, "stable by construction").
+
+    ∂ℓ/∂p = r · c·tanh(‖r‖/c)/‖r‖ with r = p − v: the l2 error for ‖r‖ ≪ c, a vector of norm c
+    for ‖r‖ ≫ c, smooth in between. It is the gradient of ℓ = c² log cosh(‖r‖/c), which the
+    reference oracle differentiates. Not affine: a linear memory with C = 1 runs token by token.
+    """
+    c = float(clip)
+    if not c > 0:
+        raise ValueError(f"clip must be > 0; got {clip!r}")
+    eps2 = 1e-12   # ‖r‖ → sqrt(‖r‖² + 1e-12): finite gradient at r = 0 (there: ∂ℓ/∂p = r)
+
+    def norm(r: Tensor) -> Tensor:
+        return torch.sqrt(r.pow(2).sum(-1, keepdim=True) + eps2)
+
+    def loss(p: Tensor, v: Tensor) -> Tensor:
+        s = norm(p - v)[..., 0] / c
+        return c * c * (s + torch.nn.functional.softplus(-2 * s) - math.log(2.0))  # log cosh
+
+    def grad(p: Tensor, v: Tensor) -> Tensor:
+        r = p - v
+        s = norm(r)
+        return r * (c * torch.tanh(s / c) / s)
+
+    return Objective(name=f"l2(clip {c:g})", loss=loss, grad=grad, affine=None)

@@ -2,7 +2,9 @@
 
     g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)          gradient at the chunk-start state, c(t) = C⌊(t−1)/C⌋
     S_t = β_t S_{t−1} − η_t g_t              momentum (without momentum: S_t = −η_t g_t)
-    θ_t = α_t P_t(θ_{t−1}) + S_t             P_t = id (gd); W ↦ W(I − η'_t k_t k_tᵀ) on W_0 (dgd)
+    θ_t = θ_{t−1}(α_t I − ε_t k_t k_tᵀ) + S_t on W_0 (the key-side weight); α_t θ_{t−1} + S_t on
+                                             the others; ε_t = 0 (gd) or the DGD erase rate:
+                                             η_t | η_t/(1 + η_t‖k_t‖²) | α_t η_t
     o_t = M(θ_t; q_t) | M(θ_{t−1}; q_t) | M(θ_{c(t)}; q_t)      read after | before | chunk
 
 The inner gradient is taken with ``torch.func.grad`` of the objective's *loss*, independently of
@@ -39,6 +41,7 @@ def reference_scan(
     read: str,
     weights: Sequence[Tensor],
     moms: Sequence[Tensor] | None,
+    erase: str = "eta",
 ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
     """Token-by-token scan.
 
@@ -78,14 +81,20 @@ def reference_scan(
         else:                                                      # S_t = −η_t g_t
             step = [-eta * gi for gi in g]
 
-        proj = list(theta)                                         # P_t(θ_{t−1})
-        if rule == "dgd":
-            w0 = proj[0]
-            eta_p = eta / (1 + eta * (kt * kt).sum(-1)[..., None, None])   # η'_t
-            proj[0] = w0 - eta_p * (w0 @ kt[..., None]) @ kt[..., None, :]
-
-        alpha = 1.0 if retention is None else retention[:, :, t, None, None]
-        theta = [alpha * p + s for p, s in zip(proj, step, strict=True)]  # θ_t
+        alpha = torch.ones_like(eta) if retention is None else retention[:, :, t, None, None]
+        kept = [alpha * w for w in theta]                          # θ_{t−1} α_t
+        if rule == "dgd":                                          # − ε_t θ_{t−1} k_t k_tᵀ on W_0
+            if erase == "eta":
+                eps = eta
+            elif erase == "normalized":
+                eps = eta / (1 + eta * (kt * kt).sum(-1)[..., None, None])
+            elif erase == "retained":
+                eps = alpha * eta
+            else:
+                raise ValueError(f"unknown erase {erase!r}")
+            w0 = theta[0]
+            kept[0] = kept[0] - eps * (w0 @ kt[..., None]) @ kt[..., None, :]
+        theta = [w + s for w, s in zip(kept, step, strict=True)]   # θ_t
         if read == "after":
             outs.append(forward(theta, qt[:, :, None])[:, :, 0])
 

@@ -347,6 +347,14 @@ def train(
     metrics = MetricsWriter(run_dir, truncate_after=start_step) if rank == 0 else None
 
     grad_clip = train_cfg.grad_clip
+    from nestdsl.lower import telemetry
+
+    # Every memory layer leaves a sync-free probe (first non-finite token of its output) per
+    # forward; at the first non-finite step they are snapshotted, so the error names the memory.
+    probes = [(name, m) for name, m in model.named_modules()
+              if isinstance(getattr(m, "probe", None), telemetry.NonFiniteProbe)]
+    bad_snapshot: torch.Tensor | None = None
+    warned: set[str] = set()
     t_start = time.perf_counter()
     tokens_seen = 0
     first_loss = history[0]["loss"] if history else math.nan
@@ -402,13 +410,23 @@ def train(
             # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of
             # the scored tokens makes that average the gradient of the global-batch mean.
             scale = _valid_count(targets, mask) * world / max(n_global, 1)
-        with autocast:
+        will_log = (step + 1) % train_cfg.log_every == 0 or step + 1 == total_steps
+        recorder = (telemetry.recording() if train_cfg.telemetry and will_log and rank == 0
+                    else contextlib.nullcontext({}))
+        with recorder as inner_stats, autocast:
             loss = loss_module(tokens, targets, mask, scale)
         loss.backward()
 
-        # Record the first non-finite step without a host sync.
+        # Record the first non-finite step (and where the memories first went non-finite)
+        # without a host sync.
         finite = torch.isfinite(loss.detach())
-        bad_step = torch.where(~finite & (bad_step == no_bad), torch.tensor(step, device=device), bad_step)
+        first_bad = ~finite & (bad_step == no_bad)
+        if probes and all(m.probe.first_bad is not None for _, m in probes):
+            snap = torch.stack([m.probe.first_bad for _, m in probes])
+            if bad_snapshot is None:
+                bad_snapshot = torch.full_like(snap, -1)
+            bad_snapshot = torch.where(first_bad, snap, bad_snapshot)
+        bad_step = torch.where(first_bad, torch.tensor(step, device=device), bad_step)
         loss_acc = loss_acc + loss.detach().float()
         n_acc += 1
         tokens_seen += tokens.numel() * world
@@ -442,8 +460,9 @@ def train(
             bad = int(bad_step)  # host sync, only here
             if bad != no_bad:
                 raise TrainingDiverged(
-                    f"loss became non-finite at step {bad + 1}; stopped. The last good checkpoint "
-                    f"in {run_dir} is kept (lower the learning rate or enable train.grad_clip)."
+                    f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
+                    f"stopped. The last good checkpoint in {run_dir} is kept (lower the learning "
+                    "rate or the memories' step sizes, or enable train.grad_clip)."
                 )
             mean_loss = float(summed) / max(n_acc, 1)
             loss_acc = torch.zeros((), device=device)
@@ -459,6 +478,10 @@ def train(
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                 "elapsed": elapsed,
             }
+            if inner_stats:
+                record["memories"] = {name: {k: float(v) for k, v in st.items()}
+                                      for name, st in inner_stats.items()}
+                _warn_state_norms(record["memories"], train_cfg.state_norm_warn, done, warned)
             history.append(record)
             if metrics is not None:
                 metrics.log(done, **{k: v for k, v in record.items() if k != "step"})
@@ -474,9 +497,9 @@ def train(
                 bad = int(bad_step)
                 if bad != no_bad:
                     raise TrainingDiverged(
-                        f"loss became non-finite at step {bad + 1}; stopped. The last good "
-                        f"checkpoint in {run_dir} is kept (lower the learning rate or enable "
-                        "train.grad_clip)."
+                        f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
+                        f"stopped. The last good checkpoint in {run_dir} is kept (lower the "
+                        "learning rate or the memories' step sizes, or enable train.grad_clip)."
                     )
             # A finite loss can still be followed by an update that overflows the parameters.
             if not _finite(model):
@@ -501,6 +524,39 @@ def train(
         history=history,
         start_step=start_step,
     )
+
+
+def _culprit(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) -> str:
+    """', first non-finite in memory M (layer L) at token t (chunk c)' from the probe snapshot
+    taken at the first non-finite step; memories are in forward order, so the first one listed
+    is where it started."""
+    if snapshot is None or not probes:
+        return ""
+    firsts = snapshot.tolist()
+    for (name, mod), t in zip(probes, firsts, strict=True):
+        if 0 <= t < mod.probe.length:
+            chunk = getattr(mod, "chunk", None) or getattr(mod, "c_mem", 1)
+            label = getattr(mod, "name", name)
+            return (f": the first non-finite memory output was in '{label}' (module {name}) at "
+                    f"token {t}, chunk {t // max(chunk, 1)} of {chunk} tokens")
+    return ": every memory's output was finite (the divergence is outside the memories)"
+
+
+def _warn_state_norms(stats: dict[str, dict[str, float]], bound: float | None, step: int,
+                      warned: set[str]) -> None:
+    """Warn (once per memory) when a memory's state norm passes `train.state_norm_warn`."""
+    if bound is None:
+        return
+    import warnings
+
+    for name, st in stats.items():
+        norm = max(st.get("state_norm", 0.0), st.get("max_state_norm", 0.0))
+        if name not in warned and not norm <= bound:
+            warned.add(name)
+            warnings.warn(
+                f"step {step}: memory '{name}' has state norm {norm:.3g} > train.state_norm_warn "
+                f"= {bound:g}; its inner loop may be diverging (lower its lr scale, add `norm: "
+                "true` or `clip:`)", RuntimeWarning, stacklevel=2)
 
 
 def parse_overrides(pairs: Sequence[str]) -> list[tuple[list[str | int], Any]]:

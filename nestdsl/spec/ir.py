@@ -118,6 +118,21 @@ class Rule(Node):
     lr: Gate = Field(default=1.0, description="inner learning rate eta")
     retention: Gate | None = Field(default=None, description="retention/decay alpha (None: 1)")
     momentum: Gate | None = Field(default=None, description="momentum beta (None: no momentum)")
+    erase: Literal["eta", "normalized", "retained"] | None = Field(
+        default=None,
+        description="dgd erase rate eps in W(alpha I - eps k k^T): eta (NL Eq. 88, the default), "
+                    "normalized = eta/(1 + eta|k|^2) (Eq. 57), retained = alpha*eta (Gated DeltaNet)",
+    )
+    lr_per_dim: bool = Field(
+        default=False,
+        description="divide eta by the head dimension (TTT's eta/d; titans-pytorch's loss is a "
+                    "mean over dimensions): the step stays bounded by scale/d whatever the width",
+    )
+    clip: float | None = Field(
+        default=None, gt=0,
+        description="soft-clip the surprise: the prediction error's norm is capped smoothly at "
+                    "this value (loss c^2 log cosh(|M(k) - v|/c)); l2 objective only",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +165,18 @@ class Memory(Node):
     depth: int | None = Field(default=None, ge=2, description="mlp: number of layers")
     hidden: int | None = Field(default=None, ge=1, description="mlp: hidden multiple of head dim")
     activation: Activation | None = Field(default=None, description="mlp: activation")
-    residual: bool | None = Field(default=None, description="mlp: x + W1 s(W2 x)")
+    residual: bool | None = Field(
+        default=None, description="x + M(x): mlp (Hope's x + W1 s(W2 x)), or linear with `norm`")
+    norm: bool | None = Field(
+        default=None,
+        description="inner LayerNorm on the memory's output before the residual, x + LN(MLP(x)) "
+                    "(TTT, titans-pytorch); bounds predictions so deep memories stay finite",
+    )
+    init: Literal["zeros", "learned"] | None = Field(
+        default=None,
+        description="initial state theta_0: learned (meta-learned; the only choice for mlp) or "
+                    "zeros (default for linear)",
+    )
     window: int | None = Field(default=None, ge=1, description="attention: sliding window")
     heads: int | None = Field(default=None, ge=1, description="heads (default: model.heads)")
 
@@ -416,6 +442,11 @@ class Train(Node):
     ckpt_every: int = Field(default=100, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = True
+    telemetry: bool = Field(
+        default=True, description="record per-memory inner-loop statistics at every log step")
+    state_norm_warn: float | None = Field(
+        default=1000.0, gt=0,
+        description="warn when a memory's state norm (per head, Frobenius) exceeds this")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,9 +99,9 @@ def test_writes_stop_and_nested_cms(load_preset: Loader) -> None:
     ("objective", "kind", "expect"),
     [
         ("dot", "gd", "(linear attention)"),
-        ("dot", "dgd", "(delta rule)"),
-        ("l2", "gd", "(delta rule)"),
-        ("l2", "dgd", "erase twice, Hope Eq. 88"),
+        ("dot", "dgd", "(DeltaNet)"),
+        ("l2", "gd", "(DeltaNet)"),
+        ("l2", "dgd", "M(I − 0.5 k kᵀ) − 0.5·(M k − v) kᵀ"),
     ],
 )
 def test_update_equation_linear(objective: str, kind: str, expect: str) -> None:
@@ -112,8 +112,20 @@ def test_update_equation_linear(objective: str, kind: str, expect: str) -> None:
 def test_update_equation_gated_delta() -> None:
     mem = ir.Memory(kind="linear", objective="dot",
                     rule=ir.Rule(kind="dgd", lr=ir.LearnedGate(learned="sigmoid"),
-                                 retention=ir.LearnedGate(learned="sigmoid")))
-    assert update_equation(mem) == "M ← α_t·M(I − η′_t k kᵀ) + η_t·v kᵀ  (gated delta rule)"
+                                 retention=ir.LearnedGate(learned="sigmoid"), erase="retained"))
+    assert update_equation(mem) == "M ← M(α_t I − α_t·η_t k kᵀ) + η_t·v kᵀ  (Gated DeltaNet)"
+
+
+@pytest.mark.parametrize(("erase", "eps"), [("eta", "η_t/d"),
+                                            ("normalized", "η_t/d/(1 + η_t/d‖k‖²)"),
+                                            ("retained", "0.9·η_t/d")])
+def test_update_equation_prints_the_erase_rate(erase: str, eps: str) -> None:
+    mem = ir.Memory(kind="mlp", objective="l2", norm=True, residual=True,
+                    rule=ir.Rule(kind="dgd", lr=ir.LearnedGate(learned="sigmoid"),
+                                 retention=0.9, erase=erase, lr_per_dim=True))
+    text = update_equation(mem, 16)
+    assert f"W_in(0.9 I − {eps} k kᵀ)" in text
+    assert "k + LN(MLP_θ_c(k))" in text
 
 
 def test_samba_has_both_mixers_on_token_level(load_preset: Loader) -> None:

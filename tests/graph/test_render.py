@@ -65,7 +65,7 @@ def test_text_has_tree_and_timeline(hope: ir.Spec) -> None:
     assert "firing timeline" in out
     row = next(ln for ln in lines if ln.strip().startswith("cms_slow") and "|" in ln)
     assert row.split()[-1] == "...|...|"
-    assert "erase twice, Hope Eq. 88" in out
+    assert "Hope Eq. 88" in out
 
 
 def test_json_is_node_link_and_stable(hope: ir.Spec) -> None:

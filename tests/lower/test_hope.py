@@ -132,13 +132,12 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
                 step = S[n]
             else:
                 step = [-eta[:, None, None] * gi for gi in g]
-            prev = list(theta[n])
-            if rules[n].kind == "dgd":                            # P: W_2 (I − η' k kᵀ)
-                eta_p = eta / (1 + eta * (k * k).sum(-1))
-                Wk = torch.einsum("bhi,bi->bh", prev[0], k)
-                prev[0] = prev[0] - eta_p[:, None, None] * Wk[:, :, None] * k[:, None, :]
             a = 1.0 if alpha is None else alpha[:, None, None]
-            theta[n] = [a * p + s for p, s in zip(prev, step, strict=True)]  # θ_t = α P(θ_{t−1}) + S_t
+            kept = [a * w for w in theta[n]]                      # α_t θ_{t−1}
+            if rules[n].kind == "dgd":                            # Eq. 88: W_2(α I − η k kᵀ)
+                Wk = torch.einsum("bhi,bi->bh", theta[n][0], k)
+                kept[0] = kept[0] - eta[:, None, None] * Wk[:, :, None] * k[:, None, :]
+            theta[n] = [w + s for w, s in zip(kept, step, strict=True)]  # + S_t
         read = layer.mem_rule.read
         if read == "after":                                       # o_t = M(θ_t; q_t)
             o = M(theta["mem"], q)
@@ -269,7 +268,7 @@ def test_ablation_gd_vs_dgd_changes_only_the_projection(monkeypatch):
         for a, b in zip(s_dgd["mems"][n].weights, s_gd["mems"][n].weights, strict=True):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
 
-    # one token: the main memory differs by exactly the DGD term −α η' (W₀ k) kᵀ on W₀
+    # one token: the main memory differs by exactly the DGD term −η (W₀ k) kᵀ on W₀ (Eq. 88)
     calls: list[dict] = []
     real = dgd._mlp_step.fn
 
@@ -283,10 +282,9 @@ def test_ablation_gd_vs_dgd_changes_only_the_projection(monkeypatch):
     _, s_dgd = dgd(x1)
     _, s_gd = gd(x1)
     c = calls[0]
-    k, eta, alpha = c["k"][:, :, 0], c["lr"][:, :, 0], c["ret"][:, :, 0]      # (B, H, d), (B, H)
-    eta_p = eta / (1 + eta * (k * k).sum(-1))
+    k, eta = c["k"][:, :, 0], c["lr"][:, :, 0]                                # (B, H, d), (B, H)
     W0k = torch.einsum("bhoi,bhi->bho", c["W0"], k)
-    expected = -(alpha * eta_p)[..., None, None] * W0k[..., :, None] * k[..., None, :]
+    expected = -eta[..., None, None] * W0k[..., :, None] * k[..., None, :]
     w_dgd, w_gd = s_dgd["mems"]["mem"].weights, s_gd["mems"]["mem"].weights
     torch.testing.assert_close(w_dgd[0] - w_gd[0], expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(w_dgd[1], w_gd[1], atol=0, rtol=0)

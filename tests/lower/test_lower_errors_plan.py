@@ -61,11 +61,11 @@ def test_cli_compile_bad_spec_exits_2(tmp_path) -> None:
 def test_cli_compile_explain_prints_step_and_update(tmp_path) -> None:
     p = tmp_path / "dn.yaml"
     p.write_text(model_spec("  m: {kind: linear, objective: dot, rule: {kind: dgd, lr: {learned: sigmoid}, "
-                            "retention: {learned: sigmoid}}}", "      - {type: memory, memory: m}"))
+                            "retention: {learned: sigmoid}, erase: retained}}", "      - {type: memory, memory: m}"))
     result = CliRunner().invoke(app, ["compile", str(p), "--explain", "--no-compile"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "chunked delta rule" in out and "gated delta rule" in out
+    assert "chunked delta rule" in out and "Gated DeltaNet" in out
     assert "def linear_chunk_step" in out            # the per-chunk step's source
     assert "graph breaks: not measured" in out
 

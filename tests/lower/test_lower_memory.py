@@ -66,7 +66,7 @@ def ref_layer(layer: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
 
         g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)            (closed form for linear, autograd for MLP)
         S_t = β_t S_{t−1} − η_t g_t
-        θ_t = α_t P_t(θ_{t−1}) + S_t,  P_t(W) = W (I − η'_t k kᵀ) on W_0 for dgd
+        θ_t = θ_{t−1}(α_t I − η_t k kᵀ) + S_t on W_0 for dgd (erase ε = η), α_t θ_{t−1} + S_t else
         o_t = M(θ_t | θ_{t−1} | θ_{c(t)}; q_t)
     """
     q, k, v, gates = ref_projections(layer, x)
@@ -104,12 +104,11 @@ def ref_layer(layer: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
             step = S
         else:
             step = [-eta * gi for gi in g]
-        proj = list(theta)
-        if rule == "dgd":
-            eta_p = eta / (1 + eta * (kt * kt).sum(-1)[..., None, None])
-            proj[0] = proj[0] - eta_p * (proj[0] @ kt[..., None]) @ kt[..., None, :]
         alpha = gates["retention"][:, t, :, None, None] if "retention" in gates else 1.0
-        theta = [alpha * p + s for p, s in zip(proj, step, strict=False)]
+        kept = [alpha * w for w in theta]                            # α_t θ_{t−1}
+        if rule == "dgd":                                            # W_0(α I − η k kᵀ), ε = η
+            kept[0] = kept[0] - eta * (theta[0] @ kt[..., None]) @ kt[..., None, :]
+        theta = [w + s for w, s in zip(kept, step, strict=False)]
         if read == "after":
             outs.append(M(theta, qt))
     o = torch.stack(outs, dim=1)                                     # (B, T, H, d)
@@ -121,7 +120,7 @@ def ref_layer(layer: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
 CASES = {
     # name: (memory yaml, layer flags, level period)
     "deltanet": ("kind: linear, objective: l2, rule: {kind: gd, lr: {learned: sigmoid}}", "conv: 4", None),
-    "gated-deltanet": ("kind: linear, objective: l2, rule: {kind: gd, lr: {learned: sigmoid}, "
+    "l2 gd with decay": ("kind: linear, objective: l2, rule: {kind: gd, lr: {learned: sigmoid}, "
                        "retention: {learned: sigmoid, init: 0.9}}", "conv: 4", None),
     "linear-attention": ("kind: linear, objective: dot, rule: {kind: gd, lr: 1.0}",
                          "conv: 0, qk_norm: false, output_gate: false", None),

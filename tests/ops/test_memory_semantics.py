@@ -52,19 +52,18 @@ def test_delta_rule_special_case():
     torch.testing.assert_close(st.weights[0], M, atol=1e-5, rtol=1e-5)
 
 
-def test_dgd_dot_is_gated_delta_rule():
-    """linear/dot/dgd: M_t = α_t M_{t−1}(I − η'_t k kᵀ) + η_t v kᵀ (design.md §3.1)."""
+def test_dgd_dot_retained_erase_is_gated_delta_rule():
+    """linear/dot/dgd, ε = αη: M_t = α_t M_{t−1}(I − η_t k kᵀ) + η_t v kᵀ (design.md §3.1)."""
     q, k, v = qkv(2)
     eta, alpha = torch.rand(B, H, T), 0.8 + 0.2 * torch.rand(B, H, T)
     o, st = memory_scan(q, k, v, objective="dot", rule="dgd", lr=eta, retention=alpha,
-                        chunk_size=1)
+                        chunk_size=1, erase="retained")
     M = torch.zeros(B, H, D, D)
     eye = torch.eye(D)
     for t in range(T):
         kt, vt = k[:, :, t, :, None], v[:, :, t, :, None]
         e = eta[:, :, t, None, None]
-        ep = e / (1 + e * (kt * kt).sum((-1, -2), keepdim=True))
-        M = alpha[:, :, t, None, None] * M @ (eye - ep * kt @ kt.mT) + e * vt @ kt.mT
+        M = alpha[:, :, t, None, None] * M @ (eye - e * kt @ kt.mT) + e * vt @ kt.mT
     torch.testing.assert_close(st.weights[0], M, atol=1e-5, rtol=1e-5)
 
 

@@ -1,0 +1,69 @@
+"""A memory spec's inner loop, resolved once for every layer that lowers it (design.md §3.1).
+
+The memory function f_θ (a matrix, an MLP, and the optional inner norm + residual), the inner
+objective (with the optional soft clip of the surprise), DGD's erase rate ε and the step-size
+divisor. `MemoryMixer` (lower/memory.py) and Hope's self-modifying layer (lower/hope.py) both
+build their memories from these, so a field means the same thing in both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nestdsl.ops import MLPMemory
+from nestdsl.ops.objectives import Objective, get_objective, soft_clipped_l2
+from nestdsl.spec import ir
+
+__all__ = ["memory_function", "objective_of", "erase_of", "lr_divisor", "NormParameters"]
+
+
+def memory_function(mem: ir.Memory, head_dim: int, *, residual_default: bool = False
+                    ) -> str | MLPMemory:
+    """``"linear"`` (a bare matrix: the exact chunked forms apply) or the ``MLPMemory`` f_θ.
+
+    A linear memory with an inner norm is a depth-1 ``MLPMemory`` (TTT-Linear's x + LN(W x)).
+    """
+    residual = residual_default if mem.residual is None else mem.residual
+    if mem.kind == "linear":
+        if not mem.norm:
+            return "linear"
+        return MLPMemory(depth=1, hidden=head_dim, residual=residual, norm=True)
+    return MLPMemory(depth=mem.depth or 2, hidden=(mem.hidden or 4) * head_dim,
+                     activation=mem.activation or "silu", residual=residual,
+                     norm=bool(mem.norm))
+
+
+def objective_of(mem: ir.Memory) -> Objective:
+    """The inner objective; ``rule.clip`` turns l2 into its soft-clipped form."""
+    rule = mem.rule or ir.Rule()
+    if rule.clip is not None:
+        return soft_clipped_l2(rule.clip)
+    return get_objective(mem.objective or "l2")
+
+
+def erase_of(mem: ir.Memory) -> str:
+    """DGD's erase rate ε (default ``eta``: the NL paper's Eq. 88 as written)."""
+    rule = mem.rule or ir.Rule()
+    return rule.erase or "eta"
+
+
+def lr_divisor(mem: ir.Memory, head_dim: int) -> float:
+    """η is divided by this: d_head with ``lr_per_dim`` (TTT's η/d), else 1."""
+    rule = mem.rule or ir.Rule()
+    return float(head_dim) if rule.lr_per_dim else 1.0
+
+
+class NormParameters(nn.Module):
+    """The inner LayerNorm's outer-learned gain γ (init 1) and bias b (init 0), per head.
+
+    Not part of the memory state: the inner rule never updates them; the outer optimizer does.
+    """
+
+    def __init__(self, heads: int, dim: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(heads, dim))
+        self.bias = nn.Parameter(torch.zeros(heads, dim))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gain, self.bias
