@@ -154,12 +154,17 @@ def plot(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("loss.png"),
     traceback: TracebackOpt = False,
 ) -> None:
-    """Write a PNG of loss curves comparing several runs."""
+    """Write a PNG of loss curves comparing several runs, and one of the memories' inner-loop
+    telemetry (state/update norms, inner loss before/after the writes) beside it."""
     with _guard(traceback):
-        from nestdsl.runtime.plot import plot_runs
+        from nestdsl.runtime.plot import has_memory_stats, plot_memories, plot_runs
 
         for d in run_dirs:
             if not (d / "metrics.jsonl").is_file():
                 raise UserError(f"{d}: no metrics.jsonl (is this a run folder?)")
         plot_runs(run_dirs, output)
         out.print(f"wrote {output}")
+        if has_memory_stats(run_dirs):
+            mem_png = output.with_name(output.stem + "-memories" + output.suffix)
+            plot_memories(run_dirs, mem_png)
+            out.print(f"wrote {mem_png}")

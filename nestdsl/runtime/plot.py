@@ -119,6 +119,50 @@ def plot_runs(
     return _save(fig, out_png)
 
 
+MEMORY_STATS = (("state_norm", "state norm ‖θ_T‖"), ("update_norm", "update norm ‖θ_T − θ_0‖"),
+                ("loss_before", "inner loss before write"), ("loss_after", "inner loss after write"))
+
+
+def has_memory_stats(run_dirs: Sequence[str | os.PathLike[str]]) -> bool:
+    return any("memories" in r for d in run_dirs for r in read_metrics(Path(d)))
+
+
+def plot_memories(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out_png: str | os.PathLike[str],
+    *,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """The inner-loop telemetry (metrics' ``memories`` records) of each run: one panel per
+    statistic (state norm, update norm, inner loss before/after the writes), one line per
+    run and memory, against the step (log scale: divergence shows as a straight climb)."""
+    runs = [Path(d) for d in run_dirs]
+    names = list(labels) if labels is not None else _labels(runs)
+    fig = _figure(11, 7)
+    axes = [fig.add_subplot(2, 2, i + 1) for i in range(len(MEMORY_STATS))]
+    drawn = 0
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        records = [r for r in read_metrics(run) if isinstance(r.get("memories"), dict)]
+        memories = list(dict.fromkeys(m for r in records for m in r["memories"]))
+        for j, mem in enumerate(memories):
+            for ax, (key, _) in zip(axes, MEMORY_STATS, strict=True):
+                pts = [(int(r["step"]), float(r["memories"][mem][key])) for r in records
+                       if key in r["memories"].get(mem, {})]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ["-", "--", ":", "-."][i % 4],
+                            color=f"C{j % 10}", label=f"{name}: {mem}", linewidth=1.2)
+                    drawn += 1
+    if drawn == 0:
+        raise PlotError("nothing to plot: no run has inner-loop telemetry (train.telemetry)")
+    for ax, (_, title) in zip(axes, MEMORY_STATS, strict=True):
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="best", fontsize="x-small")
+    return _save(fig, out_png)
+
+
 def plot_heatmap(
     table: Mapping[Any, Any],
     out_png: str | os.PathLike[str],
