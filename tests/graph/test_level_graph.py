@@ -78,7 +78,7 @@ def test_hope_edges(hope: ir.Spec) -> None:
 def test_hope_memory_attributes(hope: ir.Spec) -> None:
     g = build_graph(hope)
     m = g.nodes["memory:titans"]
-    assert m["level"] == "chunk" and m["read"] == "chunk" and m["writes"] == "grad"
+    assert m["level"] == "chunk" and m["read"] == "after" and m["writes"] == "grad"
     assert "Hope Eq. 88" in m["update"]
     assert g.nodes["cms:hope_cms.2"]["level"] == "cms_slow"
     owns = g.nodes["level:chunk"]["owns"]
