@@ -12,6 +12,8 @@ held-out batches ("val" split) and prints a table:
     python benchmarks/learn.py                                 # the default grid (long: ~1 h)
     python benchmarks/learn.py --presets titans-lmm hope --tasks copy8 --steps 300 --seeds 0 1 2
     python benchmarks/learn.py --presets titans-lmm --set memories.titans.rule.clip=1.0
+    python benchmarks/learn.py --presets all --tasks default --seeds 0 1 2   # each preset's own
+                                                                             # task and steps
 
 Writes `--out` (JSON: one record per run, plus the grid and the machine) and a PNG of answer
 accuracy per preset and task next to it (`--png`, if matplotlib is installed). Everything is
@@ -43,6 +45,7 @@ TASKS: dict[str, str] = {
     "niah1": "{task: niah, variant: 1, seq_len: 128, batch: 8}",
     "niah2": "{task: niah, variant: 2, seq_len: 128, batch: 8}",
     "niah3": "{task: niah, variant: 3, seq_len: 128, batch: 8}",
+    "default": "",   # the preset's own `data` and `train.steps`
 }
 PRESETS = ["transformer", "deltanet", "titans-lmm", "titans-mal", "titans-mag", "hope",
            "hope-attention"]
@@ -58,8 +61,11 @@ def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> d
     from nestdsl.runtime.train import _make_task as make_task
     from nestdsl.spec import load_spec
 
-    overrides = [f"data={TASKS[task]}", f"train.seed={seed}", "train.compile=false",
-                 f"train.log_every={max(1, steps // 20)}", f"train.ckpt_every={steps}", *sets]
+    if task == "default":
+        steps = load_spec(SPECS / f"{preset}.yaml").train.steps
+    overrides = ([f"data={TASKS[task]}"] if TASKS[task] else []) + [
+        f"train.seed={seed}", "train.compile=false", f"train.log_every={max(1, steps // 20)}",
+        f"train.ckpt_every={steps}", *sets]
     spec = load_spec(SPECS / f"{preset}.yaml", overrides=overrides)
     rec: dict[str, Any] = {"preset": preset, "task": task, "seed": seed, "steps": steps,
                            "overrides": sets}
@@ -157,7 +163,7 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=PRESETS)
     ap.add_argument("--tasks", nargs="+", default=["copy8", "mqar8"], choices=list(TASKS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1000, help="(task `default`: the preset's own)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="spec override for every run, key.path=value")
@@ -170,6 +176,8 @@ def main() -> None:
         print(json.dumps(run_one(preset, task, int(seed), args.steps, args.sets)))
         return
 
+    if args.presets == ["all"]:
+        args.presets = sorted(p.stem for p in SPECS.glob("*.yaml"))
     grid = [(p, t, s) for p in args.presets for t in args.tasks for s in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         records = list(pool.map(lambda c: _subprocess(*c, args.steps, args.sets), grid))

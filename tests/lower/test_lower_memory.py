@@ -224,3 +224,18 @@ def test_mlp_memory_initial_state_is_per_head_parameter() -> None:
     shapes = [tuple(w.shape) for w in layer.init_weights]
     assert shapes == [(2, 16, 8), (2, 8, 16)]     # (H, out, in), hidden = 2 × head_dim
     assert math.isclose(layer.chunk, 4)
+
+
+def test_linear_memory_learned_initial_state() -> None:
+    """`init: learned`: θ_0 is a zero-initialised per-head parameter that the outer loss trains;
+    with θ_0 = 0 the layer equals the default zero-state memory."""
+    mem = "  m: {kind: linear, objective: l2, init: %s, rule: {kind: gd, lr: 0.5}}"
+    layers = "      - {type: memory, memory: m}"
+    learned, zeros = build(model_spec(mem % "learned", layers)), build(model_spec(mem % "zeros", layers))
+    layer = next(m for m in learned.model.modules() if isinstance(m, MemoryMixer))
+    assert [tuple(w.shape) for w in layer.init_weights] == [(2, 8, 8)]
+    assert not any(isinstance(m, MemoryMixer) and len(m.init_weights) for m in zeros.model.modules())
+    x = torch.randint(0, 32, (2, 12))
+    torch.testing.assert_close(learned.model(x), zeros.model(x))       # same seed, θ_0 = 0
+    learned.model.loss(x[:, :-1], x[:, 1:], None).backward()
+    assert layer.init_weights[0].grad is not None and layer.init_weights[0].grad.abs().sum() > 0
