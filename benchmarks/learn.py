@@ -182,7 +182,8 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         records = list(pool.map(lambda c: _subprocess(*c, args.steps, args.sets), grid))
     print(_table(records), file=sys.stderr)
-    out = {"benchmark": "learn", "steps": args.steps, "overrides": args.sets,
+    steps = "each preset's own" if args.tasks == ["default"] else args.steps
+    out = {"benchmark": "learn", "steps": steps, "overrides": args.sets,
            "machine": {"platform": platform.platform(), "python": platform.python_version(),
                        "threads_per_run": 1, "jobs": args.jobs},
            "records": records}

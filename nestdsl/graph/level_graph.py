@@ -99,8 +99,10 @@ def instance_name(mem: ir.Memory, chunk: int) -> str:
     if mem.kind == "linear" and not mem.norm and not mom and rule.clip is None:
         if obj == "dot" and rule.kind == "gd":
             return "gated linear attention (Mamba2-like)" if ret else "linear attention"
-        if obj == "dot" and rule.kind == "dgd" and (erase == "retained" or not ret) and erase != "normalized":
-            return "Gated DeltaNet" if ret else "DeltaNet"
+        if obj == "dot" and rule.kind == "dgd":
+            # M(αI − εkkᵀ) + ηvkᵀ is (Gated) DeltaNet when ε = αη (= η without retention)
+            if erase == "retained" or (erase == "eta" and not ret):
+                return "Gated DeltaNet" if ret else "DeltaNet"
         if obj == "l2" and rule.kind == "gd" and chunk == 1:
             return "delta rule with decay after the erase" if ret else "DeltaNet"
         if obj == "l2" and rule.kind == "gd":

@@ -7,10 +7,10 @@ the published recurrence it reduces to); this module adds the read and the per-c
 
 from __future__ import annotations
 
-from nestdsl.graph.level_graph import instance_name, update_equation
+from nestdsl.graph.level_graph import update_equation
 from nestdsl.spec import ir
 
-__all__ = ["instance_name", "read_equation", "step_listing", "update_equation"]
+__all__ = ["read_equation", "step_listing", "update_equation"]
 
 
 def read_equation(mem: ir.Memory) -> str:

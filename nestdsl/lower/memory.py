@@ -104,7 +104,7 @@ class MemoryMixer(nn.Module):
         self.mlp: MLPMemory | None = None if fn == "linear" else fn
         self.norm = NormParameters(H, d) if self.mlp is not None and self.mlp.norm else None
         self.init_weights = nn.ParameterList()
-        if mem.kind == "mlp" or mem.init == "learned" or self.mlp is not None:
+        if self.mlp is not None or mem.init == "learned":
             # θ_0 per head, meta-learned (Titans §3.2 / Hope: "knowledge in the initial state");
             # a linear memory starts from zeros unless `init: learned`.
             shapes = self.mlp.weight_shapes(d, d) if self.mlp is not None else [(d, d)]

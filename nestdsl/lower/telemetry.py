@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,33 +78,8 @@ class NonFiniteProbe:
 
     def update(self, o: Tensor) -> None:
         with torch.no_grad():
-            bad = ~torch.isfinite(o).all(-1)                    # (B, H, T)
-            bad_t = bad.flatten(0, -2).any(0) if bad.dim() > 1 else bad
+            bad_t = (~torch.isfinite(o).all(-1)).flatten(0, 1).any(0)   # (B, H, T) → (T,)
             T = bad_t.shape[0]
             idx = torch.arange(T, device=o.device)
             self.first_bad = torch.where(bad_t, idx, T).min()
             self.length = T
-
-    def describe(self, chunk: int) -> str | None:
-        """'token t (chunk c)' if the last forward had a non-finite output, else None (syncs)."""
-        if self.first_bad is None:
-            return None
-        t = int(self.first_bad)
-        if t >= self.length:
-            return None
-        return f"token {t} (chunk {t // max(chunk, 1)} of {chunk} tokens)"
-
-
-def describe_stats(stats: dict[str, Any]) -> str:
-    """One line for a console: 'state 3.1 (max 3.4), update 0.8, loss 0.52→0.31'."""
-    parts = []
-    if "state_norm" in stats:
-        s = f"state {stats['state_norm']:.3g}"
-        if "max_state_norm" in stats:
-            s += f" (max {stats['max_state_norm']:.3g})"
-        parts.append(s)
-    if "update_norm" in stats:
-        parts.append(f"update {stats['update_norm']:.3g}")
-    if "loss_before" in stats and "loss_after" in stats:
-        parts.append(f"inner loss {stats['loss_before']:.3g}→{stats['loss_after']:.3g}")
-    return ", ".join(parts)
