@@ -52,6 +52,11 @@ PRESETS = ["transformer", "deltanet", "titans-lmm", "titans-mal", "titans-mag", 
 EVAL_BATCHES = 8
 
 
+def spec_path(preset: str) -> Path:
+    """A preset name (`specs/<name>.yaml`) or the path of any spec file (experiments)."""
+    return Path(preset) if preset.endswith((".yaml", ".nest")) else SPECS / f"{preset}.yaml"
+
+
 def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> dict[str, Any]:
     """Train and score one (preset, task, seed) in this process (called in a subprocess)."""
     import torch
@@ -61,12 +66,13 @@ def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> d
     from nestdsl.runtime.train import _make_task as make_task
     from nestdsl.spec import load_spec
 
+    path = spec_path(preset)
     if task == "default":
-        steps = load_spec(SPECS / f"{preset}.yaml").train.steps
+        steps = load_spec(path).train.steps
     overrides = ([f"data={TASKS[task]}"] if TASKS[task] else []) + [
         f"train.seed={seed}", "train.compile=false", f"train.log_every={max(1, steps // 20)}",
         f"train.ckpt_every={steps}", *sets]
-    spec = load_spec(SPECS / f"{preset}.yaml", overrides=overrides)
+    spec = load_spec(path, overrides=overrides)
     rec: dict[str, Any] = {"preset": preset, "task": task, "seed": seed, "steps": steps,
                            "overrides": sets}
     with tempfile.TemporaryDirectory() as tmp:

@@ -318,10 +318,11 @@ class _Builder:
     def add_self_modifying(self, layer: ir.SelfModifyingLayer, inst: str) -> tuple[list[str], str]:
         # Hope (design.md §3.4): the adaptive projections are memories that generate k, v, eta,
         # alpha (and q) for the main memory; every memory regresses to a self-generated v̂.
-        main = self.add_memory(layer.memory, instance=inst, target="v̂")
+        target = "v̂" if layer.values == "self" else "v"     # Eq. 84 vs the shared v_t (Eq. 79)
+        main = self.add_memory(layer.memory, instance=inst, target=target)
         adaptive = list(layer.adaptive)
         for role in adaptive:
-            p = self.add_memory(layer.projections, role=role, target="v̂", instance=inst)
+            p = self.add_memory(layer.projections, role=role, target=target, instance=inst)
             self.edge(p, main, "generates", "grad", role)
         static = [r for r in ("q", "k", "v", "eta", "alpha") if r not in adaptive]
         main_mem = self.spec.memories[layer.memory]

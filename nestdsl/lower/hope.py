@@ -9,6 +9,7 @@ the `memory` spec. For token t with C_other-chunk start c(t) and C_mem-chunk sta
     q_t      = SiLU(conv(x_t W_q))                        (static; M_q(θ_{q,c(t)}; x_t) if adaptive)
     q_t, k_t = q_t/‖q_t‖, k_t/‖k_t‖                       (qk_norm)
     v_t      = v_t/‖v_t‖                                   (v_norm; off by default, not in the paper)
+    (`values: shared` replaces every v̂ below by v_t: Eqs. 79–82, the non-self-modifying variant)
     η_t      = η_max · sigmoid(⟨w_η, M_η(θ_{η,c(t)}; x_t)⟩ + b_η)      (scale/init: rule.lr gate)
     α_t      = sigmoid(⟨w_α, M_α(θ_{α,c(t)}; x_t)⟩ + b_α)              (rule.retention gate)
     v̂_{□,t}  = M_□(θ_{□,c(t)}; v_t)                       self-generated targets (Eq. 84/95)
@@ -184,6 +185,7 @@ class SelfModifyingTitans(nn.Module):
         qk_norm: bool = True,
         v_norm: bool = False,
         output_gate: bool = True,
+        values: str = "self",
         ctx: BuildContext | None = None,
         node: Any = None,
         name: str = "self_modifying",
@@ -200,6 +202,7 @@ class SelfModifyingTitans(nn.Module):
         self.c_mem, self.c_other = c_mem, c_other
         self.window = max(c_mem, c_other)
         self.qk_norm, self.v_norm, self.output_gate = qk_norm, v_norm, output_gate
+        self.values = values
         self.conv_width = conv
         self.mem_ir, self.proj_ir = mem_ir, proj_ir
         self.notes: list[str] = []
@@ -305,7 +308,7 @@ class SelfModifyingTitans(nn.Module):
             mem_mlp=_mlp_of(mem, d), proj_mlp=_mlp_of(proj, d),
             mem_rule=mem_rule, proj_rule=proj_rule, adaptive=tuple(layer_ir.adaptive),
             c_mem=c_mem, c_other=c_other, conv=layer_ir.conv, qk_norm=layer_ir.qk_norm,
-            v_norm=layer_ir.v_norm,
+            v_norm=layer_ir.v_norm, values=layer_ir.values,
             output_gate=layer_ir.output_gate, ctx=ctx, node=layer_ir, name=name,
             mem_ir=mem, proj_ir=proj,
         )
@@ -385,6 +388,10 @@ class SelfModifyingTitans(nn.Module):
         out = mod(feats[GATE_SOURCE[role]]) if isinstance(mod, GeneratedGate) else mod(xs)
         return out / div if div != 1.0 else out
 
+    def _target(self, v: Tensor, weights: tuple[Tensor, ...], mlp: MLPMemory, name: str) -> Tensor:
+        """Memory `name`'s inner-loss target: v̂ = M(θ_c; v_t) (Eq. 84) or the shared v_t (Eq. 79)."""
+        return mlp_forward(weights, v, mlp, self._norm(name)) if self.values == "self" else v
+
     def _generate(self, xs: Tensor, weights: dict[str, tuple[Tensor, ...]], conv: dict[str, Tensor]
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], list[Any], list[Any], dict[str, Tensor]]:
         """Everything one C_other chunk generates from the chunk-start states (Eqs. 83–84, 90).
@@ -415,8 +422,7 @@ class SelfModifyingTitans(nn.Module):
                  for r in ("eta", "alpha") if r in self.roles}
         mem_g = [self._gate("mem", role, xs, feats) for role in GATE_ROLES]
         proj_g = [self._gate("proj", role, xs, feats) for role in GATE_ROLES]
-        targets = {r: mlp_forward(weights[r], v, self.proj_mlp, self._norm(r))       # Eq. 84
-                   for r in self.roles}
+        targets = {r: self._target(v, weights[r], self.proj_mlp, r) for r in self.roles}
         return q, k, v, targets, mem_g, proj_g, conv
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
@@ -494,7 +500,7 @@ class SelfModifyingTitans(nn.Module):
         for s in range(0, L, self.c_mem):
             sl = slice(s, s + self.c_mem)
             norm = self._norm("mem")
-            target = mlp_forward(mems["mem"].weights, v[:, :, sl], self.mem_mlp, norm)
+            target = self._target(v[:, :, sl], mems["mem"].weights, self.mem_mlp, "mem")
             o, new = self._mlp_step(mems["mem"], q[:, :, sl], k[:, :, sl], target,
                                     _slice_gate(lr, sl), _slice_gate(ret, sl), _slice_gate(mom, sl),
                                     spec=self.mem_mlp, objective=self.mem_rule.objective,
@@ -528,11 +534,13 @@ class SelfModifyingTitans(nn.Module):
         notes = [why,
                  f"memories: {', '.join(['mem'] + self.roles)}; static projections: "
                  f"{', '.join(static) or 'none'}",
-                 f"targets v̂ = M(θ_c(t); v_t) (self-generated, Eq. 84); gates η {describe_gate(self.mem_rule.lr, '1')}, "
+                 ("targets v̂ = M(θ_c(t); v_t) (self-generated, Eq. 84)" if self.values == "self"
+                  else "targets v_t shared by every memory (Eq. 79)") + f"; gates η {describe_gate(self.mem_rule.lr, '1')}, "
                  f"α {describe_gate(self.mem_rule.retention, 'none')}, β {describe_gate(self.mem_rule.momentum, 'none')}",
                  f"step = {self.window} tokens (C_mem {self.c_mem}, C_other {self.c_other})",
                  *self.notes]
-        mem_upd = _update(self.mem_ir, self.c_mem)
+        target = "v̂" if self.values == "self" else "v"
+        mem_upd = _update(self.mem_ir, self.c_mem, target)
         rows = [PlanRow(name=f"{self.name} (M_mem)", kind="self_modifying",
                         implementation="mlp chunk step (closed-form grads" +
                         (", UT solve for DGD)" if self.mem_rule.kind == "dgd" else ")"),
@@ -544,7 +552,7 @@ class SelfModifyingTitans(nn.Module):
                                 implementation="mlp chunk step, generated at the chunk start",
                                 chunk_size=self.c_other, read="chunk", writes=self.proj_rule.writes,
                                 params=proj_counts[r], compiled=status,
-                                update=_update(self.proj_ir, self.c_other)))
+                                update=_update(self.proj_ir, self.c_other, target)))
         return rows
 
 
@@ -558,9 +566,9 @@ def _mlp_of(mem: ir.Memory, head_dim: int) -> MLPMemory:
 _MLP_SPECS: dict[MLPMemory, MLPMemory] = {}
 
 
-def _update(mem: ir.Memory | None, C: int) -> str:
-    """The memory's update with Hope's self-generated target v̂ (the one renderer, graph/)."""
-    return "" if mem is None else update_equation(mem, C, target="v̂")
+def _update(mem: ir.Memory | None, C: int, target: str) -> str:
+    """The memory's update with Hope's target (v̂ or the shared v; the one renderer, graph/)."""
+    return "" if mem is None else update_equation(mem, C, target=target)
 
 
 @register_layer("self_modifying")

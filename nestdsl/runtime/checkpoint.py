@@ -52,13 +52,18 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "UnreadableCheckpoint",
     "capture_rng_state",
     "find_latest",
     "flatten_state",
     "is_complete",
     "list_checkpoints",
     "load_checkpoint",
+    "holds_run",
     "read_meta",
+    "resume_latest",
+    "step_folders",
+    "unreadable_folders",
     "restore_rng_state",
     "save_checkpoint",
     "spec_hash",
@@ -78,6 +83,14 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(Exception):
     """A checkpoint cannot be written or read; the message is one line for the user."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint folder's files are missing, truncated or corrupt (not: from another spec)."""
+
+
+#: Prefix of a checkpoint folder moved aside because it did not verify (kept, never pruned).
+UNREADABLE_PREFIX = "unreadable-"
 
 
 def spec_hash(spec_text: str) -> str:
@@ -345,11 +358,11 @@ def read_meta(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"not a checkpoint (no {META_FILE}): {p.parent}") from None
+        raise UnreadableCheckpoint(f"not a checkpoint (no {META_FILE}): {p.parent}") from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {p}: {e}") from None
+        raise UnreadableCheckpoint(f"cannot read {p}: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"not a nestdsl checkpoint: {p.parent}")
+        raise UnreadableCheckpoint(f"not a nestdsl checkpoint: {p.parent}")
     if int(meta.get("version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {p.parent} has format version {meta.get('version')}, newer than the "
@@ -385,6 +398,26 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
         return []
     found = [(s, p) for p in d.iterdir() if (s := _step_of(p)) is not None and p.is_dir()]
     return [p for _, p in sorted(found) if is_complete(p)]
+
+
+def step_folders(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every ``step_<n>`` folder of a run, complete or not, newest step first."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(s, p) for p in d.iterdir() if (s := _step_of(p)) is not None and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def unreadable_folders(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint folders set aside by `resume_latest` because they did not verify."""
+    d = Path(run_dir)
+    return sorted(p for p in d.glob(f"{UNREADABLE_PREFIX}step_*") if p.is_dir()) if d.is_dir() else []
+
+
+def holds_run(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether a folder holds a run's checkpoints, readable or not (a fresh start must refuse)."""
+    return bool(step_folders(run_dir) or unreadable_folders(run_dir))
 
 
 def find_latest(run_dir: str | os.PathLike[str]) -> Path | None:
@@ -583,11 +616,51 @@ class Checkpoint:
             restore_rng_state(self.rng)
 
 
+def resume_latest(run_dir: str | os.PathLike[str], *, move_aside: bool = True,
+                  **load: Any) -> tuple[Checkpoint | None, list[str]]:
+    """Load the newest checkpoint of a run that verifies; ``load`` goes to `load_checkpoint`.
+
+    Returns the checkpoint (``None`` when the run has no checkpoint folder at all) and one note
+    per newer folder that did not verify. Such a folder is never deleted or overwritten: it is
+    renamed ``unreadable-step_<n>`` (by one process: ``move_aside``) so the resumed run can write
+    its step again. A checkpoint of another spec stops the search (`CheckpointError`), and so
+    does a run whose every checkpoint is unreadable: starting over would silently discard it.
+    """
+    run = Path(run_dir)
+    folders = step_folders(run)
+    notes: list[str] = []
+    for p in folders:
+        try:
+            return load_checkpoint(p, **load), notes
+        except UnreadableCheckpoint as e:
+            kept = f"; kept it as {_move_aside(p).name}" if move_aside else ""
+            notes.append(f"checkpoint {p.name} does not verify ({e}){kept}")
+    aside = unreadable_folders(run)
+    if not folders and not aside:
+        return None, notes
+    notes += [f"{p.name} was set aside earlier (it did not verify)" for p in aside if not any(
+        p.name in n for n in notes)]
+    raise CheckpointError(
+        f"no checkpoint in {run} verifies: " + "; ".join(notes) +
+        ". Nothing was overwritten; remove the run folder or choose another --out to start over")
+
+
+def _move_aside(p: Path) -> Path:
+    """Rename an unreadable checkpoint folder out of the ``step_<n>`` namespace (first free name)."""
+    for i in range(1000):
+        aside = p.with_name(f"{UNREADABLE_PREFIX}{p.name}" + (f".{i}" if i else ""))
+        if not aside.exists():
+            os.rename(p, aside)
+            _fsync_dir(p.parent)
+            return aside
+    raise CheckpointError(f"cannot move the unreadable checkpoint {p} aside: too many copies")
+
+
 def _load_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=device)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+        raise UnreadableCheckpoint(f"cannot read {path}: {e}") from None
 
 
 def load_checkpoint(
@@ -628,14 +701,14 @@ def load_checkpoint(
             "trained with, or a new output folder"
         )
     if meta.get("complete") is not True:
-        raise CheckpointError(f"checkpoint {p} is incomplete")
+        raise UnreadableCheckpoint(f"checkpoint {p} is incomplete")
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     for fname, info in meta.get("files", {}).items():
         fp = p / fname
         if not fp.is_file():
-            raise CheckpointError(f"checkpoint {p} is missing {fname}")
+            raise UnreadableCheckpoint(f"checkpoint {p} is missing {fname}")
         if verify and _sha256(fp) != info.get("sha256"):
-            raise CheckpointError(f"checkpoint file {fp} is corrupt (sha256 mismatch)")
+            raise UnreadableCheckpoint(f"checkpoint file {fp} is corrupt (sha256 mismatch)")
         tensors[fname] = _load_tensors(fp, device)
     model_state = unflatten_state(meta["model"], tensors.get(MODEL_FILE, {}))
     if isinstance(model_state, dict):

@@ -288,7 +288,7 @@ def train(
             f"data.batch = {data_spec.batch} is not divisible by the {world} processes; "
             f"use a multiple of {world} (the global batch is split evenly across ranks)"
         )
-    if not resume and ckpt.find_latest(run_dir) is not None:
+    if not resume and ckpt.holds_run(run_dir):        # readable or not: never overwrite work
         raise TrainConfigError(
             f"{run_dir} already holds checkpoints of a run; pass --resume to continue it, or "
             "choose another --out folder (nothing was overwritten)"
@@ -321,12 +321,16 @@ def train(
     loss_acc = torch.zeros((), device=device)
     n_acc = 0
     if resume:
-        latest = ckpt.find_latest(run_dir)
-        if latest is not None:
-            loaded = ckpt.load_checkpoint(
-                latest, model=model, optimizer=[lo.optimizer for lo in level_opts],
-                spec_text=spec_text, restore_rng=True, device=device,
-            )
+        # the newest checkpoint that verifies; newer unreadable ones are moved aside, not lost
+        loaded, skipped = ckpt.resume_latest(
+            run_dir, model=model, optimizer=[lo.optimizer for lo in level_opts],
+            spec_text=spec_text, restore_rng=True, device=device, move_aside=rank == 0)
+        if skipped and rank == 0 and loaded is not None:
+            import warnings
+
+            for note in skipped:
+                warnings.warn(f"{note}; resuming from {loaded.path.name}", stacklevel=2)
+        if loaded is not None:
             start_step = loaded.step
             extra = loaded.extra or {}
             history = list(extra.get("history", []))

@@ -288,6 +288,12 @@ class SelfModifyingLayer(_Layer):
                     "M(v_t) and keeps the inner steps of every memory stable; not in the paper)",
     )
     output_gate: bool = True
+    values: Literal["self", "shared"] = Field(
+        default="self",
+        description="each memory's target: `self` = its own v̂_t = M(v_t) (self-modifying, NL paper "
+                    "Eqs. 83–85); `shared` = v_t for every memory (fully adaptive memories "
+                    "sharing values, Eqs. 79–82)",
+    )
 
 
 class CMSLayer(_Layer):

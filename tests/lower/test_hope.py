@@ -22,7 +22,8 @@ from nestdsl.spec import parse_text
 def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 4,
               read: str = "chunk", adaptive: list[str] | None = None,
               mem_rule: dict[str, Any] | None = None, proj_rule: dict[str, Any] | None = None,
-              conv: int = 4, mem_writes: str = "grad", v_norm: bool = False) -> dict[str, Any]:
+              conv: int = 4, mem_writes: str = "grad", v_norm: bool = False,
+              values: str = "self") -> dict[str, Any]:
     mem_rule = mem_rule if mem_rule is not None else {
         "kind": "dgd", "lr": {"learned": "sigmoid", "scale": 0.5},
         "retention": {"learned": "sigmoid", "init": 0.9},
@@ -41,7 +42,7 @@ def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 
         },
         "blocks": {"b": {"layers": [{
             "type": "self_modifying", "memory": "titans", "projections": "projection", "conv": conv,
-            "v_norm": v_norm,
+            "v_norm": v_norm, "values": values,
             "adaptive": adaptive if adaptive is not None else ["k", "v", "eta", "alpha"]}]}},
         "data": {"task": "copy", "seq_len": 64, "batch": 2},
     }
@@ -125,7 +126,8 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
         for n in names:
             group = "mem" if n == "mem" else "proj"
             eta, alpha, beta = (gate(group, role, xt, feats) for role in ("lr", "retention", "momentum"))
-            target = M(anchor[n], v)                              # v̂_{□,t} (Eq. 84)
+            # v̂_{□,t} = M_□(v_t) (Eq. 84), or the shared v_t (Eq. 79)
+            target = M(anchor[n], v) if layer.values == "self" else v
             g = inner_grad(anchor[n], k, target)                  # ∇ℓ at θ_{c(t)}
             if beta is not None:                                  # S_t = β S_{t−1} − η g
                 S[n] = [beta[:, None, None] * s - eta[:, None, None] * gi for s, gi in zip(S[n], g, strict=True)]
@@ -175,6 +177,7 @@ CASES = [
                  id="Cmem2-Cother4-before-adaptive-q"),
     pytest.param(4, 2, "after", {"v_norm": True}, id="Cmem4-Cother2-after-v-norm"),
     pytest.param(1, 1, "chunk", {"v_norm": True, "conv": 0}, id="C1-chunk-v-norm-no-conv"),
+    pytest.param(4, 2, "after", {"values": "shared"}, id="Cmem4-Cother2-after-shared-values"),
 ]
 
 

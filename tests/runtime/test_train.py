@@ -247,6 +247,51 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, monkeypatch):
     assert r.exit_code == 0 and "already at step 2" in r.output, r.output
 
 
+def _damage(folder: Path, what: str) -> None:
+    """Break one file of a checkpoint folder the way a crash or a bad disk would."""
+    if what == "meta":                      # a meta.json cut short mid-write
+        f = folder / "meta.json"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:                                   # flipped bytes in a tensor file (same size)
+        f = folder / f"{what}.safetensors"
+        data = bytearray(f.read_bytes())
+        data[-8:] = bytes(255 - b for b in data[-8:])
+        f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("what", ["meta", "model", "optim", "state"])
+def test_resume_falls_back_past_an_unreadable_checkpoint(tmp_path, monkeypatch, what):
+    S.install(monkeypatch)
+    spec = S.text_spec(tmp_path, steps=6, log_every=1, ckpt_every=2)
+    _train(spec, tmp_path / "A")                                   # uninterrupted: 6 steps
+    _train(spec, tmp_path / "B", steps=4)                         # step_2, step_4
+    _damage(tmp_path / "B" / "step_000004", what)
+    with pytest.warns(UserWarning, match="step_000004 does not verify.*resuming from step_000002"):
+        result = _train(spec, tmp_path / "B", resume=True)
+    assert result.start_step == 2
+    kept = tmp_path / "B" / "unreadable-step_000004"              # moved aside, not lost
+    assert kept.is_dir() and ck.find_latest(tmp_path / "B").name == "step_000006"
+    assert_bitwise(model_tensors(tmp_path / "A"), model_tensors(tmp_path / "B"))
+    assert losses(tmp_path / "A") == losses(tmp_path / "B")
+
+
+def test_resume_stops_when_no_checkpoint_verifies(tmp_path, monkeypatch):
+    S.install(monkeypatch)
+    spec = S.text_spec(tmp_path, steps=2, log_every=1, ckpt_every=2)
+    assert cli("train", spec, "--out", tmp_path / "run", "-q").exit_code == 0
+    folder = tmp_path / "run" / "step_000002"
+    _damage(folder, "meta")
+    broken = (folder / "meta.json").read_bytes()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    for args in (["--resume"], []):        # neither a resume nor a fresh start may discard the run
+        r = cli("train", spec, "--out", tmp_path / "run", "-q", *args)
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        assert ("verifies" in r.output) if args else ("--resume" in r.output)
+    kept = tmp_path / "run" / "unreadable-step_000002" / "meta.json"
+    assert kept.read_bytes() == broken
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. SIGKILL mid-run + --resume = uninterrupted run (bitwise, CPU), in subprocesses
 
