@@ -19,6 +19,7 @@ betas = (beta, beta2) and eps from the spec.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -143,10 +144,30 @@ def _named(params: Any) -> tuple[list[tuple[str | None, Tensor]], set[int]]:
     return out, set()
 
 
+def optimizer_spec(spec: Any) -> Any:
+    """The IR `Optimizer` of a spec file path, a loaded `ir.Spec` or an `Optimizer` node."""
+    from nestdsl.spec import ir, load_spec
+
+    if isinstance(spec, (str, os.PathLike)):
+        spec = load_spec(spec)
+    if isinstance(spec, ir.Spec):
+        if spec.outer_optimizer is None:
+            where = spec.source_file or spec.name
+            raise ValueError(f"{where}: has no `optimizer:` section")
+        return spec.outer_optimizer
+    if not isinstance(spec, ir.Optimizer):
+        raise TypeError(f"expected an optimizer spec path, an ir.Spec or an ir.Optimizer, "
+                        f"got {type(spec).__name__}")
+    return spec
+
+
 def build(
     spec: Any, params_or_named_params: Any, *, embedding_ids: set[int] | None = None
 ) -> torch.optim.Optimizer:
-    """A `torch.optim.Optimizer` for `spec` (an IR `Optimizer`) over the given parameters.
+    """A `torch.optim.Optimizer` for `spec` over the given parameters.
+
+    `spec`: the path of an optimizer spec file (e.g. ``"specs/optim/m3.yaml"``), a loaded
+    `ir.Spec` (its outer optimizer) or an IR `Optimizer` node.
 
     Accepts an `nn.Module`, an iterable of `(name, tensor)` pairs (e.g. `model.named_parameters()`)
     or of tensors. Parameters with `requires_grad=False` and duplicates (tied weights) are
@@ -154,6 +175,7 @@ def build(
     `embedding_ids`: ids of tensors to treat as embeddings whatever their names (e.g. the
     weights of the model's `nn.Embedding`s when only some of its parameters are passed).
     """
+    spec = optimizer_spec(spec)
     named, found_ids = _named(params_or_named_params)
     embedding_ids = found_ids | set(embedding_ids or ())
     seen: set[int] = set()

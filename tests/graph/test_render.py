@@ -52,7 +52,17 @@ def test_hope_shows_periods_edges_and_read_modes(hope: ir.Spec, fmt: str) -> Non
     for kind in ("reads", "generates", "writes", "meta", "optimizes"):
         assert kind in out, kind
     assert "grad" in out and "stop" in out
-    assert "read" in out and "chunk" in out  # titans and the projections read at chunk start
+    # each memory's read mode, as the spec sets it: titans reads after its write, the
+    # projections read their chunk-start state
+    if fmt == "json":
+        reads = {n["id"]: n["read"] for n in json.loads(out)["nodes"] if n["kind"] == "memory"}
+        assert reads["memory:titans"] == "after"
+        assert {reads[f"memory:projection.{r}"] for r in ("k", "v", "eta", "alpha")} == {"chunk"}
+    else:
+        lines = out.splitlines()
+        for name, read in (("memory titans", "after"), ("memory projection.k", "chunk")):
+            line = next(ln for ln in lines if name in ln and "read:" in ln)
+            assert f"read: {read}" in line, line
 
 
 def test_text_has_tree_and_timeline(hope: ir.Spec) -> None:

@@ -145,3 +145,22 @@ def test_levels_module_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_build_takes_a_spec_file_path_a_spec_or_an_ir_node(tmp_path) -> None:
+    from pathlib import Path
+
+    from nestdsl.spec import load_spec
+
+    path = Path(__file__).resolve().parents[2] / "specs" / "optim" / "m3.yaml"
+    node = load_spec(path).outer_optimizer
+    routes = [_routes(build(src, TinyLM().named_parameters())) for src in (str(path), path, load_spec(path), node)]
+    assert routes[0] == routes[1] == routes[2] == routes[3]
+    assert routes[0]["proj.weight"][0] == "m3" and routes[0]["embed.weight"][0] == "adamw"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("nestdsl: 1\nname: bare\nmodel: {width: 8, depth: 1, pattern: [b]}\n"
+                    "blocks: {b: {layers: [{type: mlp}]}}\n")
+    with pytest.raises(ValueError, match="no `optimizer:` section"):
+        build(load_spec(bare, check=False), TinyLM().parameters())
+    with pytest.raises(TypeError, match="optimizer spec path"):
+        build(3, TinyLM().parameters())
