@@ -1,7 +1,7 @@
 """`.nest` surface syntax → `Document` (the same plain data the YAML form gives, with positions).
 
-The language is defined by the lark grammar `grammars/nest.lark` (a byte-identical copy ships as
-`nestdsl/grammars/nest.lark` so installed packages work).  We parse with LALR + the contextual
+The language is defined by the lark grammar `grammars/nest.lark`; the package reads that same file
+through `nestdsl/grammars/nest.lark`, a symbolic link (a wheel stores its content).  We parse with LALR + the contextual
 lexer (a few milliseconds per preset) and then *build the document by hand* rather than with a
 lark Transformer, because every node needs two positions recorded under the YAML loader's path
 conventions (`positions[path]` for the value, `key_positions[path]` for the key that named it):
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from functools import cache, lru_cache
-from pathlib import Path as FsPath
+from importlib import resources
 from typing import Any
 
 from lark import Lark, Token, Tree
@@ -28,11 +28,8 @@ from nestdsl.diagnostics import Diagnostic, SpecError, did_you_mean
 from nestdsl.spec import ir
 from nestdsl.spec.source import Document, Path, Span
 
-__all__ = ["GRAMMAR_PATHS", "KEYWORDS", "grammar_text", "nest_lark", "parse_nest", "unescape"]
+__all__ = ["KEYWORDS", "grammar_text", "nest_lark", "parse_nest", "unescape"]
 
-_HERE = FsPath(__file__).resolve().parent
-# The canonical grammar lives at the repository root; the package copy serves installs.
-GRAMMAR_PATHS = (_HERE.parent.parent / "grammars" / "nest.lark", _HERE.parent / "grammars" / "nest.lark")
 
 # Statement keywords (top level) and layer keywords (inside `block`), for did-you-mean hints.
 STATEMENTS = ("nestdsl", "spec", "doc", "model", "level", "memory", "cms", "block", "optimizer", "data", "train")
@@ -55,11 +52,8 @@ _IGNORED_TERMINALS = {"WS", "COMMENT"}
 
 
 def grammar_text() -> str:
-    """The grammar source (repository copy first, then the packaged copy)."""
-    for path in GRAMMAR_PATHS:
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    raise FileNotFoundError("nest.lark not found in " + ", ".join(str(p) for p in GRAMMAR_PATHS))
+    """The grammar source: `grammars/nest.lark`, read as package data of `nestdsl`."""
+    return resources.files("nestdsl").joinpath("grammars", "nest.lark").read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
