@@ -214,14 +214,8 @@ def register(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # torch-side commands (compile, train, eval, plot, bench) are defined in nestdsl/cli_run.py and
 # imported here lazily so `check`/`fmt`/`graph`/`schema` stay torch-free at import time.
+from nestdsl import cli_run as _cli_run  # noqa: E402,F401  (compile, bench)
 from nestdsl import cli_train as _cli_train  # noqa: E402,F401  (train, eval, plot)
-
-try:
-    from nestdsl import cli_run as _cli_run  # noqa: F401  (compile, bench)
-except ImportError as _e:  # pragma: no cover - only while the runtime is being developed
-    if "cli_run" not in str(_e):
-        raise
-
 
 if __name__ == "__main__":
     main()

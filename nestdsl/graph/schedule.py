@@ -144,24 +144,12 @@ def _used_memories(spec: ir.Spec) -> set[str]:
 
 
 def optimizer_levels(opt: ir.Optimizer | None) -> tuple[list[dict[str, Any]], str]:
-    """The outer optimizer's own levels as dicts (see `nestdsl.optim.levels`), and their source.
-
-    Uses `nestdsl.optim.levels.describe_levels` (pure Python) when it is importable; otherwise
-    (or if it fails on this optimizer) one generic "optimizer step" level, so the graph never
-    depends on the optimizer package being finished.
-    """
+    """The outer optimizer's own levels as dicts (see `nestdsl.optim.levels`), and their source."""
     if opt is None:
         return [], "none"
-    try:
-        from nestdsl.optim.levels import describe_levels
+    from nestdsl.optim.levels import describe_levels
 
-        levels = [dict(lv) for lv in describe_levels(opt)]
-        return levels, "nestdsl.optim.levels"
-    except Exception:  # noqa: BLE001 - any failure there must not break `nestdsl graph`
-        return [
-            {"name": "optimizer_step", "period": 1, "unit": "steps", "reads": ["grad"],
-             "writes": "params", "params": "all", "doc": f"{opt.type} update of all parameters"}
-        ], "fallback"
+    return [dict(lv) for lv in describe_levels(opt)], "nestdsl.optim.levels"
 
 
 @dataclass

@@ -34,8 +34,8 @@ and tokens per step = batch × seq_len from the spec's `data`, or the ir._Data d
 
 Compilation: the stage MLPs run eagerly (two matmuls, nothing to fuse). A model with `task`
 stages needs compiled graphs that can be back-propagated through twice (`task_sweep` uses
-retain_graph): building such a layer with compile on calls `allow_repeated_backward()`, which
-turns off AOTAutograd's donated buffers and inductor's in-place buffer reuse (global switches).
+retain_graph): such a layer sets `CompileConfig.repeated_backward`, which turns off AOTAutograd's
+donated buffers and inductor's in-place buffer reuse for this model's compiled functions only.
 
 Streaming state: {"__cms__": tag, "pos": tokens seen, "fast": {stage: (W_in, W_out)} current fast
 weights (B, out, in) of in-context stages, "anchor": {stage: chunk-start weights} of local stages};
@@ -60,7 +60,7 @@ from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
 from nestdsl.spec import ir
 
-__all__ = ["StageLevel", "CMSLayerModule", "allow_repeated_backward", "build_cms"]
+__all__ = ["StageLevel", "CMSLayerModule", "build_cms"]
 
 _TAGS = itertools.count()
 
@@ -96,22 +96,6 @@ class CMSStageModule(nn.Module):
                 self.value.weight.copy_(torch.eye(width))
 
 
-def allow_repeated_backward() -> None:
-    """Make compiled graphs safe to back-propagate through more than once.
-
-    `task_sweep` takes `torch.autograd.grad(..., retain_graph=True)` at every level boundary and
-    the outer backward runs through the same graphs again. AOTAutograd's donated buffers forbid
-    that (an error), and inductor's in-place buffer reuse in backward graphs silently clobbers
-    saved tensors (wrong gradients on the second backward; torch 2.13, CPU). Global switches:
-    they must be set before the first compile.
-    """
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
-    functorch_config.donated_buffer = False
-    inductor_config.inplace_buffers = False
-
-
 def _pieces(pos: int, T: int, periods: list[int]) -> list[tuple[int, int]]:
     """Split [0, T) at every absolute position pos + t that is a multiple of one of `periods`."""
     cuts = {0, T}
@@ -142,8 +126,8 @@ class CMSLayerModule(nn.Module):
         self.uses_task_sweep = bool(self.task_stages())
         cfg = compile_config or CompileConfig(enabled=False)
         self.compile_config = cfg
-        if self.uses_task_sweep and cfg.enabled:
-            allow_repeated_backward()
+        if self.uses_task_sweep:
+            cfg.repeated_backward = True     # compiled graphs are back-propagated through twice
         # Stage MLPs run eagerly: two matmuls each, nothing for inductor to fuse, and compiling
         # them would cost one graph per (stage, weight layout) — persistent, broadcast initial
         # and written fast weights — for no measurable gain.

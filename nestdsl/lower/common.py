@@ -3,7 +3,9 @@ the compiled-with-eager-twin wrapper, and positioned lowering errors."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +47,14 @@ class CompileConfig:
 
     enabled: bool = True
     failures: dict[str, str] = field(default_factory=dict)   # function name -> reason
+    # Set by layers whose compiled graphs are back-propagated through twice (the CMS task sweep's
+    # retain_graph): no donated buffers (AOTAutograd refuses a second backward) and no in-place
+    # buffer reuse in inductor's backward graphs (it clobbers saved tensors: wrong gradients on
+    # the second backward; torch 2.13, CPU). Scoped to this model's compiled functions.
+    repeated_backward: bool = False
+    # Graphs per compiled function (one per layer, chunk shape and gate configuration): deep
+    # hybrids need more than dynamo's default before they would silently drop to eager.
+    recompile_limit: int = 64
 
     def note_failure(self, name: str, exc: BaseException) -> None:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -73,15 +83,46 @@ class Compiled:
         if not self.active:
             return self.fn(*args, **kwargs)
         if self._compiled is None:
-            self._compiled = torch.compile(self.fn)
+            if self.config.repeated_backward:
+                self._compiled = torch.compile(_own_code(self.fn), options={"inplace_buffers": False})
+            else:
+                self._compiled = torch.compile(self.fn)
         try:
-            return self._compiled(*args, **kwargs)
+            with compile_scope(self.config):
+                return self._compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
             # If eager fails too, it was the input, not the compiler: raise eager's error and
             # keep compiling. Otherwise record the fallback (shown in the plan) and go on eagerly.
             out = self.fn(*args, **kwargs)
             self.config.note_failure(self.name, e)
             return out
+
+
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with a code object of its own. Dynamo keeps compiled graphs per code object, so
+    without this a repeated-backward model could be handed a graph another model compiled with
+    donated buffers (same function, same shapes): its second backward would fail."""
+    bound = getattr(fn, "__self__", None)
+    f = getattr(fn, "__func__", fn)
+    code = f.__code__.replace(co_name=f"{f.__code__.co_name}__repeated_backward")
+    g = types.FunctionType(code, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    g.__kwdefaults__ = f.__kwdefaults__
+    return types.MethodType(g, bound) if bound is not None else g
+
+
+def compile_scope(config: CompileConfig) -> contextlib.AbstractContextManager[Any]:
+    """The torch settings a model's compiled functions run (and compile) under, set only for the
+    call: dynamo's recompile limit and, for repeated backward, no donated buffers."""
+    import torch._dynamo as dynamo
+    import torch._functorch.config as functorch_config
+
+    limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+    stack = contextlib.ExitStack()
+    stack.enter_context(dynamo.config.patch(**{limit: max(getattr(dynamo.config, limit),
+                                                          config.recompile_limit)}))
+    if config.repeated_backward:
+        stack.enter_context(functorch_config.patch(donated_buffer=False))
+    return stack
 
 
 def compile_status(config: CompileConfig, names: list[str], what: str) -> tuple[str, str]:

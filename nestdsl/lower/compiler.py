@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from nestdsl.graph.schedule import Schedule, schedule
 from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.model import NestModel
@@ -50,7 +50,7 @@ class CompiledSystem:
     spec: ir.Spec
     model: NestModel
     levels: list[LevelInfo]
-    schedule: Any
+    schedule: Schedule
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -123,17 +123,6 @@ def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
     return levels
 
 
-def _schedule(spec: ir.Spec) -> Any:
-    try:
-        from nestdsl.graph.schedule import schedule
-    except ImportError:
-        return None
-    try:
-        return schedule(spec)
-    except Exception:  # noqa: BLE001 - the schedule is informative; lowering does not need it
-        return None
-
-
 def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, compile: bool = True) -> CompiledSystem:  # noqa: A002
     """Lower a spec to a trainable system.
@@ -155,26 +144,11 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
     if spec.model is None:
         raise spec_error(spec, spec, f"spec '{spec.name}' has no `model:` section to lower",
                          "this looks like an optimizer spec; use it from a model spec's `optimizer:`")
-    if compile:
-        # One graph per (layer, chunk shape, gate configuration): raise dynamo's per-function
-        # recompile limit so deep hybrids do not silently drop to eager.
-        import torch._dynamo as dynamo
-
-        for attr in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo.config, attr):
-                setattr(dynamo.config, attr, max(getattr(dynamo.config, attr), 64))
     ctx = BuildContext(spec=spec, compile=CompileConfig(enabled=compile))
     model = NestModel(ctx)
     notes: list[str] = []
     if model.uses_task_sweep:
-        import importlib.util
-
-        if importlib.util.find_spec("nestdsl.lower.sweep") is None:
-            raise spec_error(spec, spec.model, "this model has CMS stages with the in-context `task` "
-                             "signal, which train through the chunked task sweep "
-                             "(nestdsl.lower.sweep), not available in this installation",
-                             "use `signal: local` for now")
         notes.append("loss: chunked task sweep (in-context CMS levels with the task signal)")
     model = model.to(device=device, dtype=dtype)
     return CompiledSystem(spec=spec, model=model, levels=_levels(spec, model),
-                          schedule=_schedule(spec), notes=notes)
+                          schedule=schedule(spec), notes=notes)

@@ -28,7 +28,7 @@ class LayerSlot(nn.Module):
     def __init__(self, ctx: BuildContext, node: Any, name: str) -> None:
         super().__init__()
         self.name, self.type = name, node.type
-        self.layer = get_builder(node.type, ctx, node)(ctx, node, name)
+        self.layer = get_builder(node.type)(ctx, node, name)
         self.owns_residual = bool(getattr(self.layer, "owns_residual", False))
         self.norm = nn.Identity() if self.owns_residual else make_norm(node.norm, ctx.width)
         self.residual = node.residual

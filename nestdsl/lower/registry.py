@@ -5,15 +5,12 @@ A builder turns one IR layer into an `nn.Module` following `nestdsl.lower.layer.
     @register_layer("cms")
     def build_cms(ctx: BuildContext, node: ir.CMSLayer, name: str) -> nn.Module: ...
 
-Builders for the layer types of this package register on import; the types provided by other
-modules (`self_modifying` in `nestdsl.lower.hope`, `cms` in `nestdsl.lower.cms`) are imported on
-first use. A type whose module does not exist yet is a positioned `SpecError`, not a traceback.
+Each layer type's module (`PROVIDERS`) is imported on first use and registers its builder.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -46,20 +43,8 @@ def register_layer(type_: str) -> Callable[[LayerBuilder], LayerBuilder]:
     return deco
 
 
-def provider_available(type_: str) -> bool:
-    """Whether the module providing `type_` exists (it may still fail to import)."""
-    if type_ in LAYER_BUILDERS:
-        return True
-    mod = PROVIDERS.get(type_)
-    return mod is not None and importlib.util.find_spec(mod) is not None
-
-
-def get_builder(type_: str, ctx: BuildContext, node: Any) -> LayerBuilder:
+def get_builder(type_: str) -> LayerBuilder:
+    """The builder of a layer type (the IR's layer types are closed: every one has a provider)."""
     if type_ not in LAYER_BUILDERS:
-        mod = PROVIDERS.get(type_)
-        if mod is not None and importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)      # registers its builders; its own errors propagate
-    if type_ not in LAYER_BUILDERS:
-        raise ctx.error(node, f"layer type '{type_}' cannot be lowered yet: no builder is registered",
-                        f"module {PROVIDERS.get(type_, '?')} is not available in this installation")
+        importlib.import_module(PROVIDERS[type_])      # registers its builders
     return LAYER_BUILDERS[type_]

@@ -42,12 +42,12 @@ def test_lowering_errors_point_at_the_spec(memories, layers, levels, needle, mes
     assert d.span.line == _line_of(text, needle), (d.span, text)
 
 
-def test_unavailable_layer_type_is_a_spec_error(monkeypatch) -> None:
-    monkeypatch.delitem(registry.LAYER_BUILDERS, "mlp", raising=False)
-    monkeypatch.setitem(registry.PROVIDERS, "mlp", "nestdsl.lower.does_not_exist")
-    text = model_spec(DN, "      - {type: mlp}")
-    with pytest.raises(SpecError, match="cannot be lowered yet"):
-        build(text)
+def test_every_layer_type_of_the_ir_has_a_builder() -> None:
+    from nestdsl.spec.ir import LAYER_TYPES
+
+    assert set(registry.PROVIDERS) == set(LAYER_TYPES)
+    for t in LAYER_TYPES:
+        assert callable(registry.get_builder(t)), t
 
 
 def test_cli_compile_bad_spec_exits_2(tmp_path) -> None:
