@@ -150,14 +150,19 @@ def fmt(
     path: Annotated[Path, typer.Argument(help="spec file")],
     to: Annotated[Syntax | None, typer.Option("--to", help="output syntax (default: same as input)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+    resolved: Annotated[bool, typer.Option("--resolved", help="fill in every default the compiler "
+                                           "decides (residual, MLP shape, init, erase rate)")] = False,
     traceback: TracebackOpt = False,
 ) -> None:
     """Print a spec in canonical YAML or .nest form (comments are not kept)."""
     from nestdsl.spec import load_spec, syntax_of
     from nestdsl.spec.printer import print_spec
+    from nestdsl.spec.resolve import resolve
 
     with _guard(traceback):
         spec = load_spec(path)
+        if resolved:
+            spec = resolve(spec)
         text = print_spec(spec, (to.value if to else syntax_of(path)))
         if output:
             output.write_text(text)

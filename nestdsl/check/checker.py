@@ -391,11 +391,21 @@ def _check_layers(ctx: _Ctx) -> None:
                         "Hope's self-modifying Titans uses an mlp memory (residual x + W1 s(W2 x)); set `kind: mlp`",
                         "combination")
             proj = mems.get(layer.projections)
-            if proj is not None and proj.kind == "attention":
+            if proj is not None and proj.kind != "mlp":
                 ctx.add(base + ("projections",),
-                        f"{where} (self_modifying): projections '{layer.projections}' is an attention memory",
-                        "the k/v/eta/alpha memories are trained by their own inner rule; use a linear or mlp memory",
+                        f"{where} (self_modifying): projections '{layer.projections}' is {'an' if proj.kind == 'attention' else 'a'} "
+                        f"{proj.kind} memory, not mlp",
+                        "Hope's k/v/eta/alpha memories are residual MLPs x + W1 s(W2 x) (NL Eq. 89); set `kind: mlp`",
                         "combination")
+            # an unset `read` resolves to chunk for projections (spec/resolve.py)
+            if proj is not None and "read" in proj.model_fields_set and proj.read != "chunk":
+                ctx.add(("memories", layer.projections, "read"),
+                        f"projections '{layer.projections}' of {where} have `read: {proj.read}`; the generated "
+                        "k, v, eta, alpha read the chunk-start state",
+                        "set `read: chunk` (NL paper Eq. 90: the elements of a chunk are generated from the "
+                        "state at the end of the previous chunk)", "combination")
+            if mem is not None and proj is not None and mem.kind == proj.kind == "mlp":
+                _check_self_modifying_shapes(ctx, base, where, layer, mem, proj)
             if layer.projections == layer.memory:
                 ctx.add(base + ("projections",),
                         f"{where}: a memory cannot generate its own keys ('{layer.memory}' is both "
@@ -409,6 +419,33 @@ def _check_layers(ctx: _Ctx) -> None:
                             f"each projection appears once (first at position {seen[a] + 1}); remove this one",
                             "duplicate")
                 seen.setdefault(a, j)
+
+
+def _check_self_modifying_shapes(ctx: _Ctx, base: Path, where: str, layer: ir.SelfModifyingLayer,
+                                 mem: ir.Memory, proj: ir.Memory) -> None:
+    """Heads and chunk sizes the main memory and its projections must share (lower/hope.py)."""
+    model = ctx.spec.model
+    heads = mem.heads or (model.heads if model else None)
+    if proj.heads is not None and heads is not None and proj.heads != heads:
+        ctx.add(("memories", layer.projections, "heads"),
+                f"projections '{layer.projections}' have {proj.heads} heads but the main memory "
+                f"'{layer.memory}' of {where} has {heads}",
+                "all memories of a self_modifying layer share the keys, hence the heads", "heads")
+    periods = []
+    for m in (mem, proj):
+        try:
+            p = ctx.spec.level_period(m.level)
+        except KeyError:
+            return                                   # reported as an unknown level
+        if p.unit != "tokens":
+            return                                   # reported by the level rules
+        periods.append(p.every)
+    c_mem, c_other = periods
+    if max(c_mem, c_other) % min(c_mem, c_other):
+        ctx.add(base, f"{where} (self_modifying): chunk sizes C_mem = {c_mem} ('{layer.memory}') and "
+                f"C_other = {c_other} ('{layer.projections}') do not nest",
+                "one must divide the other (e.g. C_mem = 4·C_other), so both memories advance together "
+                "chunk by chunk", "periods")
 
 
 def _check_cycles(ctx: _Ctx) -> None:

@@ -51,6 +51,7 @@ import networkx as nx
 
 from nestdsl.graph.schedule import LevelClock, Schedule, optimizer_levels, schedule
 from nestdsl.spec import ir
+from nestdsl.spec.resolve import DGD_ERASE, resolve
 
 __all__ = ["build_graph", "instance_name", "read_text", "update_equation"]
 
@@ -95,7 +96,7 @@ def instance_name(mem: ir.Memory, chunk: int) -> str:
     """The published recurrence this memory computes, if it is one (printed beside the update)."""
     rule = mem.rule or ir.Rule()
     ret, mom, obj = rule.retention is not None, rule.momentum is not None, mem.objective or "l2"
-    erase = rule.erase or "eta"
+    erase = rule.erase or DGD_ERASE
     if mem.kind == "linear" and not mem.norm and not mom and rule.clip is None:
         if obj == "dot" and rule.kind == "gd":
             return "gated linear attention (Mamba2-like)" if ret else "linear attention"
@@ -160,7 +161,7 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     if rule.kind == "dgd":
         e = eta or "1"
         eps = {"eta": e, "normalized": f"{e}/(1 + {e}‖k‖²)",
-               "retained": _times(alpha, e)}[rule.erase or "eta"]
+               "retained": _times(alpha, e)}[rule.erase or DGD_ERASE]
         core = f"({alpha + ' ' if alpha else ''}I − {eps} k kᵀ)"
         kept = f"{M}{core}" if linear else f"θ [W_in ← W_in{core}, others {_times(alpha, 'W')}]"
     else:
@@ -187,7 +188,7 @@ def read_text(mem: ir.Memory) -> str:
 
 class _Builder:
     def __init__(self, spec: ir.Spec, sched: Schedule) -> None:
-        self.spec = spec
+        self.spec = resolve(spec)         # the defaults the compiler uses (spec/resolve.py)
         self.sched = sched
         self.g = nx.MultiDiGraph()
         self.outer_params: list[tuple[str, str]] = []  # (node, parameter class) the optimizer updates

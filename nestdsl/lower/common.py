@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from nestdsl.diagnostics import Diagnostic, Span, SpecError
 from nestdsl.spec import ir
+from nestdsl.spec.resolve import resolve
 
 # ---------------------------------------------------------------------------------------------
 # Errors with spec positions
@@ -145,6 +146,9 @@ class BuildContext:
 
     spec: ir.Spec
     compile: CompileConfig
+
+    def __post_init__(self) -> None:
+        self.spec = resolve(self.spec)      # every memory default decided once (spec/resolve.py)
 
     @property
     def model(self) -> ir.Model:

@@ -279,29 +279,14 @@ class SelfModifyingTitans(nn.Module):
         ctx = BuildContext(spec, compile_config or CompileConfig(enabled=False))
         mem = ctx.memory(layer_ir.memory, layer_ir)
         proj = ctx.memory(layer_ir.projections, layer_ir)
-        for m, field in ((mem, "memory"), (proj, "projections")):
-            if m.kind != "mlp":
-                raise ctx.error(m, f"self_modifying `{field}` must be an mlp memory (got {m.kind})",
-                                "Hope's memories are residual MLPs x + W1 s(W2 x): set `kind: mlp`")
+        # the checker's rules (check/checker.py `_check_layers`): asserted, not re-validated
+        assert mem.kind == proj.kind == "mlp", "self_modifying memories are mlps (checker)"
         H = mem.heads or heads
-        if proj.heads is not None and proj.heads != H:
-            raise ctx.error(proj, f"projections have {proj.heads} heads but the main memory has {H}",
-                            "all memories of a self_modifying layer share the keys, hence the heads")
-        if width % H:
-            raise ctx.error(mem if mem.heads else layer_ir, f"width {width} is not divisible by {H} heads",
-                            "choose heads that divide model.width")
+        assert proj.heads in (None, H) and width % H == 0, "heads agree and divide the width (checker)"
         d = width // H
         c_mem, c_other = ctx.chunk_size(mem), ctx.chunk_size(proj)
-        if max(c_mem, c_other) % min(c_mem, c_other):
-            raise ctx.error(layer_ir, f"chunk sizes C_mem = {c_mem} ('{layer_ir.memory}') and C_other = "
-                            f"{c_other} ('{layer_ir.projections}') do not nest",
-                            "one must divide the other (e.g. C_mem = 4·C_other), so both memories "
-                            "advance together chunk by chunk")
-        if proj.read != "chunk":
-            raise ctx.error(proj, f"projections '{layer_ir.projections}' have `read: {proj.read}`; "
-                            "the generated k, v, eta, alpha read the chunk-start state",
-                            "set `read: chunk` (NL paper Eq. 90: elements of a chunk are generated "
-                            "from the state at the end of the previous chunk)")
+        assert max(c_mem, c_other) % min(c_mem, c_other) == 0, "chunk sizes nest (checker)"
+        assert proj.read == "chunk", "projections read the chunk-start state (checker, resolve)"
         mem_rule, proj_rule = InnerRule.of(mem, d), InnerRule.of(proj, d)
         return cls(
             width=width, heads=H,
@@ -557,8 +542,8 @@ class SelfModifyingTitans(nn.Module):
 
 
 def _mlp_of(mem: ir.Memory, head_dim: int) -> MLPMemory:
-    """The per-head MLP of a memory spec (defaults: depth 2, hidden 4·d, silu, residual)."""
-    spec = memory_function(mem, head_dim, residual_default=True)
+    """The per-head MLP of a resolved memory spec (Hope's memories default to residual)."""
+    spec = memory_function(mem, head_dim)
     assert isinstance(spec, MLPMemory)
     return _MLP_SPECS.setdefault(spec, spec)   # one object per description: shared compiled graphs
 

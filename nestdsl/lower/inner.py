@@ -14,24 +14,25 @@ from torch import nn
 from nestdsl.ops import MLPMemory
 from nestdsl.ops.objectives import Objective, get_objective, soft_clipped_l2
 from nestdsl.spec import ir
+from nestdsl.spec.resolve import DGD_ERASE
 
 __all__ = ["memory_function", "objective_of", "erase_of", "lr_divisor", "NormParameters"]
 
 
-def memory_function(mem: ir.Memory, head_dim: int, *, residual_default: bool = False
-                    ) -> str | MLPMemory:
-    """``"linear"`` (a bare matrix: the exact chunked forms apply) or the ``MLPMemory`` f_θ.
+def memory_function(mem: ir.Memory, head_dim: int) -> str | MLPMemory:
+    """``"linear"`` (a bare matrix: the exact chunked forms apply) or the ``MLPMemory`` f_θ of a
+    resolved memory (spec/resolve.py).
 
     A linear memory with an inner norm is a depth-1 ``MLPMemory`` (TTT-Linear's x + LN(W x)).
     """
-    residual = residual_default if mem.residual is None else mem.residual
+    assert mem.residual is not None and mem.norm is not None, "memory defaults are not resolved"
     if mem.kind == "linear":
         if not mem.norm:
             return "linear"
-        return MLPMemory(depth=1, hidden=head_dim, residual=residual, norm=True)
-    return MLPMemory(depth=mem.depth or 2, hidden=(mem.hidden or 4) * head_dim,
-                     activation=mem.activation or "silu", residual=residual,
-                     norm=bool(mem.norm))
+        return MLPMemory(depth=1, hidden=head_dim, residual=mem.residual, norm=True)
+    assert mem.depth and mem.hidden and mem.activation
+    return MLPMemory(depth=mem.depth, hidden=mem.hidden * head_dim, activation=mem.activation,
+                     residual=mem.residual, norm=mem.norm)
 
 
 def objective_of(mem: ir.Memory) -> Objective:
@@ -43,9 +44,11 @@ def objective_of(mem: ir.Memory) -> Objective:
 
 
 def erase_of(mem: ir.Memory) -> str:
-    """DGD's erase rate ε (default ``eta``: the NL paper's Eq. 88 as written)."""
+    """DGD's erase rate ε (resolved: ``eta``, the NL paper's Eq. 88 as written, by default);
+    gd erases nothing, and the ops ignore the value."""
     rule = mem.rule or ir.Rule()
-    return rule.erase or "eta"
+    assert rule.kind != "dgd" or rule.erase is not None, "memory defaults are not resolved"
+    return rule.erase or DGD_ERASE
 
 
 def lr_divisor(mem: ir.Memory, head_dim: int) -> float:

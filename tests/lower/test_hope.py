@@ -389,13 +389,24 @@ def test_v_norm_default_is_off():
 # errors
 
 
+def _check(d: dict[str, Any]) -> None:
+    from nestdsl.check import check_spec
+
+    d = {**d, "model": {**d["model"], "vocab": 256}}          # the copy task's vocabulary
+    doc, spec = parse_text(json.dumps(d))
+    check_spec(spec, doc)
+
+
 def test_chunk_sizes_must_nest():
     with pytest.raises(SpecError, match="do not nest"):
-        build(spec_dict(c_mem=6, c_other=4))
+        _check(spec_dict(c_mem=6, c_other=4))
 
 
 def test_projections_must_read_chunk():
     d = spec_dict()
     d["memories"]["projection"]["read"] = "after"
     with pytest.raises(SpecError, match="read: after"):
-        build(d)
+        _check(d)
+    del d["memories"]["projection"]["read"]          # unset: resolved to chunk
+    _check(d)
+    assert build(d).proj_rule.read == "chunk"
