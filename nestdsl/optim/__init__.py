@@ -29,6 +29,7 @@ __all__ = [
     "build",
     "describe_levels",
     "newton_schulz",
+    "optimizer_spec",
     "register_dgd_hooks",
 ]
 
@@ -45,6 +46,7 @@ _LAZY = {
     "build": "nestdsl.optim.builder",
     "newton_schulz": "nestdsl.optim._base",
     "describe_levels": "nestdsl.optim.levels",
+    "optimizer_spec": "nestdsl.optim.levels",
 }
 
 

@@ -19,7 +19,6 @@ betas = (beta, beta2) and eps from the spec.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from nestdsl.optim.delta_momentum import DeltaMomentum
 from nestdsl.optim.dgd import DGD
 from nestdsl.optim.dmgd import DMGD
+from nestdsl.optim.levels import optimizer_spec
 from nestdsl.optim.m3 import M3
 from nestdsl.optim.momentum import MomentumSGD
 from nestdsl.optim.muon import Muon
@@ -142,23 +142,6 @@ def _named(params: Any) -> tuple[list[tuple[str | None, Tensor]], set[int]]:
                 f"got an item of type {type(item).__name__}"
             )
     return out, set()
-
-
-def optimizer_spec(spec: Any) -> Any:
-    """The IR `Optimizer` of a spec file path, a loaded `ir.Spec` or an `Optimizer` node."""
-    from nestdsl.spec import ir, load_spec
-
-    if isinstance(spec, (str, os.PathLike)):
-        spec = load_spec(spec)
-    if isinstance(spec, ir.Spec):
-        if spec.outer_optimizer is None:
-            where = spec.source_file or spec.name
-            raise ValueError(f"{where}: has no `optimizer:` section")
-        return spec.outer_optimizer
-    if not isinstance(spec, ir.Optimizer):
-        raise TypeError(f"expected an optimizer spec path, an ir.Spec or an ir.Optimizer, "
-                        f"got {type(spec).__name__}")
-    return spec
 
 
 def build(

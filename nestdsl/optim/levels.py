@@ -20,9 +20,10 @@ Levels of optimizers routed by `groups` to another type are included with that `
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-__all__ = ["describe_levels", "levels_for_type"]
+__all__ = ["describe_levels", "levels_for_type", "optimizer_spec"]
 
 
 def _level(
@@ -254,9 +255,26 @@ def levels_for_type(kind: str, spec: Any) -> list[dict[str, Any]]:
     raise ValueError(f"unknown optimizer type {kind!r}")
 
 
+def optimizer_spec(spec: Any) -> Any:
+    """The IR `Optimizer` of an optimizer spec file path, a loaded `ir.Spec` or an `Optimizer`
+    node (returned as is)."""
+    from nestdsl.spec import ir, load_spec
+
+    if isinstance(spec, (str, os.PathLike)):
+        spec = load_spec(spec)
+    if isinstance(spec, ir.Spec):
+        if spec.outer_optimizer is None:
+            raise ValueError(f"{spec.source_file or spec.name}: has no `optimizer:` section")
+        return spec.outer_optimizer
+    if not isinstance(spec, ir.Optimizer):
+        raise TypeError(f"expected an optimizer spec path, an ir.Spec or an ir.Optimizer, "
+                        f"got {type(spec).__name__}")
+    return spec
+
+
 def describe_levels(spec: Any) -> list[dict[str, Any]]:
-    """The optimizer spec's levels (see module doc). `spec` is an IR `Optimizer` (or any object
-    with the same attributes)."""
+    """The optimizer spec's levels (see module doc). `spec`: as for `optimizer_spec`."""
+    spec = optimizer_spec(spec)
     out: list[dict[str, Any]] = []
     covered = "all"
     for lvl in levels_for_type(spec.type, spec):

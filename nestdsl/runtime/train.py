@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,18 +176,7 @@ def lr_factor(train: ir.Train, step: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# RNG state (so resume continues exactly)
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# Seeding (checkpoints carry the RNG states, so resume continues exactly)
 
 
 def seed_everything(seed: int) -> None:
@@ -561,24 +549,3 @@ def _warn_state_norms(stats: dict[str, dict[str, float]], bound: float | None, s
                 f"step {step}: memory '{name}' has state norm {norm:.3g} > train.state_norm_warn "
                 f"= {bound:g}; its inner loop may be diverging (lower its lr scale, add `norm: "
                 "true` or `clip:`)", RuntimeWarning, stacklevel=2)
-
-
-def parse_overrides(pairs: Sequence[str]) -> list[tuple[list[str | int], Any]]:
-    """`key.path=value` pairs → (path, YAML-parsed value). List indices are written as numbers."""
-    import yaml
-
-    out: list[tuple[list[str | int], Any]] = []
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        path: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
-        out.append((path, yaml.safe_load(value)))
-    return out
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default

@@ -15,6 +15,7 @@ from nestdsl.spec import load_spec
 SCALE = Path(__file__).resolve().parents[2] / "specs" / "scale"
 
 
+@pytest.mark.slow      # 24-layer presets at full width
 @pytest.mark.parametrize("preset", ["titans-lmm-340m", "hope-340m"])
 def test_first_loss_is_finite(preset: str) -> None:
     spec = load_spec(SCALE / f"{preset}.yaml", overrides=[

@@ -167,6 +167,7 @@ def test_pairwise_chunked_matches_reference(case):
     check(*case)
 
 
+@pytest.mark.slow      # the exhaustive product; the fast lane keeps the pairwise cover
 @pytest.mark.parametrize("case", [c for c in FULL if c not in PAIRWISE], ids=_id)
 def test_full_chunked_matches_reference(case):
     check(*case)

@@ -345,6 +345,7 @@ def _sigkill_resume_matches(tmp_path: Path, prefix: list[str], spec: Path, steps
     assert_bitwise(oa, ob)
 
 
+@pytest.mark.slow      # subprocesses; the in-process resume tests cover the fast lane
 def test_sigkill_and_resume_is_bitwise_standin(tmp_path):
     # ckpt_every 3 with k = 2 and log_every 2: the kill lands inside accumulation/log windows
     spec = S.text_spec(tmp_path, steps=120, log_every=2, ckpt_every=3)
@@ -388,6 +389,7 @@ def _ddp_matches_single(tmp_path: Path, prefix_single: list[str], prefix_ddp: li
     assert [p.name for p in ck.list_checkpoints(one)] == [p.name for p in ck.list_checkpoints(two)]
 
 
+@pytest.mark.slow      # two gloo processes
 def test_ddp_two_processes_match_one_standin(tmp_path):
     # a persistent level (k = 2) too: DDP averages the accumulated gradients correctly
     spec = S.text_spec(tmp_path, steps=6, log_every=2, ckpt_every=3)
