@@ -176,13 +176,14 @@ class GraphFormat(str, Enum):
     dot = "dot"
     json = "json"
     png = "png"
+    svg = "svg"
 
 
 @app.command()
 def graph(
     path: Annotated[Path, typer.Argument(help="spec file")],
     format: Annotated[GraphFormat, typer.Option("--format", "-f")] = GraphFormat.text,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="output file (png: default <spec>.png)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="output file (png/svg: default <spec>.png/.svg)")] = None,
     seq_len: Annotated[int | None, typer.Option(help="sequence length for the schedule")] = None,
     traceback: TracebackOpt = False,
 ) -> None:

@@ -23,7 +23,7 @@ from nestdsl.spec import ir
 
 __all__ = ["FORMATS", "render_graph", "to_dot", "to_json", "to_mermaid", "to_png", "to_text"]
 
-FORMATS = ("text", "mermaid", "dot", "json", "png")
+FORMATS = ("text", "mermaid", "dot", "json", "png", "svg")
 
 EDGE_COLORS = {
     "reads": "#4c72b0",
@@ -241,91 +241,159 @@ def to_json(g: nx.MultiDiGraph, sched: Schedule) -> str:
 # png (matplotlib + networkx layout)
 
 
+def _box_text(g: nx.MultiDiGraph, n: str, states: dict[str, list[str]]) -> str:
+    """A node's label in the picture: name, what it is, and the state it writes (folded in)."""
+    d = g.nodes[n]
+    kind = d["kind"]
+    if kind == "memory":
+        what = d["mem_kind"] + (f" · {d['objective']} · {d['rule']}" if d["objective"] else "")
+        text = f"{d['label']}\n{what}\nread: {d['read']}"
+    elif kind == "cms_stage":
+        text = f"{d['label']}\nread: {d['read']}"
+    else:
+        text = d["label"]
+    for s in states.get(n, []):
+        grad = {e["grad"] for _, v, e in g.out_edges(n, data=True) if v == s and e["kind"] == "writes"}
+        text += f"\n⟲ writes its state ({'/'.join(sorted(grad)) or 'grad'})"
+    return text
+
+
+def _flow_rank(g: nx.MultiDiGraph, nodes: list[str]) -> dict[str, int]:
+    """Column of each node: its depth in the data flow (generates / reads between computations),
+    so a chain such as projections → titans → CMS stages runs left to right."""
+    flow = nx.DiGraph()
+    flow.add_nodes_from(nodes)
+    for u, v, d in g.edges(data=True):
+        if u in flow and v in flow and d["kind"] in ("generates", "reads"):
+            flow.add_edge(u, v)
+    rank: dict[str, int] = {}
+    order = list(nx.topological_sort(flow)) if nx.is_directed_acyclic_graph(flow) else sorted(nodes)
+    for n in order:
+        preds = [rank[p] + 1 for p in flow.predecessors(n) if p in rank]
+        rank[n] = max(preds, default=0)
+    return rank
+
+
 def to_png(g: nx.MultiDiGraph, path: Path) -> Path:
-    """Draw the graph: one column per level, fastest on the left; solid = grad, dashed = stop."""
+    """Draw the levels as horizontal bands, fastest on top (the paper's nested-levels view); each
+    memory, CMS stage and parameter group sits in its level's band, columns follow the data
+    flow, a memory's own state is folded into its box. Solid arrows carry gradients, dashed ones
+    do not. PNG or SVG, by the file's suffix."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # headless: never needs a display
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     levels = levels_in_order(g)
-    col = {g.nodes[lid]["name"]: i for i, lid in enumerate(levels)}
-    for _, d in g.nodes(data=True):
-        d["_col"] = d["rank"] if d["kind"] == "level" else col.get(d.get("level"), len(levels))
-    # networkx's multipartite layout orders the columns (one per level, fastest on the left);
-    # inside a column we lay rows out ourselves so every level header sits on the top row and
-    # each state sits beside the memory that writes it (the write/read pair reads horizontally).
-    base = nx.multipartite_layout(g, subset_key="_col", align="vertical", scale=1.0)
-    for _, d in g.nodes(data=True):
-        d.pop("_col", None)
-    xs = sorted({round(base[lid][0], 9) for lid in levels})
-    xcol = {x: i * 1.0 for i, x in enumerate(xs)}
-    pos: dict[str, tuple[float, float]] = {}
-    tallest = 1
-    for lid in levels:
-        x = xcol[round(base[lid][0], 9)]
-        pos[lid] = (x, 0.0)
-        owned = _owned(g, lid)
-        states = {n for n in owned if g.nodes[n]["kind"] == "state"}
-        computations = [n for n in owned if n not in states]
-        row = 0
-        for n in computations:
-            row += 1
-            pos[n] = (x, -float(row))
-            for s in [s for s in states if g.has_edge(s, n)]:  # s --reads--> n: n owns s
-                pos[s] = (x + 0.42, -float(row))
-                states.discard(s)
-        for s in sorted(states):  # a state whose reader lives elsewhere: its own row
-            row += 1
-            pos[s] = (x + 0.42, -float(row))
-        tallest = max(tallest, row + 1)
-
-    ncols = max(1, len(levels))
-    fig, ax = plt.subplots(figsize=(max(8.0, 3.6 * ncols), max(5.0, 1.1 * tallest + 1.5)))
-    labels = {}
+    # states are folded into the box of the memory that writes them
+    states: dict[str, list[str]] = {}
+    folded: dict[str, str] = {}
     for n, d in g.nodes(data=True):
-        if d["kind"] == "level":
-            labels[n] = f"{d['name']}\nevery {d['period_text']}\n{d['cls']}"
-        elif d["kind"] in ("memory", "cms_stage"):
-            labels[n] = f"{d['label']}\nread: {d['read']}"
-        elif d["kind"] == "state":
-            labels[n] = f"state\n{d['label']}"
-        else:
-            labels[n] = d["label"]
-    level_nodes = [n for n in g.nodes if g.nodes[n]["kind"] == "level"]
-    other = [n for n in g.nodes if n not in set(level_nodes)]
-    nx.draw_networkx_nodes(g, pos, nodelist=level_nodes, node_color="#cfe3f7", node_shape="s",
-                           node_size=2600, ax=ax)
-    nx.draw_networkx_nodes(g, pos, nodelist=other, node_color="#f2f2f2", node_size=1200, ax=ax,
-                           edgecolors="#999999")
-    nx.draw_networkx_labels(g, pos, labels=labels, font_size=6, ax=ax)
+        if d["kind"] == "state":
+            owners = [u for u, _, e in g.in_edges(n, data=True) if e["kind"] == "writes"]
+            if owners:
+                states.setdefault(owners[0], []).append(n)
+                folded[n] = owners[0]
+    shown = [n for n in g.nodes if g.nodes[n]["kind"] != "level" and n not in folded]
+    rank = _flow_rank(g, shown)
+    ncols = max(rank.values(), default=0) + 1
 
-    # Collapse parallel edges (u, v) into one drawn arrow with all their labels.
-    simple: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    col_w, box_w, box_h, row_h, label_w = 2.7, 2.3, 0.62, 0.85, 2.3
+    bands: list[tuple[str, float, float]] = []           # (level id, top y, bottom y)
+    pos: dict[str, tuple[float, float]] = {}
+    y = 0.0
+    for lid in levels:
+        members = [n for n in _owned(g, lid) if n in rank]
+        per_col: dict[int, list[str]] = {}
+        for n in members:
+            per_col.setdefault(rank[n], []).append(n)
+        rows = max((len(v) for v in per_col.values()), default=0)
+        height = 0.5 + row_h * max(rows, 1) + 0.15
+        for c, ns in per_col.items():
+            for i, n in enumerate(ns):
+                pos[n] = (label_w + c * col_w + col_w / 2, y - 0.35 - row_h * (i + 0.5))
+        bands.append((lid, y, y - height))
+        y -= height + 0.12
+    width = label_w + ncols * col_w + 0.2
+    fig, ax = plt.subplots(figsize=(width, -y + 0.9))
+    palette = {"in-context": "#e8f1fb", "outer": "#fbefe4", "persistent": "#eef7ea"}
+    for lid, top, bottom in bands:
+        d = g.nodes[lid]
+        ax.add_patch(FancyBboxPatch((0.05, bottom), width - 0.1, top - bottom,
+                                    boxstyle="round,pad=0,rounding_size=0.12", lw=0.8,
+                                    ec="#9aa7b4", fc=palette.get(d["cls"], "#f2f2f2"), zorder=0))
+        ax.text(0.3, (top + bottom) / 2, f"{d['name']}\nevery {d['period_text']}\n{d['cls']}",
+                fontsize=9, va="center", ha="left", weight="bold", color="#2b3a4a")
+    for n, (cx, cy) in pos.items():
+        ax.add_patch(FancyBboxPatch((cx - box_w / 2, cy - box_h / 2), box_w, box_h,
+                                    boxstyle="round,pad=0.02,rounding_size=0.08", lw=0.8,
+                                    ec="#6b7785", fc="white", zorder=2))
+        ax.text(cx, cy, _box_text(g, n, states), fontsize=7.5, ha="center", va="center", zorder=3)
+
+    def anchor(n: str) -> tuple[float, float] | None:
+        return pos.get(folded.get(n, n))
+
+    drawn: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for u, v, d in g.edges(data=True):
-        simple.setdefault((u, v), []).append(d)
-    for grad, style in (("grad", "solid"), ("stop", "dashed")):
-        for kind, color in EDGE_COLORS.items():
-            el = [e for e, ds in simple.items() if ds[0]["kind"] == kind and ds[0]["grad"] == grad]
-            if el:
-                nx.draw_networkx_edges(g, pos, edgelist=el, edge_color=color, style=style,
-                                       arrows=True, arrowsize=10, node_size=1800, ax=ax,
-                                       connectionstyle="arc3,rad=0.12")
-    edge_labels = {e: "\n".join(f"{d['kind']}/{d['grad']}" for d in ds) for e, ds in simple.items()}
-    nx.draw_networkx_edge_labels(nx.DiGraph(list(simple)), pos, edge_labels=edge_labels,
-                                 font_size=5, ax=ax, connectionstyle="arc3,rad=0.12",
-                                 bbox={"alpha": 0.6, "color": "white", "lw": 0})
+        if d["kind"] == "writes" and v in folded:
+            continue                                   # folded into the writer's box
+        if g.nodes[v]["kind"] == "state" and d["kind"] == "reads":
+            continue
+        if g.nodes[u]["kind"] == "state" and d["kind"] == "reads":
+            continue                                   # a memory reading its own state
+        drawn.setdefault((u, v), []).append(d)
+    meta_bands: set[str] = set()
+    for (u, v), ds in drawn.items():
+        kind, grad = ds[0]["kind"], ds[0]["grad"]
+        if g.nodes[u]["kind"] == "level":            # meta: the outer level learns θ₀
+            meta_bands.add(g.nodes[folded.get(v, v)].get("level"))
+            continue
+        a, b = anchor(u), anchor(v)
+        if a is None or b is None or a == b:
+            continue
+        same_row = abs(a[1] - b[1]) < 1e-6
+        start = (a[0] + (box_w / 2 if b[0] > a[0] else -box_w / 2 if b[0] < a[0] else 0),
+                 a[1] - (0 if b[0] != a[0] else box_h / 2))
+        end = (b[0] - (box_w / 2 if b[0] > a[0] else -box_w / 2 if b[0] < a[0] else 0),
+               b[1] + (0 if b[0] != a[0] else box_h / 2))
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, lw=1.0,
+                                     color=EDGE_COLORS[kind], zorder=1,
+                                     linestyle="solid" if grad == "grad" else (0, (4, 2)),
+                                     connectionstyle=f"arc3,rad={0.0 if same_row else 0.08}"))
+        label = ", ".join(dict.fromkeys(str(x.get("label", "")) for x in ds if x.get("label")))
+        if label and len(label) <= 24:
+            # near the tail, so a label never lands on the box the arrow points at
+            ax.text(start[0] + 0.3 * (end[0] - start[0]), start[1] + 0.3 * (end[1] - start[1]) + 0.06,
+                    label, fontsize=6.5,
+                    ha="center", va="bottom", color=EDGE_COLORS[kind], zorder=4,
+                    bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 0.5})
+    # meta edges: the outer level learns the initial states θ₀ of in-context levels; one arrow per
+    # band along the left margin, from the outer band to each band it meta-learns
+    outer = next((b for b in bands if g.nodes[b[0]]["cls"] == "outer"), None)
+    targets = [b for b in bands if g.nodes[b[0]]["name"] in meta_bands]
+    if outer is not None and targets:
+        x0 = 0.16
+        for _lid, top, bottom in targets:
+            ax.add_patch(FancyArrowPatch((x0, (outer[1] + outer[2]) / 2), (x0, (top + bottom) / 2),
+                                         arrowstyle="-|>", mutation_scale=9, lw=1.0, zorder=1,
+                                         color=EDGE_COLORS["meta"]))
+        ax.text(x0 - 0.04, (outer[1] + outer[2]) / 2, "meta: learns θ₀", rotation=90, fontsize=7,
+                ha="right", va="bottom", color=EDGE_COLORS["meta"])
     handles = [Line2D([0], [0], color=c, label=k) for k, c in EDGE_COLORS.items()]
-    handles += [Line2D([0], [0], color="black", label="grad"),
-                Line2D([0], [0], color="black", linestyle="--", label="stop")]
-    ax.legend(handles=handles, loc="lower right", fontsize=7)
-    title = " | ".join(f"{g.nodes[lid]['name']}: {g.nodes[lid]['period_text']}" for lid in levels)
-    ax.set_title(f"{g.graph.get('name', '')} — levels (fastest first): {title}", fontsize=8, wrap=True)
+    handles += [Line2D([0], [0], color="black", label="gradient flows"),
+                Line2D([0], [0], color="black", linestyle="--", label="no gradient")]
+    ax.legend(handles=handles, loc="upper right", fontsize=7.5, ncol=len(handles),
+              bbox_to_anchor=(1.0, 1.0 + 0.5 / (-y + 0.9)), frameon=False)
+    ax.set_title(f"{g.graph.get('name', '')}: levels, fastest on top", fontsize=10, loc="left")
+    ax.set_xlim(0, width)
+    ax.set_ylim(y, 0.1)
     ax.axis("off")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=110)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):     # SVG text stays text (editable)
+        fig.savefig(path, format="svg" if path.suffix == ".svg" else "png", dpi=110,
+                    bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -343,10 +411,10 @@ def render_graph(
     console: Console | None = None,
     default_png: Path | str | None = None,
 ) -> str | None:
-    """Render the level graph of `spec` in `fmt` (text | mermaid | dot | json | png).
+    """Render the level graph of `spec` in `fmt` (text | mermaid | dot | json | png | svg).
 
-    Text formats go to `output` if given, else to `console`; png goes to `output`, else
-    `default_png`, else `<spec name>.png`, and its path is printed. Returns the text (or the png
+    Text formats go to `output` if given, else to `console`; a picture goes to `output`, else
+    `default_png` (with the format's suffix), else `<spec name>.png|svg`, and its path is printed. Returns the text (or the png
     path as a string).
     """
     if fmt not in FORMATS:
@@ -356,8 +424,9 @@ def render_graph(
     g = build_graph(spec, sched=sched)
     out_path = Path(output) if output is not None else None
 
-    if fmt == "png":
+    if fmt in ("png", "svg"):
         path = out_path or (Path(default_png) if default_png else Path(f"{spec.name}.png"))
+        path = path.with_suffix(f".{fmt}") if out_path is None else path
         to_png(g, path)
         console.print(f"wrote {path}", markup=False, highlight=False)
         return str(path)

@@ -114,7 +114,20 @@ def test_png_default_path(hope: ir.Spec, tmp_path: Path) -> None:
 
 def test_unknown_format(hope: ir.Spec) -> None:
     with pytest.raises(ValueError):
-        render_graph(hope, "svg")
+        render_graph(hope, "pdf")
+
+
+def test_picture_has_a_band_per_level_and_svg_too(hope: ir.Spec, tmp_path: Path) -> None:
+    """Levels as bands (fastest on top), readable at 100%: the picture is taller than wide
+    enough to stack the bands, and the SVG names every level and memory in text."""
+    png = Path(render_graph(hope, "png", output=tmp_path / "g.png"))
+    import matplotlib.image as mpimg
+
+    h, w = mpimg.imread(png).shape[:2]
+    assert w <= 1600 and h >= 200 * 4            # 7 level bands of readable height, not a strip
+    svg = Path(render_graph(hope, "svg", output=tmp_path / "g.svg")).read_text()
+    for name in ("chunk", "cms_fast", "cms_mid", "cms_slow", "titans", "projection.k"):
+        assert name in svg, name
 
 
 @pytest.mark.parametrize("fmt", [*TEXT_FORMATS, "png"])
