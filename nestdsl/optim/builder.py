@@ -33,79 +33,44 @@ from nestdsl.optim.m3 import M3
 from nestdsl.optim.momentum import MomentumSGD
 from nestdsl.optim.muon import Muon
 from nestdsl.optim.precond import PreconditionedMomentum
+from nestdsl.spec import ir
 
 __all__ = ["MultiOptimizer", "build", "classify", "make_optimizer"]
 
 _EMBED_MARKERS = ("embed", "wte", "lm_head")
 
 
+def _adamw(param_groups: list[dict[str, Any]], *, beta: float, beta2: float, **kw: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups, betas=(beta, beta2), **kw)
+
+
+def _sgd(param_groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
+    return MomentumSGD(param_groups, beta=0.0, **kw)
+
+
+#: optimizer type -> constructor taking (param_groups, lr, weight_decay, *its OPTIMIZER_FIELDS)
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "momentum": MomentumSGD,
+    "precond_momentum": PreconditionedMomentum,
+    "delta_momentum": DeltaMomentum,
+    "dmgd": DMGD,
+    "muon": Muon,
+    "m3": M3,
+    "adamw": _adamw,
+    "dgd": DGD,
+}
+
+
 def make_optimizer(
     kind: str, spec: Any, param_groups: list[dict[str, Any]]
 ) -> torch.optim.Optimizer:
     """One optimizer of type `kind` over `param_groups` (dicts with params, lr, weight_decay),
-    other hyper-parameters from `spec`."""
-    s = spec
-    if kind == "sgd":
-        return MomentumSGD(param_groups, lr=s.lr, beta=0.0, weight_decay=s.weight_decay)
-    if kind == "momentum":
-        return MomentumSGD(param_groups, lr=s.lr, beta=s.beta, weight_decay=s.weight_decay)
-    if kind == "precond_momentum":
-        return PreconditionedMomentum(
-            param_groups,
-            lr=s.lr,
-            beta=s.beta,
-            beta2=s.beta2,
-            eps=s.eps,
-            weight_decay=s.weight_decay,
-        )
-    if kind == "delta_momentum":
-        return DeltaMomentum(
-            param_groups,
-            lr=s.lr,
-            beta=s.beta,
-            momentum_lr=s.momentum_lr,
-            normalize=s.normalize,
-            weight_decay=s.weight_decay,
-        )
-    if kind == "dmgd":
-        return DMGD(
-            param_groups,
-            lr=s.lr,
-            beta=s.beta,
-            momentum_lr=s.momentum_lr,
-            hidden=s.hidden,
-            output=s.output,
-            ns_steps=s.ns_steps,
-            weight_decay=s.weight_decay,
-        )
-    if kind == "muon":
-        return Muon(
-            param_groups, lr=s.lr, beta=s.beta, ns_steps=s.ns_steps, weight_decay=s.weight_decay
-        )
-    if kind == "m3":
-        return M3(
-            param_groups,
-            lr=s.lr,
-            beta=s.beta,
-            beta2=s.beta2,
-            beta_slow=s.beta_slow,
-            alpha=s.alpha,
-            slow_every=s.slow_every,
-            ns_steps=s.ns_steps,
-            eps=s.eps,
-            weight_decay=s.weight_decay,
-        )
-    if kind == "adamw":
-        return torch.optim.AdamW(
-            param_groups,
-            lr=s.lr,
-            betas=(s.beta, s.beta2),
-            eps=s.eps,
-            weight_decay=s.weight_decay,
-        )
-    if kind == "dgd":
-        return DGD(param_groups, lr=s.lr, weight_decay=s.weight_decay)
-    raise ValueError(f"unknown optimizer type {kind!r}")
+    with the hyper-parameters `ir.OPTIMIZER_FIELDS[kind]` from `spec`."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer type {kind!r}")
+    fields = {f: getattr(spec, f) for f in ir.OPTIMIZER_FIELDS[kind]}
+    return OPTIMIZERS[kind](param_groups, lr=spec.lr, weight_decay=spec.weight_decay, **fields)
 
 
 def classify(name: str | None, p: Tensor, embedding_ids: set[int] = frozenset()) -> set[str]:  # type: ignore[assignment]

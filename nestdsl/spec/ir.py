@@ -343,6 +343,22 @@ OptimizerType = Literal[
 ]
 
 
+#: The hyper-parameters each optimizer type reads, besides `lr`, `weight_decay` and `groups` (the
+#: one table: the checker rejects any other field, the builder passes exactly these).
+OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
+    "sgd": (),
+    "momentum": ("beta",),
+    "precond_momentum": ("beta", "beta2", "eps"),
+    "delta_momentum": ("beta", "momentum_lr", "normalize"),
+    "dmgd": ("beta", "momentum_lr", "hidden", "output", "ns_steps"),
+    "muon": ("beta", "ns_steps"),
+    "m3": ("beta", "beta2", "beta_slow", "alpha", "slow_every", "ns_steps", "eps"),
+    "adamw": ("beta", "beta2", "eps"),
+    "dgd": (),
+}
+OPTIMIZER_COMMON = ("type", "lr", "weight_decay", "groups")
+
+
 class ParamGroup(Node):
     """Route a class of parameters to another optimizer type / lr (Muon-style split)."""
 
