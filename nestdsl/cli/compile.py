@@ -1,5 +1,4 @@
-"""Torch-side CLI commands that lower specs: `compile` (one function per command; torch is
-imported inside the commands so `check`/`fmt`/`graph` stay torch-free)."""
+"""`nestdsl compile`: lower a spec and print the plan (`--explain`: how each layer computes)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from nestdsl.cli import TracebackOpt, UserError, _guard, app, out
+from nestdsl.cli.app import TracebackOpt, app, out
+from nestdsl.cli.errors import UserError, guard
 
 
 def _plan_table(system: Any) -> Table:
@@ -99,7 +99,7 @@ def compile_command(
     """Lower a spec and print the plan: what each memory/level became, and the parameter count."""
     from nestdsl.spec import load_spec
 
-    with _guard(traceback):
+    with guard(traceback):
         spec_obj = load_spec(spec)
         if spec_obj.model is None:
             raise UserError(f"{spec}: has no `model:` section (is this an optimizer spec?)")

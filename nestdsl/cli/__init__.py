@@ -1,0 +1,13 @@
+"""The `nestdsl` command line: check | fmt | graph | schema | compile | train | eval | plot.
+
+One module per command, each registering on the app (`cli/app.py`); `cli/errors.py` maps
+exceptions to messages and exit codes. Spec problems print compiler-style diagnostics and exit 2;
+internal errors print one line and exit 1 (`--traceback` shows the Python traceback). The
+spec-only commands (check, fmt, graph, schema) never import torch: the torch-side commands
+import it inside their functions.
+"""
+
+from nestdsl.cli import check, compile, evaluate, fmt, graph, plot, schema, train  # noqa: F401
+from nestdsl.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,5 @@
+"""`python -m nestdsl.cli ...` = `nestdsl ...`."""
+
+from nestdsl.cli.app import main
+
+main()

@@ -1,0 +1,52 @@
+"""`nestdsl eval`: evaluate a checkpoint (NIAH table and heatmap, or text loss)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nestdsl.cli.app import TracebackOpt, app, out
+from nestdsl.cli.errors import UserError, guard
+from nestdsl.cli.runtime_options import ThreadsOpt, _check_device, _load, _set_threads
+
+
+@app.command("eval")
+def eval_(
+    spec: Annotated[Path, typer.Argument(help="spec file")],
+    ckpt: Annotated[Path, typer.Option(help="checkpoint folder or run folder (uses its latest)")],
+    task: Annotated[str, typer.Option(help="niah | text | mqar | copy | spec (the spec's own data)")] = "spec",
+    lengths: Annotated[str | None, typer.Option(help="comma-separated sequence lengths (niah)")] = None,
+    variants: Annotated[str, typer.Option(help="niah variants, e.g. 1,2,3")] = "1,2,3",
+    path: Annotated[Path | None, typer.Option(help="text file/folder for --task text")] = None,
+    batches: Annotated[int, typer.Option(help="evaluation batches per cell")] = 4,
+    device: Annotated[str, typer.Option()] = "cpu",
+    out_png: Annotated[Path | None, typer.Option("--png", help="heatmap output (niah)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="the overrides the run was trained with")] = None,
+    threads: ThreadsOpt = None,
+    traceback: TracebackOpt = False,
+) -> None:
+    """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb."""
+    with guard(traceback):
+        spec_obj, spec_text = _load(spec, list(set_ or []))
+        _check_device(device)
+        _set_threads(device, threads)
+        from nestdsl.runtime.evaluate import evaluate
+
+        lens = _int_list(lengths, "--lengths") if lengths else None
+        evaluate(
+            spec_obj, spec_text=spec_text, ckpt=ckpt, task=task, lengths=lens,
+            variants=_int_list(variants, "--variants"), text_path=path, batches=batches,
+            device=device, out_png=out_png, console=out,
+        )
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{option} is empty")
+    return values
