@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nestdsl.runtime.resume import LoopState, extra_of
+from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
 
 DEFAULT_OPTIMIZER = ir.Optimizer(type="adamw", lr=3e-3, weight_decay=0.01, beta=0.9, beta2=0.99)
@@ -60,6 +62,24 @@ class LevelOptimizer:
     optimizer: torch.optim.Optimizer
     base_lrs: list[float] = field(default_factory=list)
     hooks: list[Any] = field(default_factory=list)  # DGD's input-capturing forward hooks
+
+    def step(self, step: int, lr_factor: float, grad_clip: float | None) -> bool:
+        """After the backward of optimizer step `step` (0-based): keep accumulating gradients, or,
+        every k-th step, update with their mean (optax's `MultiSteps(every_k)`). Returns whether
+        the level updated."""
+        if (step + 1) % self.every_k:
+            return False
+        if self.every_k > 1:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(self.every_k)
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, grad_clip)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = base * lr_factor
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
 
 
 @dataclass
@@ -304,35 +324,12 @@ def train(
     )
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    start_step = 0
-    history: list[dict[str, float]] = []
-    loss_acc = torch.zeros((), device=device)
-    n_acc = 0
-    if resume:
-        # the newest checkpoint that verifies; newer unreadable ones are moved aside, not lost
-        loaded, skipped = ckpt.resume_latest(
-            run_dir, model=model, optimizer=[lo.optimizer for lo in level_opts],
-            spec_text=spec_text, restore_rng=True, device=device, move_aside=rank == 0)
-        if skipped and rank == 0 and loaded is not None:
-            import warnings
-
-            for note in skipped:
-                warnings.warn(f"{note}; resuming from {loaded.path.name}", stacklevel=2)
-        if loaded is not None:
-            start_step = loaded.step
-            extra = loaded.extra or {}
-            history = list(extra.get("history", []))
-            # The partial loss average of the current log window.
-            if "loss_acc" in extra:
-                loss_acc = extra["loss_acc"].to(device).clone()
-                n_acc = int(extra.get("n_acc", 0))
-            # Gradients accumulated for persistent levels between their updates.
-            accum = extra.get("accum", {})
-            for lo in level_opts:
-                for i, p in enumerate(lo.params):
-                    key = f"{lo.name}.{i}"
-                    if key in accum:
-                        p.grad = accum[key].to(device=p.device, dtype=p.dtype).clone()
+    loop = (resume_from(run_dir, model=model, level_opts=level_opts, spec_text=spec_text,
+                        device=device, rank=rank)
+            if resume else LoopState(loss_acc=torch.zeros((), device=device)))
+    start_step, history, n_acc = loop.step, loop.history, loop.n_acc
+    assert loop.loss_acc is not None
+    loss_acc = loop.loss_acc
     if start_step == 0:
         for lo in level_opts:
             lo.optimizer.zero_grad(set_to_none=True)
@@ -364,15 +361,17 @@ def train(
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
+    def stop_if_diverged(bad: int) -> None:
+        if bad != no_bad:
+            raise TrainingDiverged(
+                f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
+                f"stopped. The last good checkpoint in {run_dir} is kept (lower the learning "
+                "rate or the memories' step sizes, or enable train.grad_clip)."
+            )
+
     def save(step: int) -> None:
         error: BaseException | None = None
         if rank == 0:
-            accum: dict[str, torch.Tensor] = {}
-            for lo in level_opts:
-                if lo.every_k > 1:
-                    for i, p in enumerate(lo.params):
-                        if p.grad is not None:
-                            accum[f"{lo.name}.{i}"] = p.grad.detach()
             try:
                 ckpt.save_checkpoint(
                     run_dir,
@@ -381,8 +380,7 @@ def train(
                     optimizer=[lo.optimizer for lo in level_opts],
                     spec_text=spec_text,
                     data_position=step,
-                    extra={"history": history, "accum": accum, "loss_acc": loss_acc.detach().clone(),
-                           "n_acc": n_acc},
+                    extra=extra_of(LoopState(step, history, loss_acc, n_acc), level_opts),
                 )
             except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
                 error = e
@@ -425,18 +423,7 @@ def train(
 
         factor = lr_factor(train_cfg, step)
         for lo in level_opts:
-            if (step + 1) % lo.every_k != 0:
-                continue  # keep accumulating this level's gradients (MultiSteps)
-            if lo.every_k > 1:
-                for p in lo.params:
-                    if p.grad is not None:
-                        p.grad.div_(lo.every_k)
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(lo.params, grad_clip)
-            for g, base in zip(lo.optimizer.param_groups, lo.base_lrs, strict=True):
-                g["lr"] = base * factor
-            lo.optimizer.step()
-            lo.optimizer.zero_grad(set_to_none=True)
+            lo.step(step, factor, grad_clip)
 
         done = step + 1
         is_log = done % train_cfg.log_every == 0 or done == total_steps
@@ -449,13 +436,7 @@ def train(
                 dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
                 dist.all_reduce(summed)
                 summed /= world
-            bad = int(bad_step)  # host sync, only here
-            if bad != no_bad:
-                raise TrainingDiverged(
-                    f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
-                    f"stopped. The last good checkpoint in {run_dir} is kept (lower the learning "
-                    "rate or the memories' step sizes, or enable train.grad_clip)."
-                )
+            stop_if_diverged(int(bad_step))      # host sync, only here
             mean_loss = float(summed) / max(n_acc, 1)
             loss_acc = torch.zeros((), device=device)
             n_acc = 0
@@ -486,13 +467,7 @@ def train(
                     import torch.distributed as dist
 
                     dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-                bad = int(bad_step)
-                if bad != no_bad:
-                    raise TrainingDiverged(
-                        f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
-                        f"stopped. The last good checkpoint in {run_dir} is kept (lower the "
-                        "learning rate or the memories' step sizes, or enable train.grad_clip)."
-                    )
+                stop_if_diverged(int(bad_step))
             # A finite loss can still be followed by an update that overflows the parameters.
             if not _finite(model):
                 last = ckpt.find_latest(run_dir)

@@ -1,0 +1,67 @@
+"""What a checkpoint carries beyond parameters and optimizer states, so a resumed run continues
+exactly: the metrics history, the partial loss average of the current log window, and the
+gradients persistent levels have accumulated since their last update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nestdsl.runtime import checkpoint as ckpt
+
+
+@dataclass
+class LoopState:
+    """The loop's own state at a step boundary (besides model and optimizers)."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    loss_acc: torch.Tensor | None = None      # sum of the losses of the current log window
+    n_acc: int = 0                            # steps in it
+
+
+def extra_of(state: LoopState, level_opts: list[Any]) -> dict[str, Any]:
+    """The checkpoint's `extra`: loop state and persistent levels' accumulated gradients."""
+    accum: dict[str, torch.Tensor] = {}
+    for lo in level_opts:
+        if lo.every_k > 1:
+            for i, p in enumerate(lo.params):
+                if p.grad is not None:
+                    accum[f"{lo.name}.{i}"] = p.grad.detach()
+    assert state.loss_acc is not None
+    return {"history": state.history, "accum": accum, "loss_acc": state.loss_acc.detach().clone(),
+            "n_acc": state.n_acc}
+
+
+def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], spec_text: str,
+            device: str, rank: int) -> LoopState:
+    """Load the newest checkpoint that verifies into model and optimizers (RNG states too) and
+    return the loop state; a fresh `LoopState` when the run has none. Unreadable newer
+    checkpoints are set aside with a warning (`checkpoint.resume_latest`)."""
+    loaded, skipped = ckpt.resume_latest(
+        run_dir, model=model, optimizer=[lo.optimizer for lo in level_opts],
+        spec_text=spec_text, restore_rng=True, device=device, move_aside=rank == 0)
+    state = LoopState(loss_acc=torch.zeros((), device=device))
+    if loaded is None:
+        return state
+    if skipped and rank == 0:
+        import warnings
+
+        for note in skipped:
+            warnings.warn(f"{note}; resuming from {loaded.path.name}", stacklevel=3)
+    extra = loaded.extra or {}
+    state.step = loaded.step
+    state.history = list(extra.get("history", []))
+    if "loss_acc" in extra:
+        state.loss_acc = extra["loss_acc"].to(device).clone()
+        state.n_acc = int(extra.get("n_acc", 0))
+    accum = extra.get("accum", {})
+    for lo in level_opts:
+        for i, p in enumerate(lo.params):
+            key = f"{lo.name}.{i}"
+            if key in accum:
+                p.grad = accum[key].to(device=p.device, dtype=p.dtype).clone()
+    return state
