@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-from nestdsl.check.periods import DataShape, LevelClass, classify, divisors_near
+from nestdsl.check.periods import DataShape, LevelClass, LevelKind, classify, divisors_near
 from nestdsl.check.registry import objective_names
 from nestdsl.diagnostics import Diagnostic, SpecError, did_you_mean
 from nestdsl.spec import ir
@@ -540,7 +540,7 @@ def _check_periods(ctx: _Ctx) -> None:
                 continue
             cls = classify(spec.level_period(stage.level), shape)
             if cls.ok:
-                if cls.kind == "persistent":
+                if cls.kind == LevelKind.PERSISTENT:
                     _persistent_only(ctx, cname, i, stage, cls)
                 continue
             if stage.level in reported:
@@ -558,7 +558,7 @@ def _period_error(ctx: _Ctx, cname: str, i: int, level: str, cls: LevelClass, sh
     period = ctx.spec.level_period(level)
     used = f"used by cms '{cname}' stage {i + 1}"
     tps = shape.tokens_per_step
-    if cls.kind == "non_dividing":
+    if cls.kind == LevelKind.NON_DIVIDING:
         below, above = divisors_near(period.every, shape.seq_len)
         near = " or ".join(str(d) for d in (below, above) if d is not None)
         ctx.add(path, f"level '{level}' period {period} does not divide seq_len {shape.seq_len} ({used})",

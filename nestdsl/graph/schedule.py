@@ -23,12 +23,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from nestdsl.check.periods import DataShape, LevelKind, classify
 from nestdsl.spec import ir
 
 __all__ = ["LevelClock", "Schedule", "optimizer_levels", "schedule", "spec_levels"]
-
-LevelClass = str  # "in-context" | "persistent" | "outer" | "between"
-CLASS_ORDER = {"in-context": 0, "between": 1, "persistent": 2, "outer": 3}
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class LevelClock:
     name: str
     every: int
     unit: str  # "tokens" | "steps"
-    cls: LevelClass
+    cls: LevelKind
     owner: str = "model"  # "model" (spec levels, built-ins) or "optimizer" (its own levels)
     tokens_every: int | None = None  # fires inside a sequence every this many tokens
     steps_every: int | None = None  # fires every k optimizer steps (persistent / outer)
@@ -82,19 +80,15 @@ class LevelClock:
         return (group, p, 0 if self.owner == "model" else 1, self.name)
 
 
-def _classify(
-    period: ir.Period, seq_len: int | None, tokens_per_step: int | None, *, builtin_step: bool
-) -> tuple[LevelClass, int | None, int | None]:
-    """(class, tokens_every, steps_every) of a period (design.md §3.3)."""
-    if period.unit == "steps":
-        return ("outer" if builtin_step else "persistent"), None, period.every
-    c = period.every
-    if tokens_per_step is not None and c >= tokens_per_step:
-        k, rem = divmod(c, tokens_per_step)
-        return "persistent", None, (k if rem == 0 else None)
-    if seq_len is None or c < seq_len:
-        return "in-context", c, None
-    return "between", None, None
+def _classify(period: ir.Period, seq_len: int | None, batch: int | None, *, builtin_step: bool
+              ) -> tuple[LevelKind, int | None, int | None]:
+    """(class, tokens_every, steps_every) of a period: `check.periods.classify` (design.md §3.3)."""
+    shape = DataShape(seq_len, batch) if seq_len and batch else None
+    c = classify(period, shape, outer=builtin_step)
+    # a period that does not divide seq_len still fires in context (a memory's last chunk is
+    # partial); the checker rejects it where that matters (CMS stages)
+    kind = LevelKind.IN_CONTEXT if c.kind == LevelKind.NON_DIVIDING else c.kind
+    return kind, c.tokens, c.every_k
 
 
 def spec_levels(
@@ -112,7 +106,7 @@ def spec_levels(
     for name in names:
         period = spec.level_period(name)
         cls, t_every, s_every = _classify(
-            period, seq_len, tps, builtin_step=(name == "step" and name not in spec.levels)
+            period, seq_len, batch, builtin_step=(name == "step" and name not in spec.levels)
         )
         doc = spec.levels[name].doc if name in spec.levels else _BUILTIN_DOC.get(name)
         out.append(LevelClock(name, period.every, period.unit, cls, "model", t_every, s_every,
@@ -251,7 +245,7 @@ class Schedule:
                 )
                 tok_rows.append((lv.name, row))
         step_rows: list[tuple[str, str]] = []
-        stepped = [lv for lv in self.levels if lv.steps_every is not None or lv.cls == "between"]
+        stepped = [lv for lv in self.levels if lv.steps_every is not None or lv.cls == LevelKind.BETWEEN]
         step_head = f"optimizer steps 1..{self.steps}" if stepped else ""
         for lv in stepped:
             row = "".join("|" if self.fires(lv, step=s) else "." for s in range(1, self.steps + 1))
@@ -314,13 +308,13 @@ def schedule(
     """
     seq_len, batch = _data_shape(spec, seq_len, batch)
     levels = spec_levels(spec, seq_len, batch) if spec.model is not None else [
-        LevelClock("step", 1, "steps", "outer", "model", None, 1, None, _BUILTIN_DOC["step"])
+        LevelClock("step", 1, "steps", LevelKind.OUTER, "model", None, 1, None, _BUILTIN_DOC["step"])
     ]
     tps = seq_len * batch if seq_len and batch else None
     opt_levels, _ = optimizer_levels(spec.outer_optimizer)
     for d in opt_levels:
         every = int(d.get("period", 1) or 1)
-        levels.append(LevelClock(f"opt.{d['name']}", every, "steps", "outer", "optimizer", None,
+        levels.append(LevelClock(f"opt.{d['name']}", every, "steps", LevelKind.OUTER, "optimizer", None,
                                  every, tps, d.get("doc")))
     levels.sort(key=LevelClock.sort_key)
     if steps is None:

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nestdsl.check.periods import DataShape, classify
+from nestdsl.check.periods import DataShape, LevelKind, classify
 from nestdsl.lower.common import BuildContext, CompileConfig, RMSNorm
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
@@ -71,7 +71,7 @@ class StageLevel:
 
     index: int
     level: str
-    kind: str                    # "in_context" | "persistent"
+    kind: LevelKind              # in-context | persistent
     tokens: int | None = None    # in-context chunk size C
     every_k: int | None = None   # persistent: optimizer steps between updates
     signal: str = "task"         # in-context: "task" | "local"
@@ -119,7 +119,7 @@ class CMSLayerModule(nn.Module):
         self.stages = nn.ModuleList(
             CMSStageModule(width, s.hidden, s.activation,
                            norm=(mode != "independent" and i > 0),
-                           local=(lv.kind == "in_context" and lv.signal == "local"))
+                           local=(lv.kind == LevelKind.IN_CONTEXT and lv.signal == "local"))
             for i, (s, lv) in enumerate(zip(stages, levels, strict=True)))
         self.mix = nn.Parameter(torch.zeros(len(stages))) if mode == "independent" else None
         # the model's loss must go through nestdsl.lower.sweep.task_sweep when this is set
@@ -157,8 +157,8 @@ class CMSLayerModule(nn.Module):
         levels = []
         for i, (st, c) in enumerate(zip(cms.stages, periods, strict=True)):
             reset = None
-            if cms.mode == "nested" and i + 1 < len(cms.stages) and periods[i + 1].kind == "in_context":
-                if c.kind != "in_context":
+            if cms.mode == "nested" and i + 1 < len(cms.stages) and periods[i + 1].kind == LevelKind.IN_CONTEXT:
+                if c.kind != LevelKind.IN_CONTEXT:
                     raise ctx.error(st, f"nested cms '{layer_ir.cms}': persistent stage {i + 1} cannot be "
                                     "reset by the faster in-context stage after it",
                                     "order nested stages from fastest to slowest")
@@ -179,7 +179,7 @@ class CMSLayerModule(nn.Module):
     def persistent_levels(self) -> list[tuple[str, list[nn.Parameter], int]]:
         """(level name, its parameters, k): update every k optimizer steps (MultiSteps)."""
         return [(lv.level, list(self.stages[lv.index].weights), int(lv.every_k or 1))
-                for lv in self.levels if lv.kind == "persistent"]
+                for lv in self.levels if lv.kind == LevelKind.PERSISTENT]
 
     def level_params(self) -> dict[str, list[nn.Parameter]]:
         """The persistent levels as the compiler collects them: level name → parameters."""
@@ -190,11 +190,11 @@ class CMSLayerModule(nn.Module):
 
     def in_context_levels(self) -> list[str]:
         """Levels whose (fast) state lives in this layer's streaming state."""
-        return list(dict.fromkeys(lv.level for lv in self.levels if lv.kind == "in_context"))
+        return list(dict.fromkeys(lv.level for lv in self.levels if lv.kind == LevelKind.IN_CONTEXT))
 
     def task_stages(self) -> list[StageLevel]:
         """In-context stages updated by the next-token loss (`task_sweep` writes them)."""
-        return [lv for lv in self.levels if lv.kind == "in_context" and lv.signal == "task"]
+        return [lv for lv in self.levels if lv.kind == LevelKind.IN_CONTEXT and lv.signal == "task"]
 
     # ------------------------------------------------------------------------------------------
     # state
@@ -211,15 +211,15 @@ class CMSLayerModule(nn.Module):
 
     def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
         fast = {lv.index: self.init_fast(lv.index, batch, dtype)
-                for lv in self.levels if lv.kind == "in_context"}
+                for lv in self.levels if lv.kind == LevelKind.IN_CONTEXT}
         anchor = {lv.index: fast[lv.index] for lv in self.levels
-                  if lv.kind == "in_context" and lv.signal == "local"}
+                  if lv.kind == LevelKind.IN_CONTEXT and lv.signal == "local"}
         return {"__cms__": self.tag, "pos": 0, "fast": fast, "anchor": anchor}
 
     def carry(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """The state to start the next sequence with: `scope: stream` stages continue, the
         others restart from their initial state."""
-        keep = [lv.index for lv in self.levels if lv.kind == "in_context" and lv.scope == "stream"]
+        keep = [lv.index for lv in self.levels if lv.kind == LevelKind.IN_CONTEXT and lv.scope == "stream"]
         if not keep:
             return None
         B = next(iter(state["fast"].values()))[0].shape[0]
@@ -244,7 +244,7 @@ class CMSLayerModule(nn.Module):
         h, outs = x, []
         for i, (stage, lv) in enumerate(zip(self.stages, self.levels, strict=True)):
             u = stage.norm(h) if stage.norm is not None else h
-            if lv.kind == "persistent":
+            if lv.kind == LevelKind.PERSISTENT:
                 out = self._mlp[i](tuple(stage.weights), u)
             elif lv.signal == "task":
                 out, fast[i] = self._task_stage(lv, u, fast[i], pos)
@@ -307,7 +307,7 @@ class CMSLayerModule(nn.Module):
             n = sum(p.numel() for p in stage.weights) + (shared if lv.index == 0 else 0)
             name = f"{self.name}.stages.{lv.index} ({lv.level})"
             mode = f"mode {self.mode}" + (f", reset every {lv.reset_every} tokens" if lv.reset_every else "")
-            if lv.kind == "persistent":
+            if lv.kind == LevelKind.PERSISTENT:
                 rows.append(PlanRow(name, "cms stage", f"persistent MLP, outer optimizer every {lv.every_k} "
                                     "step(s) with accumulated gradients (MultiSteps)", None, None, None, n,
                                     status, "θ ← outer optimizer step every k steps", [mode, why]))

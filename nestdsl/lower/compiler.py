@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nestdsl.check.periods import LevelKind
 from nestdsl.graph.schedule import Schedule, schedule
 from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
@@ -34,7 +35,7 @@ class LevelInfo:
     """
 
     name: str
-    role: str
+    role: LevelKind
     period: str
     every_k: int
     params: list[nn.Parameter] = field(default_factory=list)
@@ -115,11 +116,11 @@ def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
             k = period.every // tps
         uniq = [p for p in params if id(p) not in owned]
         owned.update(id(p) for p in uniq)
-        levels.append(LevelInfo(lvl, "persistent", str(period), k, uniq))
+        levels.append(LevelInfo(lvl, LevelKind.PERSISTENT, str(period), k, uniq))
     for lvl, holders in in_context.items():
-        levels.append(LevelInfo(lvl, "in-context", str(spec.level_period(lvl)), 0, [], holders))
+        levels.append(LevelInfo(lvl, LevelKind.IN_CONTEXT, str(spec.level_period(lvl)), 0, [], holders))
     outer = [p for p in model.parameters() if id(p) not in owned]
-    levels.insert(0, LevelInfo("outer", "outer", "1 step", 1, outer))
+    levels.insert(0, LevelInfo("outer", LevelKind.OUTER, "1 step", 1, outer))
     return levels
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nestdsl.check.periods import LevelKind
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
@@ -127,7 +128,7 @@ def _level_groups(system: Any) -> list[tuple[str, list[torch.nn.Parameter], int]
     seen: set[int] = set()
     for lvl in getattr(system, "levels", None) or []:
         role = getattr(lvl, "role", None)
-        if role == "in-context":
+        if role == LevelKind.IN_CONTEXT:
             continue
         k = int(getattr(lvl, "every_k", 1) or 1)
         if k < 1:

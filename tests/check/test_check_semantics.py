@@ -17,10 +17,10 @@ SHAPE = DataShape(seq_len=128, batch=8)
 @pytest.mark.parametrize(
     ("period", "kind", "k"),
     [
-        ("1 tokens", "in_context", None),
-        ("16 tokens", "in_context", None),
-        ("64 tokens", "in_context", None),
-        ("48 tokens", "non_dividing", None),
+        ("1 tokens", "in-context", None),
+        ("16 tokens", "in-context", None),
+        ("64 tokens", "in-context", None),
+        ("48 tokens", "non-dividing", None),
         ("128 tokens", "between", None),
         ("512 tokens", "between", None),
         ("1024 tokens", "persistent", 1),

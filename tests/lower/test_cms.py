@@ -200,7 +200,7 @@ def test_persistent_levels_and_classification():
     # tokens per step = 2 × 16 = 32: "64 tokens" is persistent with k = 2
     got = [(name, [tuple(p.shape) for p in ps], k) for name, ps, k in layer.persistent_levels()]
     assert got == [("slow", [(4 * W, W), (W, 4 * W)], 3), ("big", [(4 * W, W), (W, 4 * W)], 2)]
-    assert [lv.kind for lv in layer.levels] == ["in_context", "persistent", "persistent"]
+    assert [lv.kind for lv in layer.levels] == ["in-context", "persistent", "persistent"]
     assert all(p is q for p, q in zip(layer.persistent_levels()[0][1], layer.stages[1].weights, strict=True))
 
 
@@ -208,7 +208,7 @@ def test_hope_preset_levels():
     spec = load_spec("specs/hope.yaml")
     layer = CMSLayerModule.from_spec(spec.blocks["hope"].layers[1], spec, spec.model.width)
     assert [(lv.kind, lv.tokens, lv.every_k, lv.signal) for lv in layer.levels] == [
-        ("in_context", 16, None, "task"), ("in_context", 64, None, "task"), ("persistent", None, 4, "task")]
+        ("in-context", 16, None, "task"), ("in-context", 64, None, "task"), ("persistent", None, 4, "task")]
     assert [(n, k) for n, _, k in layer.persistent_levels()] == [("cms_slow", 4)]
     assert len(layer.plan()) == 3
 
