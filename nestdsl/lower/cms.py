@@ -136,38 +136,19 @@ class CMSLayerModule(nn.Module):
     @classmethod
     def from_spec(cls, layer_ir: ir.CMSLayer, spec: ir.Spec, width: int, *,
                   compile_config: CompileConfig | None = None, name: str = "cms") -> CMSLayerModule:
-        ctx = BuildContext(spec, compile_config or CompileConfig(enabled=False))
-        if layer_ir.cms not in spec.cms:
-            raise ctx.error(layer_ir, f"unknown cms '{layer_ir.cms}'", "declare it under `cms:`")
+        # the rules (known cms and levels, in-context or persistent periods, nested periods that
+        # nest) are the checker's (check/checker.py `_check_periods`, `_check_nested`): asserted
         cms = spec.cms[layer_ir.cms]
         shape = DataShape.of(spec)
-        periods = []
-        for i, st in enumerate(cms.stages):
-            try:
-                period = spec.level_period(st.level)
-            except KeyError:
-                raise ctx.error(st, f"unknown level '{st.level}' in cms '{layer_ir.cms}' stage {i + 1}") from None
-            cls_ = classify(period, shape)
-            if not cls_.ok:
-                raise ctx.error(st, f"cms '{layer_ir.cms}' stage {i + 1}: level '{st.level}' period {period} "
-                                f"is neither in-context nor persistent ({shape.describe()})",
-                                f"in-context periods are < seq_len and divide it; persistent periods are in "
-                                f"steps or a multiple of {shape.tokens_per_step} tokens")
-            periods.append(cls_)
+        periods = [classify(spec.level_period(st.level), shape) for st in cms.stages]
+        assert all(c.ok for c in periods), "cms periods are in-context or persistent (checker)"
         levels = []
         for i, (st, c) in enumerate(zip(cms.stages, periods, strict=True)):
             reset = None
             if cms.mode == "nested" and i + 1 < len(cms.stages) and periods[i + 1].kind == LevelKind.IN_CONTEXT:
-                if c.kind != LevelKind.IN_CONTEXT:
-                    raise ctx.error(st, f"nested cms '{layer_ir.cms}': persistent stage {i + 1} cannot be "
-                                    "reset by the faster in-context stage after it",
-                                    "order nested stages from fastest to slowest")
                 reset = periods[i + 1].tokens
-                assert reset is not None and c.tokens is not None
-                if reset % c.tokens:
-                    raise ctx.error(st, f"nested cms '{layer_ir.cms}': stage {i + 2} period {reset} is not a "
-                                    f"multiple of stage {i + 1}'s ({c.tokens})",
-                                    "each nested period must be a multiple of the previous one")
+                assert c.kind == LevelKind.IN_CONTEXT and reset is not None and c.tokens is not None
+                assert reset % c.tokens == 0, "nested periods nest (checker)"
             levels.append(StageLevel(i, st.level, c.kind, c.tokens, c.every_k, st.signal, st.scope,
                                      st.lr, reset))
         return cls(width, list(cms.stages), levels, mode=cms.mode, name=name,

@@ -213,9 +213,15 @@ def test_hope_preset_levels():
     assert len(layer.plan()) == 3
 
 
-def test_period_between_levels_is_an_error():
-    with pytest.raises(SpecError, match="neither in-context nor persistent"):
-        build([{"level": "odd"}], levels={"odd": "20 tokens"}, seq_len=16, batch=2)
+def test_period_between_levels_is_a_checker_error():
+    from nestdsl.check import check_spec
+
+    d = json.loads(cms_spec([{"level": "odd"}], levels={"odd": "20 tokens"}, seq_len=16,
+                            batch=2).model_dump_json(exclude_none=True))
+    d["model"]["vocab"] = 256                      # the copy task's vocabulary
+    doc, spec = parse_text(json.dumps(d))
+    with pytest.raises(SpecError, match="between in-context and persistent"):
+        check_spec(spec, doc)
 
 
 def test_carry_keeps_only_stream_stages():
