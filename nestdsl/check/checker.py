@@ -11,6 +11,7 @@ at the offending field. Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -549,6 +550,44 @@ def _check_periods(ctx: _Ctx) -> None:
             _period_error(ctx, cname, i, stage.level, cls, shape)
         if c.mode == "nested":
             _check_nested(ctx, cname, c, shape)
+    _check_sweep_segments(ctx, shape)
+
+
+def _check_sweep_segments(ctx: _Ctx, shape: DataShape) -> None:
+    """In-context CMS stages with the `task` signal train through the task sweep, which runs the
+    model in segments of gcd(their periods) tokens (lower/sweep.py); every memory of the model
+    continues its stream across those segments, which is exact only at its chunk boundaries."""
+    spec = ctx.spec
+    used_cms = {layer.cms for _, _, layer in _layers(spec) if isinstance(layer, ir.CMSLayer)}
+    task = []
+    for cname in sorted(used_cms & set(spec.cms)):
+        for i, stage in enumerate(spec.cms[cname].stages):
+            if stage.signal != "task" or (stage.level not in spec.levels
+                                          and stage.level not in ir.BUILTIN_LEVELS):
+                continue
+            c = classify(spec.level_period(stage.level), shape)
+            if c.kind == LevelKind.IN_CONTEXT and c.tokens:
+                task.append((cname, i, stage, c.tokens))
+    if not task:
+        return
+    segment = math.gcd(*(t for *_, t in task))
+    for bname, i, layer in _layers(spec):
+        for role, name in _memory_refs(layer):
+            mem = spec.memories.get(name)
+            if mem is None or mem.kind == "attention" or mem.level is None:
+                continue
+            if mem.level not in spec.levels and mem.level not in ir.BUILTIN_LEVELS:
+                continue
+            period = spec.level_period(mem.level)
+            if period.unit == "tokens" and segment % period.every:
+                cname, j, stage, _ = task[0]
+                ctx.add(("memories", name, "level"),
+                        f"memory '{name}' (chunk size {period.every}, {role} of block '{bname}' "
+                        f"layer {i + 1}) cannot stream through the task sweep's {segment}-token "
+                        f"segments (the gcd of the `task` CMS periods, e.g. cms '{cname}' stage "
+                        f"{j + 1}, level '{stage.level}')",
+                        f"make every task-signal CMS period a multiple of {period.every} tokens, or use "
+                        "`signal: local` for the faster stages", "period")
 
 
 def _period_error(ctx: _Ctx, cname: str, i: int, level: str, cls: LevelClass, shape: DataShape) -> None:

@@ -67,7 +67,8 @@ def test_an_unset_residual_means_the_same_to_the_graph_and_the_compiler() -> Non
                                                   residual=None, activation=None),
      "not mlp"),
     (lambda d: d["levels"].update(chunk={"every": "12 tokens"}, cms_fast={"every": "16 tokens"})
-     or d["memories"]["projection"].update(level="cms_fast"), "do not nest"),
+     or d["memories"]["projection"].update(level="cms_fast")
+     or [st.update(signal="local") for st in d["cms"]["hope_cms"]["stages"][:2]], "do not nest"),
     (lambda d: d["memories"]["projection"].update(heads=2), "heads"),
 ], ids=["projections-read-after", "linear-projections", "chunks-do-not-nest", "heads-differ"])
 def test_what_lowering_needs_is_a_checker_rule(change, message: str, tmp_path: Path) -> None:
