@@ -85,7 +85,10 @@ class Compiled:
             return self.fn(*args, **kwargs)
         if self._compiled is None:
             if self.config.repeated_backward:
-                self._compiled = torch.compile(_own_code(self.fn), options={"inplace_buffers": False})
+                # static shapes: a graph with symbolic shapes compiles its backward lazily, at the
+                # first backward, outside `compile_scope` (so with donated buffers)
+                self._compiled = torch.compile(_own_code(self.fn), dynamic=False,
+                                               options={"inplace_buffers": False})
             else:
                 self._compiled = torch.compile(self.fn)
         try:
