@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ class Compiled:
             else:
                 self._compiled = torch.compile(self.fn)
         try:
+            if _SCOPE.config is self.config:      # inside the model's call (NestModel.hidden)
+                return self._compiled(*args, **kwargs)
             with compile_scope(self.config):
                 return self._compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
@@ -114,19 +117,44 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     return types.MethodType(g, bound) if bound is not None else g
 
 
-def compile_scope(config: CompileConfig) -> contextlib.AbstractContextManager[Any]:
+class _Scope(threading.local):
+    config: CompileConfig | None = None
+
+
+_SCOPE = _Scope()
+
+
+@contextlib.contextmanager
+def compile_scope(config: CompileConfig) -> Iterator[None]:
     """The torch settings a model's compiled functions run (and compile) under, set only for the
-    call: dynamo's recompile limit and, for repeated backward, no donated buffers."""
+    call: dynamo's recompile limit and, for repeated backward, no donated buffers.
+
+    The model enters it once per call (`NestModel.hidden`) and its compiled pieces see that;
+    a piece called on its own enters it itself. (Swapping torch's config attributes costs ~25 µs,
+    and the chunk loops call compiled pieces hundreds of times per step.)"""
+    if _SCOPE.config is config:
+        yield
+        return
     import torch._dynamo as dynamo
     import torch._functorch.config as functorch_config
 
     limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
-    stack = contextlib.ExitStack()
-    stack.enter_context(dynamo.config.patch(**{limit: max(getattr(dynamo.config, limit),
-                                                          config.recompile_limit)}))
+    swaps = [(dynamo.config, limit, max(getattr(dynamo.config, limit), config.recompile_limit))]
     if config.repeated_backward:
-        stack.enter_context(functorch_config.patch(donated_buffer=False))
-    return stack
+        swaps.append((functorch_config, "donated_buffer", False))
+        # and no AOTAutograd cache: its key ignores `donated_buffer`, so a warm cache can hand
+        # back an identical graph compiled with donated buffers
+        swaps.append((functorch_config, "enable_autograd_cache", False))
+    old = [getattr(mod, name) for mod, name, _ in swaps]
+    outer, _SCOPE.config = _SCOPE.config, config
+    try:
+        for mod, name, value in swaps:
+            setattr(mod, name, value)
+        yield
+    finally:
+        for (mod, name, _), value in zip(swaps, old, strict=True):
+            setattr(mod, name, value)
+        _SCOPE.config = outer
 
 
 def compile_status(config: CompileConfig, names: list[str], what: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nestdsl.check.periods import LevelKind
+from nestdsl.check.periods import DataShape, LevelKind, classify
 from nestdsl.graph.schedule import Schedule, schedule
 from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
@@ -73,15 +73,6 @@ class CompiledSystem:
         self.model.set_compile(enabled)
 
 
-def _tokens_per_step(spec: ir.Spec) -> int | None:
-    d = spec.data
-    if d is None:
-        return None
-    if isinstance(d, ir.ContinualData):
-        d = d.tasks[0]
-    return d.seq_len * d.batch
-
-
 def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
     persistent: dict[str, list[nn.Parameter]] = {}
     in_context: dict[str, list[str]] = {}
@@ -102,18 +93,12 @@ def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
 
     levels: list[LevelInfo] = []
     owned: set[int] = set()
-    tps = _tokens_per_step(spec)
+    shape = DataShape.of(spec)
     for lvl, params in persistent.items():
         period = spec.level_period(lvl)
-        if period.unit == "steps":
-            k = period.every
-        else:
-            if tps is None or period.every % tps:
-                node = spec.levels.get(lvl)
-                raise spec_error(spec, node, f"persistent level '{lvl}' has period {period}, which is "
-                                 f"not a whole number of optimizer steps ({tps} tokens per step)",
-                                 "give the period in steps, e.g. `every: 4 steps`")
-            k = period.every // tps
+        level = classify(period, shape)          # the checker accepted it as persistent
+        assert level.kind == LevelKind.PERSISTENT and level.every_k, (lvl, level)
+        k = level.every_k
         uniq = [p for p in params if id(p) not in owned]
         owned.update(id(p) for p in uniq)
         levels.append(LevelInfo(lvl, LevelKind.PERSISTENT, str(period), k, uniq))

@@ -14,7 +14,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nestdsl.lower.common import BuildContext, RMSNorm, count_params, make_norm
+from nestdsl.lower.common import BuildContext, RMSNorm, compile_scope, count_params, make_norm
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import get_builder
 from nestdsl.spec import ir
@@ -104,9 +104,10 @@ class NestModel(nn.Module):
         x = self.embed(tokens)
         state = state if state is not None else [None] * len(self.blocks)
         new: ModelState = []
-        for block, s in zip(self.blocks, state, strict=True):
-            x, s = block(x, s)
-            new.append(s)
+        with compile_scope(self._compile_config):   # torch settings of the compiled pieces, once
+            for block, s in zip(self.blocks, state, strict=True):
+                x, s = block(x, s)
+                new.append(s)
         return x, new
 
     def logits(self, h: Tensor) -> Tensor:

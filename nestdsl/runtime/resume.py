@@ -4,7 +4,7 @@ gradients persistent levels have accumulated since their last update."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,14 @@ from nestdsl.runtime import checkpoint as ckpt
 class LoopState:
     """The loop's own state at a step boundary (besides model and optimizers)."""
 
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    loss_acc: torch.Tensor | None = None      # sum of the losses of the current log window
-    n_acc: int = 0                            # steps in it
+    step: int
+    history: list[dict[str, float]]
+    loss_acc: torch.Tensor                    # sum of the losses of the current log window
+    n_acc: int                                # steps in it
+
+    @classmethod
+    def fresh(cls, device: str) -> LoopState:
+        return cls(0, [], torch.zeros((), device=device), 0)
 
 
 def extra_of(state: LoopState, level_opts: list[Any]) -> dict[str, Any]:
@@ -31,7 +35,6 @@ def extra_of(state: LoopState, level_opts: list[Any]) -> dict[str, Any]:
             for i, p in enumerate(lo.params):
                 if p.grad is not None:
                     accum[f"{lo.name}.{i}"] = p.grad.detach()
-    assert state.loss_acc is not None
     return {"history": state.history, "accum": accum, "loss_acc": state.loss_acc.detach().clone(),
             "n_acc": state.n_acc}
 
@@ -44,7 +47,7 @@ def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], spe
     loaded, skipped = ckpt.resume_latest(
         run_dir, model=model, optimizer=[lo.optimizer for lo in level_opts],
         spec_text=spec_text, restore_rng=True, device=device, move_aside=rank == 0)
-    state = LoopState(loss_acc=torch.zeros((), device=device))
+    state = LoopState.fresh(device)
     if loaded is None:
         return state
     if skipped and rank == 0:

@@ -327,10 +327,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     loop = (resume_from(run_dir, model=model, level_opts=level_opts, spec_text=spec_text,
                         device=device, rank=rank)
-            if resume else LoopState(loss_acc=torch.zeros((), device=device)))
-    start_step, history, n_acc = loop.step, loop.history, loop.n_acc
-    assert loop.loss_acc is not None
-    loss_acc = loop.loss_acc
+            if resume else LoopState.fresh(device))
+    start_step, history, loss_acc, n_acc = loop.step, loop.history, loop.loss_acc, loop.n_acc
     if start_step == 0:
         for lo in level_opts:
             lo.optimizer.zero_grad(set_to_none=True)
