@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from nestdsl.check.periods import LevelKind
 from nestdsl.cli.app import TracebackOpt, app, out
 from nestdsl.cli.errors import UserError, guard
 
@@ -121,8 +122,8 @@ def compile_command(
         out.rule("levels")
         for lv in system.levels:
             extra = f", state in {len(lv.state)} layer(s)" if lv.state else ""
-            k = f", every {lv.every_k} step(s)" if lv.role != "in-context" else ""
-            out.print(f"{lv.name}: {lv.role}, period {lv.period}{k}, {lv.param_count:,} params{extra}")
+            k = f", every {lv.every_k} step(s)" if lv.kind != LevelKind.IN_CONTEXT else ""
+            out.print(f"{lv.name}: {lv.kind}, period {lv.period}{k}, {lv.param_count:,} params{extra}")
         for n in system.notes:
             out.print(f"note: {n}")
         if explain:

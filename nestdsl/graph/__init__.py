@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from nestdsl.graph.level_graph import build_graph, update_equation
-from nestdsl.graph.schedule import LevelClock, Schedule, schedule
+from nestdsl.graph.schedule import Level, Schedule, schedule
 
-__all__ = ["LevelClock", "Schedule", "build_graph", "render_graph", "schedule", "update_equation"]
+__all__ = ["Level", "Schedule", "build_graph", "render_graph", "schedule", "update_equation"]
 
 
 def render_graph(*args: Any, **kwargs: Any) -> str | None:

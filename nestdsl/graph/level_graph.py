@@ -49,7 +49,7 @@ from typing import Any
 
 import networkx as nx
 
-from nestdsl.graph.schedule import LevelClock, Schedule, optimizer_levels, schedule
+from nestdsl.graph.schedule import Level, Schedule, optimizer_levels, schedule
 from nestdsl.spec import ir
 from nestdsl.spec.resolve import DGD_ERASE, resolve
 
@@ -220,7 +220,7 @@ class _Builder:
             self.node(
                 f"level:{lv.name}", "level", lv.name, None,
                 name=lv.name, period=lv.period, period_text=lv.period_text, every=lv.every,
-                unit=lv.unit, cls=lv.cls, owner=lv.owner, frequency=lv.frequency, rank=rank,
+                unit=lv.unit, cls=lv.kind, owner=lv.owner, frequency=lv.frequency, rank=rank,
                 steps_every=lv.steps_every, tokens_every=lv.tokens_every,
                 fires=self.sched.describe(lv), doc=lv.doc or "",
             )
@@ -346,7 +346,7 @@ class _Builder:
             in_ctx = lv.tokens_every is not None
             self.node(sid, "cms_stage", f"{cname}[{j}] MLP x{st.hidden}", st.level,
                       cms=cname, index=j, hidden=st.hidden, signal=st.signal if in_ctx else "outer",
-                      scope=st.scope, cls=lv.cls, mode=cms.mode, instances=[inst],
+                      scope=st.scope, cls=lv.kind, mode=cms.mode, instances=[inst],
                       read=("chunk" if in_ctx else "static"),
                       read_text=("o_t = MLP_{θ_c(t)}(x_t)  (chunk-start state)" if in_ctx
                                  else "o_t = MLP_θ(x_t)  (fixed within the step)"),
@@ -384,7 +384,7 @@ class _Builder:
             self.edge(a, b, "reads", "grad", "chain")
         return stage_nodes[:1], stage_nodes[-1]
 
-    def cms_update(self, st: ir.CMSStage, lv: LevelClock) -> str:
+    def cms_update(self, st: ir.CMSStage, lv: Level) -> str:
         if lv.tokens_every is not None:
             sig = "ℓ_task" if st.signal == "task" else "½‖MLP(x) − y‖²"
             return f"θ ← θ − {st.lr:g}·Σ_chunk ∇θ {sig}  (every {lv.period}, in-context)"

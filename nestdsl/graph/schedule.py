@@ -26,22 +26,30 @@ from typing import Any
 from nestdsl.check.periods import DataShape, LevelKind, classify
 from nestdsl.spec import ir
 
-__all__ = ["LevelClock", "Schedule", "optimizer_levels", "schedule", "spec_levels"]
+__all__ = ["Level", "Schedule", "optimizer_levels", "schedule", "spec_levels"]
 
 
 @dataclass(frozen=True)
-class LevelClock:
-    """One level as a clock, classified against a sequence length and a step size."""
+class Level:
+    """A level (design.md §2): a named clock, classified against the sequence length and the
+    tokens per optimizer step (`check.periods.classify`). The one Level type: built once from
+    the spec by `spec_levels` / `schedule` and handed to the graph, the lowering (CMS stages,
+    `CompiledSystem.levels`) and the train loop."""
 
     name: str
     every: int
     unit: str  # "tokens" | "steps"
-    cls: LevelKind
+    kind: LevelKind
     owner: str = "model"  # "model" (spec levels, built-ins) or "optimizer" (its own levels)
     tokens_every: int | None = None  # fires inside a sequence every this many tokens
     steps_every: int | None = None  # fires every k optimizer steps (persistent / outer)
     tokens_per_step: int | None = None
     doc: str | None = None
+
+    @property
+    def every_k(self) -> int:
+        """Optimizer steps between updates (persistent / outer); 0 for an in-context level."""
+        return self.steps_every or 0
 
     @property
     def period(self) -> str:
@@ -93,7 +101,7 @@ def _classify(period: ir.Period, seq_len: int | None, batch: int | None, *, buil
 
 def spec_levels(
     spec: ir.Spec, seq_len: int | None = None, batch: int | None = None
-) -> list[LevelClock]:
+) -> list[Level]:
     """The model's levels: declared ones plus the built-ins `token` (when something updates per
     token) and `step` (the outer level; always present), classified and ordered fastest first."""
     tps = seq_len * batch if seq_len and batch else None
@@ -102,16 +110,16 @@ def spec_levels(
         names.insert(0, "token")
     if "step" not in names:
         names.append("step")
-    out: list[LevelClock] = []
+    out: list[Level] = []
     for name in names:
         period = spec.level_period(name)
         cls, t_every, s_every = _classify(
             period, seq_len, batch, builtin_step=(name == "step" and name not in spec.levels)
         )
         doc = spec.levels[name].doc if name in spec.levels else _BUILTIN_DOC.get(name)
-        out.append(LevelClock(name, period.every, period.unit, cls, "model", t_every, s_every,
+        out.append(Level(name, period.every, period.unit, cls, "model", t_every, s_every,
                               tps, doc))
-    return sorted(out, key=LevelClock.sort_key)
+    return sorted(out, key=Level.sort_key)
 
 
 _BUILTIN_DOC = {
@@ -158,21 +166,21 @@ class Schedule:
     seq_len: int | None
     batch: int | None
     steps: int  # how many optimizer steps the listing/timeline covers
-    levels: list[LevelClock] = field(default_factory=list)
+    levels: list[Level] = field(default_factory=list)
 
     @property
     def tokens_per_step(self) -> int | None:
         return self.seq_len * self.batch if self.seq_len and self.batch else None
 
-    def level(self, name: str | LevelClock) -> LevelClock:
-        if isinstance(name, LevelClock):
+    def level(self, name: str | Level) -> Level:
+        if isinstance(name, Level):
             return name
         for lv in self.levels:
             if lv.name == name:
                 return lv
         raise KeyError(f"no level {name!r}; levels: {', '.join(lv.name for lv in self.levels)}")
 
-    def fires(self, level: str | LevelClock, token: int | None = None, step: int | None = None) -> bool:
+    def fires(self, level: str | Level, token: int | None = None, step: int | None = None) -> bool:
         """Does `level` fire at `token` (of a sequence) and/or at optimizer `step`?
 
         In-context levels fire at tokens that end a chunk; asked only about a step, they fire
@@ -196,19 +204,19 @@ class Schedule:
             return step is not None and step % lv.steps_every == 0
         return False  # "between": never fires (the checker reports it)
 
-    def firing_tokens(self, level: str | LevelClock) -> list[int]:
+    def firing_tokens(self, level: str | Level) -> list[int]:
         lv = self.level(level)
         if lv.tokens_every is None or self.seq_len is None:
             return []
         return list(range(lv.tokens_every, self.seq_len + 1, lv.tokens_every))
 
-    def firing_steps(self, level: str | LevelClock, steps: int | None = None) -> list[int]:
+    def firing_steps(self, level: str | Level, steps: int | None = None) -> list[int]:
         n = steps if steps is not None else self.steps
         return [s for s in range(1, n + 1) if self.fires(level, step=s)]
 
     # -- rendering helpers ---------------------------------------------------------------------
 
-    def describe(self, level: str | LevelClock) -> str:
+    def describe(self, level: str | Level) -> str:
         """When the level fires, in words: 'tokens 16, 32, 48, ... (8x per sequence)'."""
         lv = self.level(level)
         if lv.tokens_every is not None:
@@ -245,7 +253,7 @@ class Schedule:
                 )
                 tok_rows.append((lv.name, row))
         step_rows: list[tuple[str, str]] = []
-        stepped = [lv for lv in self.levels if lv.steps_every is not None or lv.cls == LevelKind.BETWEEN]
+        stepped = [lv for lv in self.levels if lv.steps_every is not None or lv.kind == LevelKind.BETWEEN]
         step_head = f"optimizer steps 1..{self.steps}" if stepped else ""
         for lv in stepped:
             row = "".join("|" if self.fires(lv, step=s) else "." for s in range(1, self.steps + 1))
@@ -265,7 +273,7 @@ class Schedule:
         pw = max((len(lv.period_text) for lv in self.levels), default=4)
         lines = [head]
         for lv in self.levels:
-            lines.append(f"  {lv.name:<{w}}  every {lv.period_text:<{pw}}  {lv.cls:<10}  {self.describe(lv)}")
+            lines.append(f"  {lv.name:<{w}}  every {lv.period_text:<{pw}}  {lv.kind:<10}  {self.describe(lv)}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -274,7 +282,7 @@ class Schedule:
             "batch": self.batch,
             "tokens_per_step": self.tokens_per_step,
             "levels": [
-                {"name": lv.name, "period": lv.period, "class": lv.cls, "owner": lv.owner,
+                {"name": lv.name, "period": lv.period, "class": lv.kind, "owner": lv.owner,
                  "tokens_every": lv.tokens_every, "steps_every": lv.steps_every,
                  "fires": self.describe(lv)}
                 for lv in self.levels
@@ -308,15 +316,15 @@ def schedule(
     """
     seq_len, batch = _data_shape(spec, seq_len, batch)
     levels = spec_levels(spec, seq_len, batch) if spec.model is not None else [
-        LevelClock("step", 1, "steps", LevelKind.OUTER, "model", None, 1, None, _BUILTIN_DOC["step"])
+        Level("step", 1, "steps", LevelKind.OUTER, "model", None, 1, None, _BUILTIN_DOC["step"])
     ]
     tps = seq_len * batch if seq_len and batch else None
     opt_levels, _ = optimizer_levels(spec.outer_optimizer)
     for d in opt_levels:
         every = int(d.get("period", 1) or 1)
-        levels.append(LevelClock(f"opt.{d['name']}", every, "steps", LevelKind.OUTER, "optimizer", None,
+        levels.append(Level(f"opt.{d['name']}", every, "steps", LevelKind.OUTER, "optimizer", None,
                                  every, tps, d.get("doc")))
-    levels.sort(key=LevelClock.sort_key)
+    levels.sort(key=Level.sort_key)
     if steps is None:
         slowest = max((lv.steps_every or 1 for lv in levels), default=1)
         steps = min(64, max(8, 2 * slowest))

@@ -53,7 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nestdsl.check.periods import DataShape, LevelKind, classify
+from nestdsl.check.periods import LevelKind
+from nestdsl.graph.schedule import Level
 from nestdsl.lower.common import BuildContext, CompileConfig, RMSNorm
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
@@ -67,17 +68,32 @@ _TAGS = itertools.count()
 
 @dataclass(frozen=True)
 class StageLevel:
-    """How one stage was lowered: its level class, period and in-context update."""
+    """How one stage was lowered: its level (the spec's, classified once) and in-context update."""
 
     index: int
-    level: str
-    kind: LevelKind              # in-context | persistent
-    tokens: int | None = None    # in-context chunk size C
-    every_k: int | None = None   # persistent: optimizer steps between updates
+    clock: Level                 # in-context or persistent (the checker's rule)
     signal: str = "task"         # in-context: "task" | "local"
     scope: str = "sequence"
     lr: float = 0.01
     reset_every: int | None = None   # nested: tokens between resets to the initial state
+
+    @property
+    def level(self) -> str:
+        return self.clock.name
+
+    @property
+    def kind(self) -> LevelKind:
+        return self.clock.kind
+
+    @property
+    def tokens(self) -> int | None:
+        """In-context chunk size C."""
+        return self.clock.tokens_every
+
+    @property
+    def every_k(self) -> int:
+        """Persistent: optimizer steps between updates."""
+        return self.clock.every_k
 
 
 class CMSStageModule(nn.Module):
@@ -134,25 +150,23 @@ class CMSLayerModule(nn.Module):
         self._mlp = [functools.partial(mlp_forward, spec=s.mlp) for s in self.stages]
 
     @classmethod
-    def from_spec(cls, layer_ir: ir.CMSLayer, spec: ir.Spec, width: int, *,
-                  compile_config: CompileConfig | None = None, name: str = "cms") -> CMSLayerModule:
+    def from_spec(cls, layer_ir: ir.CMSLayer, ctx: BuildContext, *, name: str = "cms") -> CMSLayerModule:
         # the rules (known cms and levels, in-context or persistent periods, nested periods that
         # nest) are the checker's (check/checker.py `_check_periods`, `_check_nested`): asserted
-        cms = spec.cms[layer_ir.cms]
-        shape = DataShape.of(spec)
-        periods = [classify(spec.level_period(st.level), shape) for st in cms.stages]
-        assert all(c.ok for c in periods), "cms periods are in-context or persistent (checker)"
+        cms = ctx.spec.cms[layer_ir.cms]
+        clocks = [ctx.level(st.level) for st in cms.stages]
+        ok = (LevelKind.IN_CONTEXT, LevelKind.PERSISTENT)
+        assert all(c.kind in ok for c in clocks), "cms periods are in-context or persistent (checker)"
         levels = []
-        for i, (st, c) in enumerate(zip(cms.stages, periods, strict=True)):
+        for i, (st, c) in enumerate(zip(cms.stages, clocks, strict=True)):
             reset = None
-            if cms.mode == "nested" and i + 1 < len(cms.stages) and periods[i + 1].kind == LevelKind.IN_CONTEXT:
-                reset = periods[i + 1].tokens
-                assert c.kind == LevelKind.IN_CONTEXT and reset is not None and c.tokens is not None
-                assert reset % c.tokens == 0, "nested periods nest (checker)"
-            levels.append(StageLevel(i, st.level, c.kind, c.tokens, c.every_k, st.signal, st.scope,
-                                     st.lr, reset))
-        return cls(width, list(cms.stages), levels, mode=cms.mode, name=name,
-                   compile_config=compile_config)
+            if cms.mode == "nested" and i + 1 < len(cms.stages) and clocks[i + 1].kind == LevelKind.IN_CONTEXT:
+                reset = clocks[i + 1].tokens_every
+                assert c.kind == LevelKind.IN_CONTEXT and reset is not None and c.tokens_every is not None
+                assert reset % c.tokens_every == 0, "nested periods nest (checker)"
+            levels.append(StageLevel(i, c, st.signal, st.scope, st.lr, reset))
+        return cls(ctx.width, list(cms.stages), levels, mode=cms.mode, name=name,
+                   compile_config=ctx.compile)
 
     # ------------------------------------------------------------------------------------------
     # levels for the runtime and the sweep
@@ -307,4 +321,4 @@ class CMSLayerModule(nn.Module):
 
 @register_layer("cms")
 def build_cms(ctx: BuildContext, node: ir.CMSLayer, name: str) -> nn.Module:
-    return CMSLayerModule.from_spec(node, ctx.spec, ctx.width, compile_config=ctx.compile, name=name)
+    return CMSLayerModule.from_spec(node, ctx, name=name)

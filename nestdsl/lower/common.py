@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestdsl.check.periods import DataShape
 from nestdsl.diagnostics import Diagnostic, Span, SpecError
+from nestdsl.graph.schedule import Level, Schedule, schedule
 from nestdsl.spec import ir
 from nestdsl.spec.resolve import resolve
 
@@ -177,9 +179,17 @@ class BuildContext:
 
     spec: ir.Spec
     compile: CompileConfig
+    schedule: Schedule = field(init=False)
 
     def __post_init__(self) -> None:
         self.spec = resolve(self.spec)      # every memory default decided once (spec/resolve.py)
+        # the levels, classified once against the data shape the checker and the runtime use
+        shape = DataShape.of(self.spec)
+        self.schedule = schedule(self.spec, shape.seq_len, shape.batch)
+
+    def level(self, name: str) -> Level:
+        """The spec's level `name` (declared or built-in), classified (the checker accepted it)."""
+        return self.schedule.level(name)
 
     @property
     def model(self) -> ir.Model:

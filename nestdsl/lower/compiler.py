@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nestdsl.check.periods import DataShape, LevelKind, classify
-from nestdsl.graph.schedule import Schedule, schedule
+from nestdsl.check.periods import LevelKind
+from nestdsl.graph.schedule import Level, Schedule
 from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.model import NestModel
@@ -26,20 +26,34 @@ from nestdsl.spec import ir
 
 @dataclass
 class LevelInfo:
-    """One level as the runtime sees it.
+    """A level bound to what it owns in the model (the level itself is the schedule's `Level`).
 
-    role: "outer" (the pre-training level: every parameter not owned elsewhere, k = 1),
-    "persistent" (a CMS level updated by the outer optimizer every `every_k` steps with the
-    gradient accumulated in between, design.md §3.3) or "in-context" (updated inside the sequence;
-    its state lives in the streaming state of the layers listed in `state`, no parameters).
+    kind OUTER (the built-in `step` level: every parameter not owned elsewhere, k = 1),
+    PERSISTENT (a CMS level updated by the outer optimizer every `every_k` steps with the
+    gradient accumulated in between, design.md §3.3) or IN_CONTEXT (updated inside the
+    sequence; its state lives in the streaming state of the layers listed in `state`, no
+    parameters).
     """
 
-    name: str
-    role: LevelKind
-    period: str
-    every_k: int
+    level: Level
     params: list[nn.Parameter] = field(default_factory=list)
     state: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.level.name
+
+    @property
+    def kind(self) -> LevelKind:
+        return self.level.kind
+
+    @property
+    def period(self) -> str:
+        return self.level.period
+
+    @property
+    def every_k(self) -> int:
+        return self.level.every_k
 
     @property
     def param_count(self) -> int:
@@ -73,7 +87,9 @@ class CompiledSystem:
         self.model.set_compile(enabled)
 
 
-def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
+def _levels(sched: Schedule, model: NestModel) -> list[LevelInfo]:
+    """Each level with the parameters (persistent) or layer states (in-context) it owns; the
+    outer `step` level owns every parameter no persistent level claims."""
     persistent: dict[str, list[nn.Parameter]] = {}
     in_context: dict[str, list[str]] = {}
     from nestdsl.lower.memory import MemoryMixer
@@ -93,19 +109,16 @@ def _levels(spec: ir.Spec, model: NestModel) -> list[LevelInfo]:
 
     levels: list[LevelInfo] = []
     owned: set[int] = set()
-    shape = DataShape.of(spec)
     for lvl, params in persistent.items():
-        period = spec.level_period(lvl)
-        level = classify(period, shape)          # the checker accepted it as persistent
-        assert level.kind == LevelKind.PERSISTENT and level.every_k, (lvl, level)
-        k = level.every_k
+        level = sched.level(lvl)
+        assert level.kind == LevelKind.PERSISTENT and level.every_k, level  # the checker's rule
         uniq = [p for p in params if id(p) not in owned]
         owned.update(id(p) for p in uniq)
-        levels.append(LevelInfo(lvl, LevelKind.PERSISTENT, str(period), k, uniq))
+        levels.append(LevelInfo(level, uniq))
     for lvl, holders in in_context.items():
-        levels.append(LevelInfo(lvl, LevelKind.IN_CONTEXT, str(spec.level_period(lvl)), 0, [], holders))
+        levels.append(LevelInfo(sched.level(lvl), [], holders))
     outer = [p for p in model.parameters() if id(p) not in owned]
-    levels.insert(0, LevelInfo("outer", LevelKind.OUTER, "1 step", 1, outer))
+    levels.insert(0, LevelInfo(sched.level("step"), outer))
     return levels
 
 
@@ -136,5 +149,5 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
     if model.uses_task_sweep:
         notes.append("loss: chunked task sweep (in-context CMS levels with the task signal)")
     model = model.to(device=device, dtype=dtype)
-    return CompiledSystem(spec=spec, model=model, levels=_levels(spec, model),
-                          schedule=schedule(spec), notes=notes)
+    return CompiledSystem(spec=spec, model=model, levels=_levels(ctx.schedule, model),
+                          schedule=ctx.schedule, notes=notes)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from nestdsl.check.periods import LevelKind
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
+
+if TYPE_CHECKING:
+    from nestdsl.lower import CompiledSystem
 
 DEFAULT_OPTIMIZER = ir.Optimizer(type="adamw", lr=3e-3, weight_decay=0.01, beta=0.9, beta2=0.99)
 
@@ -116,27 +119,23 @@ def default_data(spec: ir.Spec) -> ir.Data:
     return ir.MQARData(task="mqar", seq_len=128, batch=8, num_pairs=8)
 
 
-def _level_groups(system: Any) -> list[tuple[str, list[torch.nn.Parameter], int]]:
+def _level_groups(system: CompiledSystem) -> list[tuple[str, list[torch.nn.Parameter], int]]:
     """(name, params, every_k) per optimizer clock; every trainable parameter appears once.
 
-    `system.levels` is a list of `nestdsl.lower.LevelInfo` (name, role, every_k, params):
-    "persistent" levels with every_k > 1 get their own optimizer; the "outer" level and every
-    persistent level of period 1 share the k = 1 optimizer; "in-context" levels own no
+    `system.levels` are `nestdsl.lower.LevelInfo`s (a `Level` and what it owns): persistent
+    levels with every_k > 1 get their own optimizer; the outer `step` level and every
+    persistent level of period 1 share the k = 1 optimizer ("outer"); in-context levels own no
     parameters (their state is per sequence). Parameters no level claims are outer.
     """
     groups: list[tuple[str, list[torch.nn.Parameter], int]] = []
     seen: set[int] = set()
-    for lvl in getattr(system, "levels", None) or []:
-        role = getattr(lvl, "role", None)
-        if role == LevelKind.IN_CONTEXT:
-            continue
-        k = int(getattr(lvl, "every_k", 1) or 1)
-        if k < 1:
+    for lvl in system.levels:
+        if lvl.kind == LevelKind.IN_CONTEXT:
             continue
         params = [p for p in lvl.params if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in params)
         if params:
-            groups.append((lvl.name, params, k))
+            groups.append((lvl.name, params, lvl.every_k))
     rest = [p for p in system.model.parameters() if p.requires_grad and id(p) not in seen]
     if rest:
         groups.insert(0, ("outer", rest, 1))

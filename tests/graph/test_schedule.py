@@ -21,7 +21,7 @@ def test_token_level_fires_every_16_tokens(hope: ir.Spec) -> None:
     assert not s.fires("chunk", token=15) and not s.fires("chunk", token=17)
     assert s.fires("cms_mid", token=64) and not s.fires("cms_mid", token=32)
     assert s.fires("chunk", step=3)  # in-context levels run inside every step
-    assert s.level("chunk").cls == "in-context"
+    assert s.level("chunk").kind == "in-context"
 
 
 def test_step_level_fires_every_4_steps(hope: ir.Spec) -> None:
@@ -29,7 +29,7 @@ def test_step_level_fires_every_4_steps(hope: ir.Spec) -> None:
     assert s.firing_steps("cms_slow") == [4, 8, 12, 16]
     assert not s.fires("cms_slow", step=3)
     assert not s.fires("cms_slow", token=16)  # persistent levels never fire inside a sequence
-    assert s.level("cms_slow").cls == "persistent"
+    assert s.level("cms_slow").kind == "persistent"
     assert s.firing_steps("step") == list(range(1, 17))
 
 
@@ -47,8 +47,8 @@ def test_token_period_multiple_of_tokens_per_step_maps_to_k_steps(load_preset: L
 def test_seq_len_override_changes_classification(hope: ir.Spec) -> None:
     # With 8 x 8 = 64 tokens per step, the 64-token level becomes a 1-step persistent level.
     s = schedule(hope, seq_len=8, batch=8)
-    assert s.level("cms_mid").cls == "persistent" and s.level("cms_mid").steps_every == 1
-    assert s.level("chunk").cls == "between"  # 16 >= seq_len 8 but < 64: invalid, never fires
+    assert s.level("cms_mid").kind == "persistent" and s.level("cms_mid").steps_every == 1
+    assert s.level("chunk").kind == "between"  # 16 >= seq_len 8 but < 64: invalid, never fires
     assert not s.fires("chunk", token=16) and not s.fires("chunk", step=1)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from nestdsl.diagnostics import SpecError
 from nestdsl.lower.cms import CMSLayerModule
+from nestdsl.lower.common import BuildContext, CompileConfig
 from nestdsl.lower.sweep import task_sweep
 from nestdsl.ops import MemoryState, MLPMemory, memory_scan
 from nestdsl.spec import load_spec, parse_text
@@ -38,7 +39,7 @@ def cms_spec(stages: list[dict[str, Any]], *, mode: str = "chain", levels: dict[
 def build(stages, *, seed: int = 0, **kw) -> CMSLayerModule:
     spec = cms_spec(stages, **kw)
     torch.manual_seed(seed)
-    return CMSLayerModule.from_spec(spec.blocks["b"].layers[0], spec, W)
+    return CMSLayerModule.from_spec(spec.blocks["b"].layers[0], BuildContext(spec, CompileConfig(enabled=False)))
 
 
 class TinyLM(nn.Module):
@@ -206,9 +207,9 @@ def test_persistent_levels_and_classification():
 
 def test_hope_preset_levels():
     spec = load_spec("specs/hope.yaml")
-    layer = CMSLayerModule.from_spec(spec.blocks["hope"].layers[1], spec, spec.model.width)
+    layer = CMSLayerModule.from_spec(spec.blocks["hope"].layers[1], BuildContext(spec, CompileConfig(enabled=False)))
     assert [(lv.kind, lv.tokens, lv.every_k, lv.signal) for lv in layer.levels] == [
-        ("in-context", 16, None, "task"), ("in-context", 64, None, "task"), ("persistent", None, 4, "task")]
+        ("in-context", 16, 0, "task"), ("in-context", 64, 0, "task"), ("persistent", None, 4, "task")]
     assert [(n, k) for n, _, k in layer.persistent_levels()] == [("cms_slow", 4)]
     assert len(layer.plan()) == 3
 

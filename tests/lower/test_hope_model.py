@@ -33,7 +33,7 @@ def test_hope_tiny_builds_and_trains():
     assert kinds.count("self_modifying") == 2 and kinds.count("cms stage") == 6
     assert sum(r.params for r in system.plan) == system.param_count
     slow = [lv for lv in system.levels if lv.name == "cms_slow"]
-    assert len(slow) == 1 and slow[0].role == "persistent" and slow[0].every_k == 4
+    assert len(slow) == 1 and slow[0].kind == "persistent" and slow[0].every_k == 4
     assert slow[0].param_count == 2 * 2 * (4 * 64 * 64)          # 2 layers × (W_in, W_out)
 
     tokens = torch.randint(0, 256, (2, 128))

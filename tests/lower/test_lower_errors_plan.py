@@ -80,8 +80,8 @@ def test_plan_rows_and_levels() -> None:
     assert "mlp chunk step" in mem.implementation and mem.update
     assert rows["mlp"].implementation.startswith("SwiGLU")
     levels = {lv.name: lv for lv in system.levels}
-    assert levels["outer"].every_k == 1 and levels["outer"].role == "outer"
-    assert levels["c"].role == "in-context" and levels["c"].params == []
+    assert levels["step"].every_k == 1 and levels["step"].kind == "outer"
+    assert levels["c"].kind == "in-context" and levels["c"].params == []
 
 
 def test_persistent_level_params_come_from_layers(monkeypatch) -> None:
@@ -99,10 +99,10 @@ def test_persistent_level_params_come_from_layers(monkeypatch) -> None:
     text += "data: {task: copy, seq_len: 16, batch: 4}\n"
     system = build(text)
     levels = {lv.name: lv for lv in system.levels}
-    assert levels["slow"].role == "persistent" and levels["slow"].every_k == 4
+    assert levels["slow"].kind == "persistent" and levels["slow"].every_k == 4
     w2 = system.model.blocks[0].slots[0].layer.w2.weight
     assert levels["slow"].params == [w2]
-    assert all(p is not w2 for p in levels["outer"].params)
+    assert all(p is not w2 for p in levels["step"].params)
 
 
 def test_loss_is_masked_cross_entropy() -> None:

@@ -78,10 +78,10 @@ def make_system(spec: Any, *, device: str = "cpu", nan_at: int | None = None, pe
     model = StandinModel(spec.model.vocab, spec.model.width, nan_at=nan_at, record_dir=record_dir).to(device)
     slow = list(model.slow.parameters())
     rest = [p for n, p in model.named_parameters() if not n.startswith("slow.")]
-    levels = [SimpleNamespace(name="outer", role="outer", every_k=1, params=rest if persistent else rest + slow)]
+    levels = [SimpleNamespace(name="outer", kind="outer", every_k=1, params=rest if persistent else rest + slow)]
     if persistent:
-        levels.append(SimpleNamespace(name="slow", role="persistent", every_k=SLOW_EVERY_K, params=slow))
-    levels.append(SimpleNamespace(name="token", role="in-context", every_k=0, params=[]))
+        levels.append(SimpleNamespace(name="slow", kind="persistent", every_k=SLOW_EVERY_K, params=slow))
+    levels.append(SimpleNamespace(name="token", kind="in-context", every_k=0, params=[]))
     return SimpleNamespace(spec=spec, model=model, levels=levels, notes=[])
 
 
