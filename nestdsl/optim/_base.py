@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DeepOptimizer", "as_rows", "newton_schulz", "ns_shape_scale", "zeros_f32"]
+__all__ = ["OUTPUTS", "DeepOptimizer", "as_rows", "check_output", "newton_schulz", "ns_shape_scale",
+           "orthogonalized", "zeros_f32"]
 
 # Muon's quintic Newton-Schulz coefficients (Jordan et al. 2024): they push every singular
 # value of a unit-Frobenius-norm matrix into roughly [0.7, 1.2] within 5 iterations.
@@ -43,6 +44,25 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
 def ns_shape_scale(rows: int, cols: int) -> float:
     """Muon's shape factor max(1, rows/cols)^0.5 for a (rows, cols) update (Jordan et al.)."""
     return max(1.0, rows / cols) ** 0.5
+
+
+#: What an optimizer does with its momentum memory's read before the parameters take it.
+OUTPUTS = ("identity", "newton_schulz")
+
+
+def check_output(output: str, ns_steps: int) -> None:
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+    if ns_steps < 1:
+        raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
+
+
+def orthogonalized(delta: Tensor, steps: int, lr: float) -> Tensor:
+    """The Newton-Schulz output (NL Eq. 42-44) wrapped around any momentum memory's read:
+    lr · s · NS_k(ΔW) with Muon's shape scale s. NS is scale-invariant, so the learning rate is
+    applied after it (momentum with this output is Muon up to where lr enters the momentum)."""
+    rows = as_rows(delta)
+    return newton_schulz(rows, steps).mul_(lr * ns_shape_scale(*rows.shape)).reshape(delta.shape)
 
 
 def zeros_f32(p: Tensor) -> Tensor:
@@ -68,7 +88,9 @@ class DeepOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
 
     Subclasses implement `_init_state(p, state, group)` and
     `_direction(w, g, state, group) -> Tensor` where `w`, `g` are float32 copies/views of the
-    parameter and its gradient; the base applies `W <- W (1 - lr*wd) + Delta W`.
+    parameter and its gradient; the base applies `W <- W (1 - lr*wd) + out(Delta W)`, where
+    `out` is the group's `output` (composable with every subclass that passes one): identity,
+    or `orthogonalized` (Newton-Schulz, `ns_steps` iterations).
     """
 
     @abstractmethod
@@ -104,6 +126,8 @@ class DeepOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
                 w = p if p.dtype == torch.float32 else p.to(torch.float32)
                 g = p.grad.to(torch.float32)
                 delta = self._direction(p, w, g, state, group)
+                if group.get("output", "identity") == "newton_schulz":
+                    delta = orthogonalized(delta, group["ns_steps"], lr)
                 if wd != 0.0:
                     w.mul_(1.0 - lr * wd)
                 w.add_(delta)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from nestdsl.optim._base import DeepOptimizer, as_rows, zeros_f32
+from nestdsl.optim._base import DeepOptimizer, as_rows, check_output, zeros_f32
 
 __all__ = ["DeltaMomentum", "normalize_keys"]
 
@@ -70,11 +70,14 @@ class DeltaMomentum(DeepOptimizer):
         momentum_lr: float = 1.0,
         normalize: Normalize = "row",
         weight_decay: float = 0.0,
+        output: str = "identity",
+        ns_steps: int = 5,
     ) -> None:
         if lr <= 0 or not 0.0 <= beta <= 1.0 or momentum_lr <= 0:
             raise ValueError(f"invalid hyper-parameters lr={lr} beta={beta} eta_m={momentum_lr}")
         if normalize not in ("none", "row", "global"):
             raise ValueError(f"unknown normalize mode {normalize!r}")
+        check_output(output, ns_steps)
         super().__init__(
             params,
             dict(
@@ -83,6 +86,8 @@ class DeltaMomentum(DeepOptimizer):
                 momentum_lr=momentum_lr,
                 normalize=normalize,
                 weight_decay=weight_decay,
+                output=output,
+                ns_steps=ns_steps,
             ),
         )
 

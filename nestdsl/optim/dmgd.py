@@ -54,7 +54,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from nestdsl.optim._base import DeepOptimizer, as_rows, newton_schulz, ns_shape_scale, zeros_f32
+from nestdsl.optim._base import DeepOptimizer, as_rows, check_output, zeros_f32
 
 __all__ = ["DMGD", "mlp_rows"]
 
@@ -93,8 +93,7 @@ class DMGD(DeepOptimizer):
     ) -> None:
         if lr <= 0 or not 0.0 <= beta <= 1.0 or momentum_lr <= 0 or hidden < 1:
             raise ValueError(f"invalid hyper-parameters lr={lr} beta={beta} hidden={hidden}")
-        if output not in ("identity", "newton_schulz"):
-            raise ValueError(f"unknown output {output!r}")
+        check_output(output, ns_steps)
         super().__init__(
             params,
             dict(
@@ -152,12 +151,4 @@ class DMGD(DeepOptimizer):
         if transposed:
             read = read.T
         u = M + read.reshape(p.shape)
-        lr: float = group["lr"]
-        if group["output"] == "newton_schulz":
-            u2 = as_rows(u)
-            return (
-                newton_schulz(u2, group["ns_steps"])
-                .mul_(lr * ns_shape_scale(*u2.shape))
-                .reshape(p.shape)
-            )
-        return u.mul_(lr)
+        return u.mul_(group["lr"])      # `output: newton_schulz` is applied by the base class

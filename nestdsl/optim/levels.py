@@ -70,7 +70,16 @@ def _ns(spec: Any, reads: str, name: str = "newton_schulz") -> dict[str, Any]:
 
 
 def levels_for_type(kind: str, spec: Any) -> list[dict[str, Any]]:
-    """Levels of an optimizer of type `kind` with the hyper-parameters of `spec`."""
+    """Levels of an optimizer of type `kind` with the hyper-parameters of `spec`; a momentum
+    memory with `output: newton_schulz` gains the orthogonalisation level it writes into."""
+    out = _memory_levels(kind, spec)
+    if kind in ("momentum", "delta_momentum", "dmgd") and spec.output == "newton_schulz":
+        out[-1]["writes"] = "newton_schulz"
+        out.append(_ns(spec, out[-1]["name"]))
+    return out
+
+
+def _memory_levels(kind: str, spec: Any) -> list[dict[str, Any]]:
     s = spec
     if kind == "sgd":
         return [
@@ -143,7 +152,7 @@ def levels_for_type(kind: str, spec: Any) -> list[dict[str, Any]]:
             )
         ]
     if kind == "dmgd":
-        out = [
+        return [
             _level(
                 "deep_momentum",
                 "M,W1,W2",
@@ -157,10 +166,6 @@ def levels_for_type(kind: str, spec: Any) -> list[dict[str, Any]]:
                 lr=s.momentum_lr,
             )
         ]
-        if s.output == "newton_schulz":
-            out[0]["writes"] = "newton_schulz"
-            out.append(_ns(s, "deep_momentum"))
-        return out
     if kind == "muon":
         m = _level(
             "momentum",

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from nestdsl.optim._base import DeepOptimizer, zeros_f32
+from nestdsl.optim._base import DeepOptimizer, check_output, zeros_f32
 
 __all__ = ["MomentumSGD"]
 
@@ -35,10 +35,14 @@ class MomentumSGD(DeepOptimizer):
         lr: float = 1e-3,
         beta: float = 0.9,
         weight_decay: float = 0.0,
+        output: str = "identity",
+        ns_steps: int = 5,
     ) -> None:
         if lr <= 0 or not 0.0 <= beta <= 1.0 or weight_decay < 0:
             raise ValueError(f"invalid hyper-parameters lr={lr} beta={beta} wd={weight_decay}")
-        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay))
+        check_output(output, ns_steps)
+        super().__init__(params, dict(lr=lr, beta=beta, weight_decay=weight_decay, output=output,
+                                      ns_steps=ns_steps))
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["m"] = zeros_f32(p)

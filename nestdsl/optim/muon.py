@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from nestdsl.optim._base import DeepOptimizer, as_rows, newton_schulz, ns_shape_scale, zeros_f32
+from nestdsl.optim._base import DeepOptimizer, zeros_f32
 
 __all__ = ["Muon"]
 
@@ -41,8 +41,10 @@ class Muon(DeepOptimizer):
     ) -> None:
         if lr <= 0 or not 0.0 <= beta <= 1.0 or ns_steps < 1:
             raise ValueError(f"invalid hyper-parameters lr={lr} beta={beta} ns_steps={ns_steps}")
+        # Muon = this momentum memory + the Newton-Schulz output of the base class
         super().__init__(
-            params, dict(lr=lr, beta=beta, ns_steps=ns_steps, weight_decay=weight_decay)
+            params, dict(lr=lr, beta=beta, ns_steps=ns_steps, weight_decay=weight_decay,
+                         output="newton_schulz")
         )
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -53,7 +55,4 @@ class Muon(DeepOptimizer):
     ) -> Tensor:
         m: Tensor = state["m"]
         m.mul_(group["beta"]).add_(g)
-        m2 = as_rows(m)
-        o = newton_schulz(m2, group["ns_steps"])
-        scale = ns_shape_scale(*m2.shape)
-        return o.mul_(-group["lr"] * scale).reshape(p.shape)
+        return -m        # the base applies -lr · s · NS_k(m) (`orthogonalized`)

@@ -347,9 +347,9 @@ OptimizerType = Literal[
 #: one table: the checker rejects any other field, the builder passes exactly these).
 OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
     "sgd": (),
-    "momentum": ("beta",),
+    "momentum": ("beta", "output", "ns_steps"),
     "precond_momentum": ("beta", "beta2", "eps"),
-    "delta_momentum": ("beta", "momentum_lr", "normalize"),
+    "delta_momentum": ("beta", "momentum_lr", "normalize", "output", "ns_steps"),
     "dmgd": ("beta", "momentum_lr", "hidden", "output", "ns_steps"),
     "muon": ("beta", "ns_steps"),
     "m3": ("beta", "beta2", "beta_slow", "alpha", "slow_every", "ns_steps", "eps"),
@@ -388,7 +388,10 @@ class Optimizer(Node):
         default="row", description="delta_momentum: gradient normalisation for the erase term"
     )
     hidden: int = Field(default=2, ge=1, description="dmgd: hidden multiple of the MLP momentum")
-    output: Literal["identity", "newton_schulz"] = "identity"
+    output: Literal["identity", "newton_schulz"] = Field(
+        default="identity",
+        description="momentum / delta_momentum / dmgd: the momentum's read as is, or through "
+                    "Newton-Schulz (NL Eq. 42-44; momentum + newton_schulz is Muon)")
     ns_steps: int = Field(default=5, ge=1)
     slow_every: int = Field(default=8, ge=1, description="m3: slow momentum period in steps")
     beta_slow: float = Field(default=0.99, ge=0, le=1, description="m3: slow momentum decay")

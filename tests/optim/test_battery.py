@@ -65,6 +65,16 @@ def decay(W: Tensor, spec: Optimizer, lr: float | None = None) -> None:
     W.mul_(1 - (lr or spec.lr) * spec.weight_decay)
 
 
+def read_out(m: Tensor, spec: Optimizer) -> Tensor:
+    """What the parameters take from a momentum memory m: m itself, or with the Newton-Schulz
+    output lr · s · NS(m) (Muon's shape scale s; NS discards m's scale, so lr enters after)."""
+    if spec.output != "newton_schulz":
+        return m
+    r = rows(m)
+    scale = max(1.0, r.shape[0] / r.shape[1]) ** 0.5
+    return spec.lr * scale * ns_ref(r, spec.ns_steps).reshape(m.shape)
+
+
 def ref_sgd(Ps, Gs, S, t, spec, X):
     for W, g in zip(Ps, Gs, strict=True):
         decay(W, spec)
@@ -76,7 +86,7 @@ def ref_momentum(Ps, Gs, S, t, spec, X):
         m = S.setdefault(i, torch.zeros_like(W))
         m.copy_(spec.beta * m - spec.lr * g)
         decay(W, spec)
-        W.add_(m)
+        W.add_(read_out(m, spec))
 
 
 def ref_precond(Ps, Gs, S, t, spec, X):
@@ -107,7 +117,7 @@ def ref_delta(Ps, Gs, S, t, spec, X):
             new_m = m * (spec.beta - spec.momentum_lr * gh * gh) - spec.lr * g
         m.copy_(new_m)
         decay(W, spec)
-        W.add_(m)
+        W.add_(read_out(m, spec))
 
 
 def ref_dmgd(Ps, Gs, S, t, spec, X):
@@ -221,6 +231,8 @@ def spec_(**kw: Any) -> Optimizer:
 CASES = [
     Case("sgd", spec_(type="sgd", lr=0.1, weight_decay=0.01), ref_sgd),
     Case("momentum", spec_(type="momentum", lr=0.03, beta=0.9, weight_decay=0.01), ref_momentum),
+    Case("momentum_ns", spec_(type="momentum", lr=0.03, output="newton_schulz", ns_steps=4),
+         ref_momentum),
     Case("precond_momentum", spec_(type="precond_momentum", lr=0.01, beta=0.9), ref_precond),
     Case(
         "delta_row",
@@ -233,6 +245,7 @@ CASES = [
         spec_(type="delta_momentum", lr=0.03, normalize="none", momentum_lr=0.01),
         ref_delta,
     ),
+    Case("delta_ns", spec_(type="delta_momentum", lr=0.03, output="newton_schulz"), ref_delta),
     Case("dmgd", spec_(type="dmgd", lr=0.03, momentum_lr=0.1, weight_decay=0.01), ref_dmgd),
     Case("dmgd_ns", spec_(type="dmgd", lr=0.03, momentum_lr=0.1, output="newton_schulz"), ref_dmgd),
     Case("muon", spec_(type="muon", lr=0.05, beta=0.9, weight_decay=0.01), ref_muon),

@@ -164,3 +164,14 @@ def test_build_takes_a_spec_file_path_a_spec_or_an_ir_node(tmp_path) -> None:
         build(load_spec(bare, check=False), TinyLM().parameters())
     with pytest.raises(TypeError, match="optimizer spec path"):
         build(3, TinyLM().parameters())
+
+
+@pytest.mark.parametrize("kind", ["momentum", "delta_momentum", "dmgd"])
+def test_newton_schulz_output_is_a_level_of_any_momentum_memory(kind: str) -> None:
+    """`output: newton_schulz` wraps the momentum memory: it writes into an orthogonality level
+    that writes the parameters (momentum + this output is the Muon level structure)."""
+    plain = describe_levels(Optimizer(type=kind))
+    lv = describe_levels(Optimizer(type=kind, output="newton_schulz", ns_steps=3))
+    assert [x["name"] for x in lv] == [x["name"] for x in plain] + ["newton_schulz"]
+    assert lv[-2]["writes"] == "newton_schulz" and lv[-1]["writes"] == "params"
+    assert lv[-1]["objective"] == "orthogonality" and lv[-1]["inner_steps"] == 3
