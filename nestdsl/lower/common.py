@@ -59,6 +59,9 @@ class CompileConfig:
     # Graphs per compiled function (one per layer, chunk shape and gate configuration): deep
     # hybrids need more than dynamo's default before they would silently drop to eager.
     recompile_limit: int = 64
+    # Memory scans keep their state every G chunks and recompute inside a group in backward
+    # (ops.memory_scan's checkpoint_every); None saves every chunk's intermediates.
+    checkpoint_every: int | None = None
 
     def note_failure(self, name: str, exc: BaseException) -> None:
         first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -164,7 +164,8 @@ class MemoryMixer(nn.Module):
         kw = dict(memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
                   rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
                   chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
-                  norm=self.norm() if self.norm is not None else None)
+                  norm=self.norm() if self.norm is not None else None,
+                  checkpoint_every=self._cfg.checkpoint_every)
         step_name = f"{self.name}.step"
         if self._cfg.enabled and step_name not in self._cfg.failures:
             try:

@@ -157,9 +157,14 @@ def solve_prefix(W0: Tensor, S0: Tensor | None, K: Tensor, dec: Decays, *,
     if psi is not None:
         coef = coef + dec.Wcm * psi[..., None, :]
     L = K.shape[-2]
-    eye = torch.eye(L, dtype=K.dtype, device=K.device)
-    # (I − A) Y = h with A strictly lower triangular: the UT transform of the delta rule.
-    return torch.linalg.solve_triangular(eye - KK * coef, h, upper=False, unitriangular=True)
+    # (I − A) Y = h with A strictly lower triangular: the UT transform of the delta rule. In
+    # ≥ float32: under bf16 autocast the matmuls above return bf16, which CPU's triangular
+    # solve does not take (and a bf16 solve would lose the states' precision).
+    cd = torch.promote_types(torch.promote_types(KK.dtype, h.dtype), torch.float32)
+    eye = torch.eye(L, dtype=cd, device=K.device)
+    Y = torch.linalg.solve_triangular(eye - (KK * coef).to(cd), h.to(cd), upper=False,
+                                      unitriangular=True)
+    return Y.to(h.dtype)
 
 
 def read_weights(W0: Tensor, S0: Tensor | None, X: Tensor, A: Tensor, Ef: Tensor | None,
@@ -201,18 +206,38 @@ def end_state(W0: Tensor, S0: Tensor | None, A: Tensor, Ef: Tensor | None, Ed: T
 
 def scan_blocks(
     step: Callable[..., tuple[Tensor | None, Any]], state: Any, size: int,
-    inputs: tuple[Tensor | None, ...], **step_kwargs: Any,
+    inputs: tuple[Tensor | None, ...], *, group: int | None = None, **step_kwargs: Any,
 ) -> tuple[Tensor, Any]:
     """Run `step(state, *block_inputs, **step_kwargs)` over blocks of `size` tokens (dim 2).
 
     A Python loop over blocks, so a compiled `step` stays one block long whatever T is.
     torch.split (not slicing in the loop): its backward is one concatenation, whereas each
     slice's backward would write a full-length zero tensor (quadratic in T).
+
+    `group` = G: under autograd, keep only the state every G blocks and recompute the blocks of a
+    group in backward (activation checkpointing; a group saves its start state and its inputs,
+    views of the full-length q, k, v, gates). The values and gradients are those of the plain
+    loop (the recomputation repeats the same ops); the saved bytes per token drop from a few
+    per-token intermediates plus one state per block to about one state per G blocks.
     """
     pieces = [x.split(size, dim=2) if x is not None else None for x in inputs]
+    n = len(pieces[0])
+
+    def run(state: Any, lo: int, hi: int) -> tuple[list[Tensor], Any]:
+        outs = []
+        for i in range(lo, hi):
+            block = tuple(p[i] if p is not None else None for p in pieces)
+            o, state = step(state, *block, **step_kwargs)
+            outs.append(o)
+        return outs, state
+
+    if not group or n <= 1 or not torch.is_grad_enabled():
+        outs, state = run(state, 0, n)
+        return torch.cat(outs, dim=2), state
+    from torch.utils.checkpoint import checkpoint
+
     outs = []
-    for i in range(len(pieces[0])):
-        block = tuple(p[i] if p is not None else None for p in pieces)
-        o, state = step(state, *block, **step_kwargs)
-        outs.append(o)
+    for lo in range(0, n, group):
+        part, state = checkpoint(run, state, lo, min(lo + group, n), use_reentrant=False)
+        outs.extend(part)
     return torch.cat(outs, dim=2), state

@@ -118,8 +118,10 @@ def linear_scan_chunked(
     q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
     momentum: Tensor | None, state: MemoryState, objective: Objective, rule: str, read: str,
     chunk_size: int, erase: str = "eta", block_size: int = DEFAULT_BLOCK, step=linear_chunk_step,
+    group: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
-    """Run a linear memory over (B, H, T, ·) blockwise; see ``linear_chunk_step``.
+    """Run a linear memory over (B, H, T, ·) blockwise; see ``linear_chunk_step``; `group`:
+    checkpoint every G blocks (``scan_blocks``).
 
     ``step`` may be a ``torch.compile``'d ``linear_chunk_step``: the Python loop over blocks keeps
     the compiled graph one block long whatever T is.
@@ -127,5 +129,5 @@ def linear_scan_chunked(
     exact = chunk_size == 1 and objective.affine is not None
     # Non-affine objective with C = 1: one token per block *is* the exact semantics.
     L = block_size if exact else chunk_size
-    return scan_blocks(step, state, L, (q, k, v, lr, retention, momentum),
+    return scan_blocks(step, state, L, (q, k, v, lr, retention, momentum), group=group,
                        objective=objective, rule=rule, read=read, exact=exact, erase=erase)

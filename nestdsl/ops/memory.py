@@ -126,6 +126,7 @@ def memory_scan(
     compile: bool = False,
     erase: str = "eta",
     norm: NormParams = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Run an associative memory over a sequence (see the module docstring for the equations).
 
@@ -146,6 +147,9 @@ def memory_scan(
         erase: DGD's erase rate ε: ``"eta"`` | ``"normalized"`` | ``"retained"`` (gd: unused).
         norm: (gain, bias), each (H, Dv), of an ``MLPMemory(norm=True)``'s inner LayerNorm
             (None: gain 1, bias 0).
+        checkpoint_every: G — fast path under autograd: save the state only every G chunks
+            (blocks) and recompute inside a group in backward; same values and gradients, far
+            fewer saved bytes (None: save every chunk's intermediates).
     Returns:
         (o (B, H, T, Dv) in q's dtype, final ``MemoryState`` in float32 — or float64 for
         float64 inputs). Passing the state back continues the sequence exactly, provided the
@@ -182,6 +186,8 @@ def memory_scan(
             f"into a chunk of size {chunk_size}. Split streams at multiples of chunk_size.")
     if state is not None and momentum is None and state.momentum is not None:
         raise ValueError("state carries momentum buffers but momentum=None")
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive int or None; got {checkpoint_every!r}")
 
     cd = torch.promote_types(q.dtype, torch.float32)   # states are computed in ≥ float32
     dev = q.device
@@ -230,7 +236,8 @@ def memory_scan(
             weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
         init = MemoryState(weights, moms)
         common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
-                      rule=rule, read=read, chunk_size=chunk_size, erase=erase)
+                      rule=rule, read=read, chunk_size=chunk_size, erase=erase,
+                      group=checkpoint_every)
         if memory == "linear":
             step = compiled_step("linear") if compile else linear_chunk_step
             o, new_state = linear_scan_chunked(qc, kc, vc, step=step, **common)

@@ -142,10 +142,10 @@ def mlp_scan_chunked(
     q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
     momentum: Tensor | None, state: MemoryState, spec: MLPMemory, objective: Objective,
     rule: str, read: str, chunk_size: int, erase: str = "eta", norm: NormParams = None,
-    step=mlp_chunk_step,
+    step=mlp_chunk_step, group: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Run an MLP memory over (B, H, T, ·) chunk by chunk (a Python loop over chunks, so a
-    compiled ``step`` stays one chunk long whatever T is)."""
-    return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum),
+    compiled ``step`` stays one chunk long whatever T is); `group`: see ``scan_blocks``."""
+    return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum), group=group,
                        objective=objective, rule=rule, read=read, spec=spec, erase=erase,
                        norm=norm)
