@@ -3,9 +3,15 @@
 For each preset (default: transformer, titans-lmm, hope) at a given width / heads / depth and
 sequence length T (batch 1), one forward + backward of `model.loss` on random tokens measures
 
-* **saved bytes per token per layer**: every tensor autograd saves for backward
-  (`torch.autograd.graph.saved_tensors_hooks`), counted once per storage, parameters excluded,
-  divided by T × depth. Under `--dtype bf16` the step runs under CPU/CUDA autocast.
+* **kept bytes per token per layer**: the memory the forward pass leaves allocated for backward
+  (activations, saved states), divided by T × depth: on CUDA `memory_allocated` after − before
+  the forward; on CPU the net of the allocator events torch's profiler records during the
+  forward (`profile_memory=True`). This includes what activation checkpointing holds (its saved
+  inputs), which saved-tensor hooks do not see.
+* **saved bytes per token per layer**: every tensor autograd saves for backward through
+  `torch.autograd.graph.saved_tensors_hooks`, counted once per storage, parameters excluded
+  (inside a checkpointed region the checkpoint's own hooks take over, so this undercounts it).
+  Under `--dtype bf16` the step runs under CPU/CUDA autocast.
 * **dispatched kernels**: every aten op that reaches a kernel during forward + backward
   (a `TorchDispatchMode` counter; view / metadata-only ops are counted apart), also per layer and
   per memory chunk (T / C chunks, C = the preset's memory chunk size) for the memory presets;
@@ -77,6 +83,8 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
         loss.backward()
 
     step()  # warm-up (lazy init, allocator)
+    model.zero_grad(set_to_none=True)
+    kept = _kept_bytes(model, x, y, autocast, device)
 
     saved: dict[int, int] = {}
 
@@ -118,6 +126,7 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
         "dtype": dtype, "device": device,
         "checkpoint_every": system.model._compile_config.checkpoint_every, "params": sum(p.numel() for p in model.parameters()),
         "seconds": seconds, "tokens_per_s": seq / seconds,
+        "kept_bytes": kept, "kept_kib_per_token_layer": kept / (seq * depth) / 1024,
         "saved_bytes": n_saved, "saved_kib_per_token_layer": n_saved / (seq * depth) / 1024,
         "kernels": counter.kernels, "view_ops": counter.views,
         "kernels_per_layer": counter.kernels / depth, "chunk": chunk,
@@ -126,6 +135,28 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
     if chunk:
         rec["kernels_per_chunk_layer"] = counter.kernels / depth / (seq // chunk)
     return rec
+
+
+def _kept_bytes(model: Any, x: Any, y: Any, autocast: Any, device: str) -> int:
+    """Bytes the forward pass leaves allocated (the graph's saved activations and states)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with autocast:
+            loss = model.loss(x, y, None)
+        torch.cuda.synchronize()
+        kept = torch.cuda.memory_allocated() - before
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, autocast:
+            loss = model.loss(x, y, None)
+        kept = sum(e.self_cpu_memory_usage for e in prof.events())
+    loss.backward()          # frees the graph
+    model.zero_grad(set_to_none=True)
+    return int(kept)
 
 
 def _pattern(preset: str) -> str:
@@ -191,6 +222,7 @@ def main() -> None:
     for r in records:
         b = base.get((r["seq"], r["dtype"]))
         if b and "error" not in r:
+            r["kept_vs_transformer"] = r["kept_bytes"] / b["kept_bytes"]
             r["saved_vs_transformer"] = r["saved_bytes"] / b["saved_bytes"]
             r["kernels_vs_transformer"] = r["kernels"] / b["kernels"]
     out = {"benchmark": "memory", "machine": {"platform": platform.platform(),
@@ -208,7 +240,8 @@ def _row(r: dict[str, Any]) -> str:
         return f"{r['preset']:<12} T={r['seq']:<5} {r['dtype']:<4}  error: {r['error'].strip()[-200:]}"
     per_chunk = r.get("kernels_per_chunk_layer")
     pc = f"{per_chunk:8.0f}" if per_chunk else "       —"
-    return (f"{r['preset']:<12} T={r['seq']:<5} {r['dtype']:<4} G={r['checkpoint_every']} saved {r['saved_kib_per_token_layer']:8.1f} "
+    return (f"{r['preset']:<12} T={r['seq']:<5} {r['dtype']:<4} G={r['checkpoint_every']} kept "
+            f"{r['kept_kib_per_token_layer']:7.1f} saved {r['saved_kib_per_token_layer']:7.1f} "
             f"KiB/token/layer  kernels {r['kernels']:7d} ({pc}/chunk/layer)  {r['seconds']:7.2f} s")
 
 

@@ -253,6 +253,9 @@ class MemoryMixer(nn.Module):
             notes.append("θ_0 meta-learned (init: learned)")
         if self.rule.kind == "dgd":
             notes.append(f"dgd erase rate ε = {self.erase}")
+        G = self._cfg.checkpoint_every
+        notes.append(f"training keeps the state every {G} chunk(s) and recomputes the group in "
+                     "backward" if G else "training saves every chunk's intermediates")
         if self.lr_divisor != 1.0:
             notes.append(f"η divided by d_head = {self.lr_divisor:g} (lr_per_dim)")
         if self.writes == "stop":

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from nestdsl.lower.cms import CMSLayerModule
 
@@ -90,12 +91,14 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
     periods = task_periods(model)
     layers = {m.tag: m for m in model.modules() if isinstance(m, CMSLayerModule)}
     segment = math.gcd(*periods) if periods else T
+    piece = math.lcm(*periods) if periods else T
 
-    total: Tensor | None = None
-    chunk_loss: dict[int, Tensor] = {}
-    with torch.enable_grad():
-        for s in range(0, T, segment):
-            e = min(s + segment, T)
+    def run(state: Any, a: int, b: int) -> tuple[Tensor, Any]:
+        """Σ of the weighted token losses over [a, b), with the task writes due inside it."""
+        total: Tensor | None = None
+        chunk_loss: dict[int, Tensor] = {}
+        for s in range(a, b, segment):
+            e = min(s + segment, b)
             logits, state = model.forward_stream(tokens[:, s:e], state)
             seg = _token_loss(logits, targets[:, s:e], weight[:, s:e])
             total = seg if total is None else total + seg
@@ -103,9 +106,85 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
                 chunk_loss[P] = chunk_loss[P] + seg if P in chunk_loss else seg
                 if e % P == 0 and (e < T or return_state):
                     _write(state, layers, P, chunk_loss.pop(P))
-    assert total is not None, "empty sequence"
+        assert total is not None, "empty sequence"
+        return total, state
+
+    with torch.enable_grad():
+        if _piecewise(T, piece, state, return_state):
+            params = [p for p in model.parameters() if p.requires_grad]
+            total = _Pieces.apply(run, [(a, a + piece) for a in range(0, T, piece)], *params)
+        else:
+            total, state = run(state, 0, T)
     loss = total / weight.sum().clamp_min(1.0).to(total.dtype)
     return (loss, state) if return_state else loss
+
+
+#: Run the sweep piece by piece (below) from this many pieces of lcm(task periods) tokens on.
+PIECEWISE_FROM = 4
+
+
+def _piecewise(T: int, piece: int, state: Any, return_state: bool) -> bool:
+    """Pieces pay one more forward (the recomputation) to make every write's backward and the
+    kept activations independent of T: worth it for long sequences, under autograd, for a
+    fresh sequence whose length is a whole number of pieces."""
+    return (torch.is_grad_enabled() and state is None and not return_state and T % piece == 0
+            and T // piece >= PIECEWISE_FROM)
+
+
+def _leaves(state: Any) -> Any:
+    """The state with every tensor that requires grad replaced by a fresh leaf (same values)."""
+    return tree_map(lambda t: t.detach().requires_grad_() if isinstance(t, Tensor) and t.requires_grad
+                    else t, state)
+
+
+class _Pieces(torch.autograd.Function):
+    """The sweep cut into pieces of lcm(task periods) tokens, each its own autograd graph.
+
+    Every task write of a piece differentiates a chunk loss that lies inside the piece, so its
+    `autograd.grad` walks that piece's graph only, not everything since token 0 (which made the
+    sweep O(T²)). Forward keeps just the (detached) model state at each piece start; backward
+    recomputes the pieces last to first from those states, as leaves, and back-propagates each
+    piece's loss together with the gradient its end state received from the next piece (the
+    chain rule across the cut). The recomputation repeats the forward's ops on the same values,
+    so the writes, the loss and every gradient are those of the uncut sweep (to rounding).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, run: Any, bounds: list[tuple[int, int]], *params: Tensor) -> Tensor:
+        starts, total, state = [], None, None
+        for a, b in bounds:
+            starts.append(state)
+            with torch.enable_grad():
+                loss, state = run(state, a, b)
+            total = loss.detach() if total is None else total + loss.detach()
+            state = _leaves(state)          # the graph of this piece is dropped here
+        ctx.run, ctx.bounds, ctx.starts, ctx.n_params = run, bounds, starts, len(params)
+        # the recomputation must see the forward's autocast (bf16 training)
+        dev = params[0].device.type if params else "cpu"
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, ...]:
+        carry: tuple[list[Any], list[Tensor | None]] | None = None
+        for (a, b), start in zip(reversed(ctx.bounds), reversed(ctx.starts), strict=True):
+            leaves = _leaves(start)
+            dev, on, dtype = ctx.autocast
+            with torch.enable_grad(), torch.autocast(dev, dtype=dtype, enabled=on):
+                loss, end = ctx.run(leaves, a, b)
+            outs, grads = [loss], [grad]
+            if carry is not None:
+                for t, g in zip(tree_leaves(end), carry[1], strict=True):
+                    if g is not None and isinstance(t, Tensor) and t.requires_grad:
+                        outs.append(t)
+                        grads.append(g)
+            torch.autograd.backward(outs, grads)
+            flat = tree_leaves(leaves)
+            carry = (flat, [t.grad if isinstance(t, Tensor) and t.requires_grad else None
+                            for t in flat])
+        ctx.starts = None
+        # the parameters' gradients were accumulated by the backward calls above
+        return (None, None) + (None,) * ctx.n_params
 
 
 def _write(state: Any, layers: dict[str, CMSLayerModule], period: int, loss: Tensor) -> None:
