@@ -218,7 +218,8 @@ def scan_blocks(
     group in backward (activation checkpointing; a group saves its start state and its inputs,
     views of the full-length q, k, v, gates). The values and gradients are those of the plain
     loop (the recomputation repeats the same ops); the saved bytes per token drop from a few
-    per-token intermediates plus one state per block to about one state per G blocks.
+    per-token intermediates plus one state per block to about one state per G blocks. Sequences
+    shorter than two groups run plainly: there the recomputation would cost time and save little.
     """
     pieces = [x.split(size, dim=2) if x is not None else None for x in inputs]
     n = len(pieces[0])
@@ -231,7 +232,7 @@ def scan_blocks(
             outs.append(o)
         return outs, state
 
-    if not group or n <= 1 or not torch.is_grad_enabled():
+    if not group or n < 2 * group or not torch.is_grad_enabled():
         outs, state = run(state, 0, n)
         return torch.cat(outs, dim=2), state
     from torch.utils.checkpoint import checkpoint

@@ -176,3 +176,38 @@ def test_full_chunked_matches_reference(case):
 @pytest.mark.parametrize("case", [c for c in ERASE if c not in PAIRWISE + FULL], ids=_id)
 def test_erase_rates_and_inner_norm_match_reference(case):
     check(*case)
+
+
+@pytest.mark.parametrize("mem_name,C,G", [("linear", 2, 1), ("linear", 3, 2), ("mlp2", 3, 2),
+                                          ("mlp2norm", 3, 3), ("mlp2res_tanh", 1, 4)])
+def test_checkpointed_scan_matches_reference(mem_name, C, G, monkeypatch):
+    """checkpoint_every = G (state kept every G chunks, groups recomputed in backward) computes
+    the reference's outputs, states and gradients, and the plain fast path's to rounding."""
+    norm = isinstance(MEMORIES[mem_name], MLPMemory) and MEMORIES[mem_name].norm
+    leaves, kw, ws = make_case(mem_name, "token", True, True,
+                               dtype=torch.float64 if norm else torch.float32)
+    kw.update(objective="l2", rule="dgd", chunk_size=C, read="after")
+    ref_out, ref_g = outputs_and_grads(leaves, kw, ws, "reference")
+    plain_out, plain_g = outputs_and_grads(leaves, kw, ws, "chunked")
+    groups = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda fn, *a, **k: groups.append(a[1:]) or real(fn, *a, **k))
+    ck_out, ck_g = outputs_and_grads(leaves, kw, ws, "chunked", checkpoint_every=G)
+    assert len(groups) == -(-(-(-T // C)) // G)            # ⌈⌈T/C⌉/G⌉ groups ran checkpointed
+    for a, b, c in zip(ref_out, plain_out, ck_out, strict=True):
+        torch.testing.assert_close(c, a, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(c, b, atol=1e-6, rtol=1e-6)
+    for n in leaves:
+        a, b, c = ref_g[n], plain_g[n], ck_g[n]
+        assert (a is None) == (c is None), n
+        if a is not None:
+            tol = ATOL * max(1.0, a.abs().max().item())
+            torch.testing.assert_close(c, a, atol=tol, rtol=RTOL, msg=lambda m, n=n: f"d{n}: {m}")
+            torch.testing.assert_close(c, b, atol=1e-6 * max(1.0, b.abs().max().item()), rtol=1e-6)
+
+
+def test_checkpoint_every_is_validated():
+    leaves, kw, ws = make_case("linear", "const", False, False)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        run(leaves, kw, ws, "chunked", checkpoint_every=0)
