@@ -120,7 +120,10 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
 
 
 #: Run the sweep piece by piece (below) from this many pieces of lcm(task periods) tokens on.
-PIECEWISE_FROM = 4
+#: Measured on hope-tiny (benchmarks/bench_sweep.py; one thread, fwd + bwd, seconds at T = 256 /
+#: 512 / 1024 / 2048): uncut 0.64 / 1.86 / 5.68 / 20.6, pieces 0.93 / 2.12 / 3.98 / 8.67 — the
+#: recomputation costs more than the walk it saves below ~16 pieces of 64 tokens.
+PIECEWISE_FROM = 16
 
 
 def _piecewise(T: int, piece: int, state: Any, return_state: bool) -> bool:
