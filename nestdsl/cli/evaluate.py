@@ -17,7 +17,8 @@ def eval_(
     spec: Annotated[Path, typer.Argument(help="spec file")],
     ckpt: Annotated[Path, typer.Option(help="checkpoint folder or run folder (uses its latest)")],
     task: Annotated[str, typer.Option(help="niah | text | mqar | copy | spec (the spec's own data)")] = "spec",
-    lengths: Annotated[str | None, typer.Option(help="comma-separated sequence lengths (niah)")] = None,
+    lengths: Annotated[str | None, typer.Option(
+        help="comma-separated sequence lengths (niah; default: the training length, 2x, 4x, 8x)")] = None,
     variants: Annotated[str, typer.Option(help="niah variants, e.g. 1,2,3")] = "1,2,3",
     path: Annotated[Path | None, typer.Option(help="text file/folder for --task text")] = None,
     batches: Annotated[int, typer.Option(help="evaluation batches per cell")] = 4,

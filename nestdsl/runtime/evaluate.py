@@ -88,7 +88,8 @@ def evaluate(
     model = load_model(spec, spec_text, ckpt, device)
 
     if task == "niah":
-        lengths = lengths or [256, 512, 1024, 2048]
+        # the training length first (how well it learned), then 2x, 4x, 8x (how far it extrapolates)
+        lengths = lengths or [data.seq_len * 2**i for i in range(4)]
         variants = variants or [1, 2, 3]
         grid: dict[str, dict[int, float]] = {}
         table = Table(title=f"S-NIAH accuracy · {spec.name}")

@@ -139,3 +139,13 @@ def test_eval_niah_on_a_real_preset(tmp_path):
             "--variants", "1", "--batches", "1", "--png", tmp_path / "h.png")
     assert r.exit_code == 0, r.output
     assert "S-NIAH-1" in r.output and (tmp_path / "h.png").read_bytes()[:8] == PNG
+
+
+def test_eval_niah_default_lengths_start_at_the_training_length(trained):
+    """Without --lengths the table shows the training length (here 32: too short for every
+    variant, so a blank column with a note) and 2x, 4x, 8x it."""
+    spec, run = trained
+    r = cli("eval", spec, "--ckpt", run, "--task", "niah", "--variants", "1", "--batches", "1")
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.output.splitlines() if "variant" in line)
+    assert re.findall(r"\d+", header) == ["32", "64", "128", "256"], header
