@@ -130,8 +130,11 @@ def _piecewise(T: int, piece: int, state: Any, return_state: bool) -> bool:
     """Pieces pay one more forward (the recomputation) to make every write's backward and the
     kept activations independent of T: worth it for long sequences, under autograd, for a
     fresh sequence whose length is a whole number of pieces."""
+    # Not under DistributedDataParallel: it marks each parameter ready once per backward, and the
+    # pieces accumulate a parameter's gradient once per piece.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     return (torch.is_grad_enabled() and state is None and not return_state and T % piece == 0
-            and T // piece >= PIECEWISE_FROM)
+            and T // piece >= PIECEWISE_FROM and not distributed)
 
 
 def _leaves(state: Any) -> Any:
@@ -169,7 +172,7 @@ class _Pieces(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, ...]:
-        carry: tuple[list[Any], list[Tensor | None]] | None = None
+        carry: list[Tensor | None] | None = None     # d loss / d (next piece's start state)
         for (a, b), start in zip(reversed(ctx.bounds), reversed(ctx.starts), strict=True):
             leaves = _leaves(start)
             dev, on, dtype = ctx.autocast
@@ -177,14 +180,13 @@ class _Pieces(torch.autograd.Function):
                 loss, end = ctx.run(leaves, a, b)
             outs, grads = [loss], [grad]
             if carry is not None:
-                for t, g in zip(tree_leaves(end), carry[1], strict=True):
+                for t, g in zip(tree_leaves(end), carry, strict=True):
                     if g is not None and isinstance(t, Tensor) and t.requires_grad:
                         outs.append(t)
                         grads.append(g)
             torch.autograd.backward(outs, grads)
-            flat = tree_leaves(leaves)
-            carry = (flat, [t.grad if isinstance(t, Tensor) and t.requires_grad else None
-                            for t in flat])
+            carry = [t.grad if isinstance(t, Tensor) and t.requires_grad else None
+                     for t in tree_leaves(leaves)]
         ctx.starts = None
         # the parameters' gradients were accumulated by the backward calls above
         return (None, None) + (None,) * ctx.n_params

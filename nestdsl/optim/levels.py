@@ -72,8 +72,10 @@ def _ns(spec: Any, reads: str, name: str = "newton_schulz") -> dict[str, Any]:
 def levels_for_type(kind: str, spec: Any) -> list[dict[str, Any]]:
     """Levels of an optimizer of type `kind` with the hyper-parameters of `spec`; a momentum
     memory with `output: newton_schulz` gains the orthogonalisation level it writes into."""
+    from nestdsl.spec.ir import OPTIMIZER_FIELDS
+
     out = _memory_levels(kind, spec)
-    if kind in ("momentum", "delta_momentum", "dmgd") and spec.output == "newton_schulz":
+    if "output" in OPTIMIZER_FIELDS[kind] and spec.output == "newton_schulz":
         out[-1]["writes"] = "newton_schulz"
         out.append(_ns(spec, out[-1]["name"]))
     return out

@@ -125,3 +125,10 @@ def test_piecewise_task_sweep_equals_the_uncut_sweep(monkeypatch, dtype):
     for n, g in grads.items():
         torch.testing.assert_close(grads_p[n], g, rtol=tol, atol=scale * g.abs().max().item(),
                                    msg=lambda m, n=n: f"{n}: {m}")
+    if dtype == torch.float32:   # the recomputation runs under the forward's autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_bf, _ = run(10**9)
+            loss_bf_p, grads_bf_p = run(2)
+        assert abs(loss_bf_p.item() - loss_bf.item()) < 1e-6 * loss_bf.item()
+        assert loss_bf.item() != loss.item()          # autocast was on
+        assert all(torch.isfinite(g).all() for g in grads_bf_p.values())
