@@ -52,6 +52,10 @@ Semantics decisions (documented here and printed by `plan()`):
   memory and head: bounds every generated k, v, η, α and every self-generated target M(v_t).
 * **Streaming state** = {"mems": {name: MemoryState}, "conv": {q|k|v: last K−1 inputs},
   "pos": tokens seen}. Segments must be split at multiples of max(C_mem, C_other).
+* **Checkpointing.** Under `CompileConfig.checkpoint_every` = G (and grad mode) the window loop
+  keeps the state only every G windows and re-runs a group in backward (sequences of 2·G windows
+  or more), like the memory scans: saved bytes drop from every window's intermediates to one
+  state per group; values and gradients are the plain loop's.
 * **Compilation.** The step is Python glue around three compiled pieces with eager twins
   (`common.Compiled`): `_generate` (one C_other chunk's q, k, v, gates, targets), the memories'
   `mlp_chunk_step` (one graph per configuration, shared by all memories and layers) and
@@ -72,6 +76,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from nestdsl.graph.level_graph import update_equation
 from nestdsl.lower import telemetry
@@ -331,16 +336,37 @@ class SelfModifyingTitans(nn.Module):
                              f"middle of a chunk of {self.window}; split segments at multiples of "
                              f"max(C_mem, C_other) = {self.window}")
         st = {"mems": state["mems"], "conv": state["conv"]}
-        ys, outs = [], []
         self._inner_losses = []
-        for s in range(0, T, self.window):          # Python loop: the step graph is one chunk long
-            y, st, o = self._chunk_step(x[:, s:s + self.window], st)
-            ys.append(y)
-            outs.append(o)
-        self.probe.update(torch.cat(outs, dim=2))
+        windows = x.split(self.window, dim=1)   # one concatenation in backward (not T-long zeros)
+        G = self.compile_config.checkpoint_every
+        if G and len(windows) >= 2 * G and torch.is_grad_enabled():
+            ys, outs = [], []
+            for lo in range(0, len(windows), G):
+                part = windows[lo:lo + G]
+                y, st, o = checkpoint(self._windows, part, st, [True], use_reentrant=False)
+                ys.append(y)
+                outs.append(o)
+            y, o = torch.cat(ys, dim=1), torch.cat(outs, dim=2)
+        else:
+            y, st, o = self._windows(windows, st, [True])
+        self.probe.update(o)
         if telemetry.active():
             self._telemetry(state["mems"], st["mems"])
-        return torch.cat(ys, dim=1), {**st, "pos": state["pos"] + T}
+        return y, {**st, "pos": state["pos"] + T}
+
+    def _windows(self, windows: Sequence[Tensor], st: dict[str, Any], first: list[bool]
+                 ) -> tuple[Tensor, dict[str, Any], Tensor]:
+        """Run consecutive windows from state `st` (a Python loop: the step graph is one window
+        long). Under `checkpoint_every` = G the forward keeps only every G-th window's state and
+        backward re-runs a group from it; `first` (a one-element flag, cleared after the forward)
+        keeps that recomputation from recording telemetry twice."""
+        ys, outs = [], []
+        record, first[0] = first[0], False
+        for xw in windows:
+            y, st, o = self._chunk_step(xw, st, record=record)
+            ys.append(y)
+            outs.append(o)
+        return torch.cat(ys, dim=1), st, torch.cat(outs, dim=2)
 
     @torch.no_grad()
     def _telemetry(self, first: dict[str, MemoryState], last: dict[str, MemoryState]) -> None:
@@ -452,7 +478,8 @@ class SelfModifyingTitans(nn.Module):
         return {r: MemoryState(tuple(w[j] for w in ws), None if ms is None else tuple(m[j] for m in ms))
                 for j, r in enumerate(roles)}
 
-    def _chunk_step(self, x: Tensor, st: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor]:
+    def _chunk_step(self, x: Tensor, st: dict[str, Any], *, record: bool = True
+                    ) -> tuple[Tensor, dict[str, Any], Tensor]:
         """One step of max(C_mem, C_other) tokens (fewer at the end): x (B, L, D).
 
         Glue in Python; the pieces (`_generate`, the memories' `mlp_chunk_step`, `_output`) are
@@ -491,7 +518,7 @@ class SelfModifyingTitans(nn.Module):
                                     spec=self.mem_mlp, objective=self.mem_rule.objective,
                                     rule=self.mem_rule.kind, read=self.mem_rule.read,
                                     erase=self.mem_rule.erase, norm=norm)
-            if telemetry.active():
+            if record and telemetry.active():
                 with torch.no_grad():
                     kc, obj = k[:, :, sl], self.mem_rule.objective
                     self._inner_losses.append(tuple(

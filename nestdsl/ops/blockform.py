@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Decays", "ERASES", "decays", "erase_rate", "solve_prefix", "read_weights",
-           "end_state"]
+__all__ = ["Decays", "ERASES", "block_decays", "decays", "erase_rate", "solve_prefix",
+           "read_weights", "end_state"]
 
 #: The erase rate ε_t of Delta Gradient Descent (design.md §3.1), by spec name:
 #: ``eta`` ε = η (NL paper Eq. 88, literally), ``normalized`` ε = η' = η/(1 + η‖k‖²) (Eq. 57),
@@ -135,6 +135,33 @@ def decays(alpha: Tensor, beta: Tensor | None) -> Decays:
                   G[..., :L, 0], F[..., L, 1:], F[..., L, 0])
 
 
+def block_decays(alpha: Tensor, beta: Tensor | None, size: int) -> list[Decays | None]:
+    """``decays`` of every block of `size` tokens along the last dim, in one batched call.
+
+    alpha, beta: (…, T). Returns one entry per block (the order of ``Tensor.split``): the full
+    blocks' coefficients come from a single ``decays`` over (…, T // size, size) — a handful of
+    kernels for the whole sequence instead of ~100 per block (forward + backward, most of them
+    in the cumulative products) — and are views of it; a shorter last block gets None (its step
+    computes its own). Each block's values are exactly those of ``decays`` on that block alone.
+    """
+    T = alpha.shape[-1]
+    n, tail = divmod(T, size)
+    out: list[Decays | None] = []
+    if n:
+        def blocks(g: Tensor | None) -> Tensor | None:
+            return None if g is None else g[..., :n * size].unflatten(-1, (n, size))
+
+        d = decays(blocks(alpha), blocks(beta))   # type: ignore[arg-type]
+        # one unbind per field: its backward is a single stack (per-block slicing would write a
+        # full-length zero tensor per block)
+        at = alpha.dim() - 1                     # the block axis, after the leading dims
+        fields = [f.unbind(at) if f is not None else [None] * n for f in d]
+        out = [Decays(*(f[i] for f in fields)) for i in range(n)]
+    if tail:
+        out.append(None)
+    return out
+
+
 def solve_prefix(W0: Tensor, S0: Tensor | None, K: Tensor, dec: Decays, *,
                  phi: Tensor | None, psi: Tensor | None, delta: Tensor | None) -> Tensor:
     """Solve for y_t = W_{t−1} k_t when f_t = φ_t y_t and d_t = ψ_t y_t + δ_t (a_t = k_t).
@@ -221,7 +248,10 @@ def scan_blocks(
     per-token intermediates plus one state per block to about one state per G blocks. Sequences
     shorter than two groups run plainly: there the recomputation would cost time and save little.
     """
-    pieces = [x.split(size, dim=2) if x is not None else None for x in inputs]
+    # an input is a (B, H, T, …) tensor split here, None, or a list already holding one entry
+    # per block (e.g. ``block_decays``)
+    pieces = [x if isinstance(x, list) else x.split(size, dim=2) if x is not None else None
+              for x in inputs]
     n = len(pieces[0])
 
     def run(state: Any, lo: int, hi: int) -> tuple[list[Tensor], Any]:

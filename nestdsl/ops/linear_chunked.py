@@ -23,7 +23,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockform import decays, end_state, erase_rate, read_weights, scan_blocks, solve_prefix
+from .blockform import (
+    Decays,
+    block_decays,
+    decays,
+    end_state,
+    erase_rate,
+    read_weights,
+    scan_blocks,
+    solve_prefix,
+)
 from .objectives import Objective, get_objective
 from .state import MemoryState
 
@@ -50,6 +59,7 @@ def linear_chunk_step(
     lr_c: Tensor | float,
     retention_c: Tensor | float | None,
     momentum_c: Tensor | float | None,
+    dec: Decays | None = None,
     *,
     objective: str | Objective = "l2",
     rule: str = "gd",
@@ -64,6 +74,8 @@ def linear_chunk_step(
         q_c: (B, H, L, Dk) or None (no read); k_c: (B, H, L, Dk); v_c: (B, H, L, Dv).
         lr_c, retention_c, momentum_c: η, α, β as floats or (B, H, L); retention None → α = 1;
             momentum None → no momentum (then ``state.momentum`` is ignored and returned None).
+        dec: this block's decay coefficients, precomputed for all blocks at once
+            (``blockform.block_decays``); None computes them here.
         erase: DGD's erase rate ε (``blockform.ERASES``); ignored for gd.
         exact: True for chunk size 1 (the block is any run of tokens; requires an objective with
             ``affine`` set); False when the block is one semantic chunk (gradient at its start).
@@ -79,7 +91,8 @@ def linear_chunk_step(
     S0 = None
     if beta is not None:
         S0 = state.momentum[0] if state.momentum is not None else torch.zeros_like(M0)
-    dec = decays(alpha, beta)
+    if dec is None:
+        dec = decays(alpha, beta)
 
     phi = None
     if rule == "dgd":  # f_t = −ε_t y_t
@@ -129,5 +142,7 @@ def linear_scan_chunked(
     exact = chunk_size == 1 and objective.affine is not None
     # Non-affine objective with C = 1: one token per block *is* the exact semantics.
     L = block_size if exact else chunk_size
-    return scan_blocks(step, state, L, (q, k, v, lr, retention, momentum), group=group,
+    alpha = retention if retention is not None else k.new_ones(k.shape[:3])
+    dec = block_decays(alpha, momentum, L)          # all blocks' decays in one batched call
+    return scan_blocks(step, state, L, (q, k, v, lr, retention, momentum, dec), group=group,
                        objective=objective, rule=rule, read=read, exact=exact, erase=erase)

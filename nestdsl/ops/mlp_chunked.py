@@ -21,7 +21,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blockform import decays, end_state, erase_rate, read_weights, scan_blocks, solve_prefix
+from .blockform import (
+    Decays,
+    block_decays,
+    decays,
+    end_state,
+    erase_rate,
+    read_weights,
+    scan_blocks,
+    solve_prefix,
+)
 from .linear_chunked import _gate
 from .mlp import (
     MLPMemory,
@@ -47,6 +56,7 @@ def mlp_chunk_step(
     lr_c: Tensor | float,
     retention_c: Tensor | float | None,
     momentum_c: Tensor | float | None,
+    dec: Decays | None = None,
     *,
     spec: MLPMemory,
     objective: str | Objective = "l2",
@@ -63,6 +73,8 @@ def mlp_chunk_step(
         q_c: (B, H, L, Dk) or None (no read); k_c: (B, H, L, Dk); v_c: (B, H, L, Dv).
         lr_c, retention_c, momentum_c: η, α, β as floats or (B, H, L); retention None → α = 1,
             momentum None → no momentum.
+        dec: this chunk's decay coefficients over the flattened (B·H, …) gates, precomputed for
+            all chunks at once (``blockform.block_decays``); None computes them here.
         spec, objective, rule ("gd" | "dgd"), read ("after" | "before" | "chunk").
         erase: DGD's erase rate ε (``blockform.ERASES``); ignored for gd.
         norm: (gain, bias) of the inner norm when ``spec.norm``, each (H, Dv) (None: 1, 0).
@@ -97,7 +109,8 @@ def mlp_chunk_step(
             Ss = [torch.zeros_like(w) for w in Ws]
         else:
             Ss = [flat(s) for s in state.momentum]
-    dec = decays(alpha, beta)
+    if dec is None:
+        dec = decays(alpha, beta)
 
     # 1. per-token gradients at θ_{c(t)}: ∂ℓ/∂W_i = δ_i a_iᵀ
     z, inputs, pre = mlp_forward_cached(Ws, k_c, spec)
@@ -145,7 +158,12 @@ def mlp_scan_chunked(
     step=mlp_chunk_step, group: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Run an MLP memory over (B, H, T, ·) chunk by chunk (a Python loop over chunks, so a
-    compiled ``step`` stays one chunk long whatever T is); `group`: see ``scan_blocks``."""
-    return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum), group=group,
-                       objective=objective, rule=rule, read=read, spec=spec, erase=erase,
-                       norm=norm)
+    compiled ``step`` stays one chunk long whatever T is); `group`: see ``scan_blocks``. The
+    decay coefficients of all chunks come from one batched call (``block_decays``)."""
+    B, H, T = k.shape[:3]
+    alpha = retention.reshape(B * H, T) if retention is not None else k.new_ones(B * H, T)
+    beta = momentum.reshape(B * H, T) if momentum is not None else None
+    dec = block_decays(alpha, beta, chunk_size)     # over the step's flattened (B·H, …) gates
+    return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum, dec),
+                       group=group, objective=objective, rule=rule, read=read, spec=spec,
+                       erase=erase, norm=norm)

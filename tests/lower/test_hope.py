@@ -410,3 +410,54 @@ def test_projections_must_read_chunk():
     del d["memories"]["projection"]["read"]          # unset: resolved to chunk
     _check(d)
     assert build(d).proj_rule.read == "chunk"
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpointed window loop
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_checkpointed_windows_equal_plain_loop(group):
+    """Keeping the state every G windows (recomputing a group in backward) changes nothing:
+    outputs, final states and gradients equal the plain loop's, also under a repeated
+    (retain_graph) backward as the CMS task sweep does."""
+    layer = build(spec_dict(heads=2, c_mem=4, c_other=2, read="after"), dtype=torch.float64)
+    x = torch.randn(2, 18, 8, dtype=torch.float64)        # 5 windows, the last one partial
+    runs = {}
+    for G in (None, group):
+        layer.compile_config.checkpoint_every = G
+        y, g = _grads(layer, x, lambda x: layer(x)[0])
+        _, st = layer(x)
+        xr = x.clone().requires_grad_(True)
+        out = layer(xr)[0].square().sum()
+        again = [torch.autograd.grad(out, xr, retain_graph=True)[0] for _ in range(2)]
+        runs[G] = (y, g, st, again)
+    (y0, g0, s0, a0), (y1, g1, s1, a1) = runs[None], runs[group]
+    torch.testing.assert_close(y1, y0, atol=1e-12, rtol=1e-12)
+    assert g1.keys() == g0.keys()
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-12, rtol=1e-10, msg=n)
+    for n in s0["mems"]:
+        for w0, w1 in zip(s0["mems"][n].weights, s1["mems"][n].weights, strict=True):
+            torch.testing.assert_close(w1, w0, atol=1e-12, rtol=1e-12)
+    for a, b in zip(a0 + a1, a0 + a0, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_checkpointed_windows_save_fewer_bytes():
+    """The point of grouping: far fewer bytes saved for backward (one state per group)."""
+    layer = build(spec_dict(heads=2, c_mem=4, c_other=4, read="after"))
+    x = torch.randn(2, 64, 8)
+    saved = {}
+    for G in (None, 2):
+        layer.compile_config.checkpoint_every = G
+        sizes: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, sizes: dict[int, int] = sizes) -> torch.Tensor:
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(x)[0].sum()
+        saved[G] = sum(sizes.values())
+    assert saved[2] < 0.5 * saved[None], saved

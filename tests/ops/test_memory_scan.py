@@ -212,3 +212,43 @@ def test_checkpoint_every_is_validated():
     leaves, kw, ws = make_case("linear", "const", False, False)
     with pytest.raises(ValueError, match="checkpoint_every"):
         run(leaves, kw, ws, "chunked", checkpoint_every=0)
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+@pytest.mark.parametrize("T", [48, 53])
+def test_block_decays_equal_per_block_decays(momentum, T):
+    """All blocks' decay coefficients from one batched call are each block's own `decays`
+    (values and gradients); a shorter last block is left to its step (None)."""
+    from nestdsl.ops.blockform import block_decays, decays
+
+    torch.manual_seed(0)
+    a = torch.rand(3, 2, T, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(3, 2, T, dtype=torch.float64, requires_grad=True) if momentum else None
+    size = 16
+    batched = block_decays(a, b, size)
+    assert len(batched) == math.ceil(T / size) and (batched[-1] is None) == (T % size != 0)
+    weights = None
+    for i, dec in enumerate(batched):
+        if dec is None:
+            continue
+        sl = slice(i * size, (i + 1) * size)
+        ref = decays(a[..., sl], None if b is None else b[..., sl])
+        for f, r in zip(dec, ref, strict=True):
+            assert (f is None) == (r is None)
+            if f is not None:
+                torch.testing.assert_close(f, r, atol=0, rtol=0)
+        if weights is None:
+            weights = [None if f is None else torch.randn_like(f) for f in dec]
+
+    def total(decs):
+        return sum((f * w).sum() for d in decs if d is not None
+                   for f, w in zip(d, weights, strict=True) if f is not None)
+
+    ins = [a] + ([b] if b is not None else [])
+    g = torch.autograd.grad(total(batched), ins)
+    per_block = [decays(a[..., i * size:(i + 1) * size],
+                        None if b is None else b[..., i * size:(i + 1) * size])
+                 for i in range(T // size)]
+    g_ref = torch.autograd.grad(total(per_block), ins)
+    for x, y in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
