@@ -91,7 +91,7 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
     periods = task_periods(model)
     layers = {m.tag: m for m in model.modules() if isinstance(m, CMSLayerModule)}
     segment = math.gcd(*periods) if periods else T
-    piece = math.lcm(*periods) if periods else T
+    piece = piece_length(periods) if periods else T
 
     def run(state: Any, a: int, b: int) -> tuple[Tensor, Any]:
         """Σ of the weighted token losses over [a, b), with the task writes due inside it."""
@@ -119,11 +119,27 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
     return (loss, state) if return_state else loss
 
 
-#: Run the sweep piece by piece (below) from this many pieces of lcm(task periods) tokens on.
-#: Measured on hope-tiny (benchmarks/bench_sweep.py; one thread, fwd + bwd, seconds at T = 256 /
-#: 512 / 1024 / 2048): uncut 0.64 / 1.86 / 5.68 / 20.6, pieces 0.93 / 2.12 / 3.98 / 8.67 — the
-#: recomputation costs more than the walk it saves below ~16 pieces of 64 tokens.
-PIECEWISE_FROM = 16
+#: A piece is the smallest whole number of lcm(task periods) tokens that reaches this length:
+#: forward keeps the whole model state (every memory's and CMS stage's fast weights) once per
+#: piece, so short pieces keep more bytes per token (hope at width 1024: ~44 MiB of state per
+#: layer and sequence, i.e. ~690 KiB per token and layer with 64-token pieces, ~170 with 256),
+#: while inside a piece the walk of each write's backward grows with its length.
+PIECE_TOKENS = 256
+
+
+def piece_length(periods: list[int]) -> int:
+    """Tokens per piece: a multiple of every task period (a piece boundary is a write)."""
+    lcm = math.lcm(*periods)
+    return lcm * max(1, -(-PIECE_TOKENS // lcm))
+
+
+#: Run the sweep piece by piece (below) from this many pieces on. Measured on hope-tiny
+#: (benchmarks/bench_sweep.py; one thread, fwd + bwd, seconds at T = 512 / 1024 / 2048): uncut
+#: 1.87 / 7.52 / 21.4; pieces of 64 tokens 1.99 / 5.17 / 8.99, of 128 2.57 / 5.20 / 9.43, of 256
+#: 2.27 / 6.54 / 11.1 (hope-sweep-piece-length-cpu-2026-11-28.json): with 256-token pieces the
+#: recomputation pays for itself from 4 pieces (T = 1024) on, and they keep a quarter of the
+#: 64-token pieces' state bytes for +24% time at T = 2048.
+PIECEWISE_FROM = 4
 
 
 def _piecewise(T: int, piece: int, state: Any, return_state: bool) -> bool:

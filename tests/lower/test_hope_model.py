@@ -94,7 +94,8 @@ def test_hope_tiny_trains_under_cpu_bf16_autocast():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_piecewise_task_sweep_equals_the_uncut_sweep(monkeypatch, dtype):
     """The sweep cut into pieces of lcm(task periods) tokens (each write's backward local to its
-    piece, pieces recomputed in backward) gives the uncut sweep's loss and gradients."""
+    piece, pieces recomputed in backward) gives the uncut sweep's loss and gradients, whatever
+    whole number of lcm periods a piece holds."""
     from nestdsl.lower import sweep
 
     spec = load_spec("specs/hope.yaml", overrides=["model.width=32", "model.heads=2"])
@@ -110,6 +111,7 @@ def test_piecewise_task_sweep_equals_the_uncut_sweep(monkeypatch, dtype):
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
+    monkeypatch.setattr(sweep, "PIECE_TOKENS", 64)     # 4 pieces in this short sequence
     calls = []
     real = sweep._Pieces.apply
     monkeypatch.setattr(sweep._Pieces, "apply", lambda *a: calls.append(len(a[1])) or real(*a))
@@ -117,17 +119,24 @@ def test_piecewise_task_sweep_equals_the_uncut_sweep(monkeypatch, dtype):
     assert calls == []
     loss_p, grads_p = run(2)
     assert calls == [4]                              # 256 tokens = 4 pieces of lcm(16, 64)
+    monkeypatch.setattr(sweep, "PIECE_TOKENS", 100)    # rounded up to 2·lcm: 2 pieces
+    loss_2, grads_2 = run(2)
+    assert calls == [4, 2]
+    torch.testing.assert_close(loss_2, loss_p, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=0)
     # float64 pins the math; in float32 the pieces sum the same terms in another order, which
     # moves the smallest gradients (an inner-norm bias, |g| ~ 6e-4) by up to ~0.3% of their max
     tol, scale = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 5e-3)
     torch.testing.assert_close(loss_p, loss, rtol=tol, atol=0)
     assert grads_p.keys() == grads.keys()
-    for n, g in grads.items():
-        torch.testing.assert_close(grads_p[n], g, rtol=tol, atol=scale * g.abs().max().item(),
-                                   msg=lambda m, n=n: f"{n}: {m}")
+    for cut in (grads_p, grads_2):
+        assert cut.keys() == grads.keys()
+        for n, g in grads.items():
+            torch.testing.assert_close(cut[n], g, rtol=tol, atol=scale * g.abs().max().item(),
+                                       msg=lambda m, n=n: f"{n}: {m}")
     if dtype == torch.float32:   # the recomputation runs under the forward's autocast
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss_bf, _ = run(10**9)
+            monkeypatch.setattr(sweep, "PIECE_TOKENS", 64)
             loss_bf_p, grads_bf_p = run(2)
         assert abs(loss_bf_p.item() - loss_bf.item()) < 1e-6 * loss_bf.item()
         assert loss_bf.item() != loss.item()          # autocast was on
