@@ -403,23 +403,36 @@ class SelfModifyingTitans(nn.Module):
         """Memory `name`'s inner-loss target: v̂ = M(θ_c; v_t) (Eq. 84) or the shared v_t (Eq. 79)."""
         return mlp_forward(weights, v, mlp, self._norm(name)) if self.values == "self" else v
 
-    def _generate(self, xs: Tensor, weights: dict[str, tuple[Tensor, ...]], conv: dict[str, Tensor]
-                  ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], list[Any], list[Any], dict[str, Tensor]]:
+    def _proj_norms(self) -> tuple[Tensor, Tensor] | None:
+        """The projection memories' inner-norm (gain, bias), stacked in `roles` order: (R, H, d)."""
+        if not self.proj_mlp.norm:
+            return None
+        ps = [self.norms[r]() for r in self.roles]
+        return torch.stack([p[0] for p in ps]), torch.stack([p[1] for p in ps])
+
+    def _generate(self, xs: Tensor, stacked: tuple[Tensor, ...], conv: dict[str, Tensor]
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[Any], list[Any], dict[str, Tensor]]:
         """Everything one C_other chunk generates from the chunk-start states (Eqs. 83–84, 90).
 
-        xs: (B, l, D); weights[□]: θ_{□,c(t)}. Returns q, k, v (B, H, l, d), the targets
-        v̂_□ = M_□(θ_{□,c(t)}; v_t) of the projection memories, the gates (η, α, β) of M_mem and
-        of the projection memories, and the new conv caches.
+        xs: (B, l, D); stacked: the projection memories' θ_{□,c(t)} stacked along the batch in
+        `roles` order, each weight (R·B, H, out, in) (empty without roles). Every memory reads
+        the same x_t (and its target reads the same v_t), so one broadcast forward over the R
+        stacked states computes all of them. Returns q, k, v (B, H, l, d), the targets
+        v̂_□ = M_□(θ_{□,c(t)}; v_t) stacked like the states, (R·B, H, l, d) (None without roles),
+        the gates (η, α, β) of M_mem and of the projection memories, and the new conv caches.
         """
-        H = self.heads
+        H, R = self.heads, len(self.roles)
         xh = split_heads(xs, H)                                              # (B, H, l, d)
+        ws = tuple(w.unflatten(0, (R, -1)) for w in stacked)                 # (R, B, H, out, in)
+        norm = self._proj_norms()
+        norm = None if norm is None else (norm[0][:, None], norm[1][:, None])  # (R, 1, H, d)
+        gen = dict(zip(self.roles, mlp_forward(ws, xh, self.proj_mlp, norm).unbind(0),
+                       strict=True)) if R else {}                # M_□(θ_{□,c(t)}; x_t) (Eq. 83/90)
         conv = dict(conv)
         qkv = {}
         for r in ("q", "k", "v"):
-            if r in self.roles:          # k_t = M_k(θ_{k,c(t)}; x_t)   (Eq. 83 / 90)
-                pre = merge_heads(mlp_forward(weights[r], xh, self.proj_mlp, self._norm(r)))
-            else:                        # static: k_t = x_t W_k
-                pre = self.static[r](xs)
+            # adaptive: k_t = M_k(θ_{k,c(t)}; x_t); static: k_t = x_t W_k
+            pre = merge_heads(gen[r]) if r in gen else self.static[r](xs)
             if self.conv is not None:
                 pre, cache = self.conv[r](pre, conv[r])
                 conv[r] = cache.contiguous()       # one layout for every call (no recompile)
@@ -429,11 +442,13 @@ class SelfModifyingTitans(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.v_norm:      # bounded targets: every memory regresses onto M(v_t) with ‖v_t‖ = 1
             v = F.normalize(v, dim=-1)
-        feats = {r: mlp_forward(weights[r], xh, self.proj_mlp, self._norm(r))  # M_η(x_t), M_α(x_t)
-                 for r in ("eta", "alpha") if r in self.roles}
+        feats = {r: gen[r] for r in ("eta", "alpha") if r in gen}      # M_η(x_t), M_α(x_t)
         mem_g = [self._gate("mem", role, xs, feats) for role in GATE_ROLES]
         proj_g = [self._gate("proj", role, xs, feats) for role in GATE_ROLES]
-        targets = {r: self._target(v, weights[r], self.proj_mlp, r) for r in self.roles}
+        targets = None
+        if R:
+            targets = (mlp_forward(ws, v, self.proj_mlp, norm) if self.values == "self"
+                       else v.expand(R, *v.shape)).flatten(0, 1)
         return q, k, v, targets, mem_g, proj_g, conv
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
@@ -444,31 +459,33 @@ class SelfModifyingTitans(nn.Module):
             y = merge_heads(o)
         return self.out_proj(y)
 
-    def _write_projections(self, mems: dict[str, MemoryState], k: Tensor, targets: dict[str, Tensor],
+    def _stack_projections(self, mems: dict[str, MemoryState], B: int) -> MemoryState:
+        """The projection memories' states stacked along the batch in `roles` order: (R·B, …)."""
+        def stack(ts: list[Tensor]) -> Tensor:
+            return torch.cat([t.expand(B, *t.shape[-3:]) for t in ts])
+
+        old = [mems[r] for r in self.roles]
+        return MemoryState(
+            tuple(stack([m.weights[i] for m in old]) for i in range(len(old[0].weights))),
+            None if old[0].momentum is None else
+            tuple(stack([m.momentum[i] for m in old]) for i in range(len(old[0].momentum))))
+
+    def _write_projections(self, state: MemoryState, k: Tensor, targets: Tensor,
                            gates: list[Tensor | float | None]) -> dict[str, MemoryState]:
         """One C_other write of every projection memory (Eq. 88), as one batched chunk step.
 
         The memories share the keys k_t, the MLP shape, the rule and the gates, and differ only in
-        their states and targets, so they are stacked along the batch dimension: one call (one
-        compiled graph launch) instead of one per memory, with identical per-memory values.
+        their states and targets, so they run stacked along the batch dimension (`state`,
+        `targets`: (R·B, …)): one call (one compiled graph launch) instead of one per memory,
+        with identical per-memory values.
         """
         roles, B = self.roles, k.shape[0]
-
-        def stack(ts: list[Tensor]) -> Tensor:
-            return torch.cat([t.expand(B, *t.shape[-3:]) for t in ts])
-
-        old = [mems[r] for r in roles]
-        state = MemoryState(
-            tuple(stack([m.weights[i] for m in old]) for i in range(len(old[0].weights))),
-            None if old[0].momentum is None else
-            tuple(stack([m.momentum[i] for m in old]) for i in range(len(old[0].momentum))))
         R = len(roles)
         g = [x.repeat(R, 1, 1) if isinstance(x, Tensor) else x for x in gates]
-        norm = None
-        if self.proj_mlp.norm:    # per-memory gain/bias, stacked like the states: (R·B, H, d)
-            ps = [self.norms[r]() for r in roles]
-            norm = tuple(torch.cat([p[i].expand(B, *p[i].shape) for p in ps]) for i in range(2))
-        _, new = self._mlp_step(state, None, k.repeat(R, 1, 1, 1), torch.cat([targets[r] for r in roles]),
+        norm = self._proj_norms()     # per-memory gain/bias, stacked like the states: (R·B, H, d)
+        if norm is not None:
+            norm = tuple(p[:, None].expand(R, B, *p.shape[1:]).flatten(0, 1) for p in norm)
+        _, new = self._mlp_step(state, None, k.repeat(R, 1, 1, 1), targets,
                                 *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
                                 rule=self.proj_rule.kind, read="chunk", erase=self.proj_rule.erase,
                                 norm=norm)
@@ -495,10 +512,11 @@ class SelfModifyingTitans(nn.Module):
 
         # 1. projection memories, every C_other tokens: generate, then write (Eqs. 83–88)
         for s in range(0, L, self.c_other):
-            weights = {r: mems[r].weights for r in self.roles}
-            q, k, v, targets, mem_g, proj_g, conv = self._gen(x[:, s:s + self.c_other], weights, conv)
-            if self.roles:
-                mems.update(self._write_projections(mems, k, targets, proj_g))
+            stacked = self._stack_projections(mems, x.shape[0]) if self.roles else None
+            q, k, v, targets, mem_g, proj_g, conv = self._gen(
+                x[:, s:s + self.c_other], stacked.weights if stacked is not None else (), conv)
+            if stacked is not None:
+                mems.update(self._write_projections(stacked, k, targets, proj_g))
             qs.append(q)
             ks.append(k)
             vs.append(v)

@@ -367,8 +367,8 @@ def test_v_norm_makes_values_unit_norm(v_norm):
     assert layer.v_norm is v_norm
     x = torch.randn(2, 4, 8)
     st = layer.initial_state(2)
-    weights = {r: st["mems"][r].weights for r in layer.roles}
-    q, k, v, *_ = layer._generate(x, weights, st["conv"])
+    stacked = layer._stack_projections(st["mems"], 2)
+    q, k, v, *_ = layer._generate(x, stacked.weights, st["conv"])
     assert v.shape == (2, 2, 4, 4)
     ones = torch.ones(2, 2, 4)
     torch.testing.assert_close(k.norm(dim=-1), ones)

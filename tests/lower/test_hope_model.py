@@ -124,8 +124,8 @@ def test_piecewise_task_sweep_equals_the_uncut_sweep(monkeypatch, dtype):
     assert calls == [4, 2]
     torch.testing.assert_close(loss_2, loss_p, rtol=1e-10 if dtype == torch.float64 else 1e-5, atol=0)
     # float64 pins the math; in float32 the pieces sum the same terms in another order, which
-    # moves the smallest gradients (an inner-norm bias, |g| ~ 6e-4) by up to ~0.3% of their max
-    tol, scale = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 5e-3)
+    # moves the smallest gradients (an inner-norm bias, |g| ~ 6e-4) by up to ~0.5% of their max
+    tol, scale = (1e-10, 1e-10) if dtype == torch.float64 else (1e-5, 1e-2)
     torch.testing.assert_close(loss_p, loss, rtol=tol, atol=0)
     assert grads_p.keys() == grads.keys()
     for cut in (grads_p, grads_2):
