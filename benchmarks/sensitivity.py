@@ -2,7 +2,7 @@
 
 For each preset (trained on S-NIAH-1 for `--steps` steps, or at initialisation with 0), it feeds
 held-out S-NIAH-1 sequences three times — as drawn, with the pass key's 7 digits changed, and with
-7 haystack characters changed about as far from the question — and reports, for every layer, the
+7 haystack characters changed next to the needle sentence — and reports, for every layer, the
 relative change ‖y − y'‖ / ‖y‖ of the layer's output at the position that predicts the first
 answer digit. A layer that retrieves moves with the needle and little with the haystack; a layer
 that ignores distant context moves with neither (~0); a *chaotic* layer moves by ~1 with either:
@@ -46,8 +46,8 @@ def _sequences(n: int, seed: int) -> tuple[Any, Any, Any]:
         assert m is not None
         other = "".join(str((int(c) + 1 + int(rng.integers(9))) % 10) for c in value)
         needle = text[:m.start(1)] + other + text[m.end(1):]
-        # 7 haystack characters before the needle (or after it when it sits near the start)
-        at = m.start(1) - 20 if m.start(1) >= 27 else m.end(0) + 2
+        # 7 haystack characters just before the needle sentence (or after it near the start)
+        at = m.start(0) - 10 if m.start(0) >= 10 else m.end(0) + 2
         shifted = "".join(chr(ord("a") + (ord(c) + 3) % 26) for c in text[at:at + 7])
         hay = text[:at] + shifted + text[at + 7:]
         for out, t in zip(rows, (text, needle, hay), strict=True):
