@@ -160,7 +160,8 @@ def _leaves(state: Any) -> Any:
 
 
 class _Pieces(torch.autograd.Function):
-    """The sweep cut into pieces of lcm(task periods) tokens, each its own autograd graph.
+    """The sweep cut into pieces (`piece_length`: whole numbers of lcm(task periods) tokens), each
+    its own autograd graph.
 
     Every task write of a piece differentiates a chunk loss that lies inside the piece, so its
     `autograd.grad` walks that piece's graph only, not everything since token 0 (which made the

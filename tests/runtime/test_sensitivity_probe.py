@@ -7,8 +7,6 @@ import importlib.util
 import math
 from pathlib import Path
 
-import torch
-
 PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "sensitivity.py"
 
 
@@ -37,7 +35,6 @@ def test_perturbations_touch_only_the_needle_or_the_haystack():
 
 def test_probe_reports_every_layer():
     rec = _module().probe("deltanet", steps=0, n=4)
-    torch.manual_seed(0)
     assert list(rec["layers"]) == ["block 0.0 memory", "block 0.1 mlp", "block 1.0 memory",
                                    "block 1.1 mlp"]
     for r in rec["layers"].values():
