@@ -12,3 +12,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Triton kernels run in Triton's CPU interpreter where there is no GPU; the flag is read when a
+# kernel module is imported, so it is set before any test imports one.
+os.environ.setdefault("TRITON_INTERPRET", "1")

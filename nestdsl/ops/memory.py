@@ -42,7 +42,7 @@ __all__ = ["memory_scan", "compiled_step"]
 
 RULES = ("gd", "dgd")
 READS = ("after", "before", "chunk")
-IMPLS = ("auto", "reference", "chunked")
+IMPLS = ("auto", "reference", "chunked", "triton")
 
 _COMPILED: dict[str, Callable] = {}
 
@@ -142,7 +142,9 @@ def memory_scan(
         state: the initial ``MemoryState``; None gives zeros for a linear memory (an MLP memory
             needs its initial weights, (H, out, in) or (B, H, out, in)). Momentum buffers
             default to zeros.
-        impl: ``"reference"`` (token loop, the oracle), ``"chunked"`` (fast), ``"auto"`` (fast).
+        impl: ``"reference"`` (token loop, the oracle), ``"chunked"`` (fast), ``"auto"`` (fast),
+            ``"triton"`` (the Triton kernel for depth-2 MLP memories, ``ops.triton_mlp``; on CUDA,
+            or on CPU under ``TRITON_INTERPRET=1``; ValueError naming what it cannot run).
         compile: run the fast path with the ``torch.compile``'d per-chunk step.
         erase: DGD's erase rate ε: ``"eta"`` | ``"normalized"`` | ``"retained"`` (gd: unused).
         norm: (gain, bias), each (H, Dv), of an ``MLPMemory(norm=True)``'s inner LayerNorm
@@ -238,7 +240,18 @@ def memory_scan(
         common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
                       rule=rule, read=read, chunk_size=chunk_size, erase=erase,
                       group=checkpoint_every)
-        if memory == "linear":
+        if impl == "triton":
+            from . import triton_mlp
+
+            why = (f"memory {memory!r} is not an MLP memory" if memory == "linear" else
+                   triton_mlp.supports(spec=memory, objective=obj, d_key=Dk, d_value=Dv, T=T,
+                                       chunk_size=chunk_size, dtype=q.dtype, device=dev))
+            if why is not None:
+                raise ValueError(f"impl='triton' cannot run this memory: {why}")
+            nrm = None if norm is None else tuple(p.to(cd) for p in norm)
+            o, new_state = triton_mlp.triton_mlp_scan(qc, kc, vc, spec=memory, norm=nrm,
+                                                      **common)
+        elif memory == "linear":
             step = compiled_step("linear") if compile else linear_chunk_step
             o, new_state = linear_scan_chunked(qc, kc, vc, step=step, **common)
         else:

@@ -1,0 +1,529 @@
+"""A Triton chunk scan for depth-2 MLP memories (Titans LMM, TTT-MLP, Hope's memories).
+
+One program per (batch, head) walks the sequence chunk by chunk with the memory state — W_0
+(hidden × Dk), W_1 (Dv × hidden) and their momenta — held on chip from the first chunk to the
+last; each chunk is the closed form of ``mlp_chunked.mlp_chunk_step`` (design.md §3.1):
+
+1. the chunk-start forward z = W_1 σ(W_0 k) and the analytic inner gradients
+   δ_1 = ∂ℓ/∂z (objective, inner LayerNorm, residual), δ_0 = (W_1ᵀ δ_1) ⊙ σ'(W_0 k);
+2. the decay coefficients of the chunk from cumulative sums of log-gates:
+   D1[t, s] = exp(Σ_{s<i≤t} log α_i), D2 likewise from β, Wc = D1·D2, Z = D1·ζ (blockform);
+3. DGD's prefix solve (I − A) Y = h on W_0 with (I − A)⁻¹ = (I + A)(I + A²)(I + A⁴)…: A is
+   strictly lower triangular, so A^C = 0 and log₂ C products are exact;
+4. reads after / before the writes in the dual form, layer by layer, or at the chunk start;
+5. the state at the chunk end.
+
+The kernel computes in float32 (``tl.dot`` with IEEE precision: no TF32) and writes the state
+at the start of every group of G chunks. Backward (``TritonMLPScan``) recomputes one group at a
+time from those states with the torch chunk step and back-propagates through it: the kernel
+never keeps per-chunk intermediates, and the gradients are those of the torch fast form.
+
+Without a GPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before
+``triton`` is imported): slow, but it is how CI holds the kernel equal to the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .mlp import MLPMemory, NormParams
+from .objectives import Objective
+from .state import MemoryState
+
+try:  # an optional dependency: the registry refuses this kernel without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is missing
+    triton = None
+    tl = None
+
+__all__ = ["available", "interpreted", "objective_code", "supports", "triton_mlp_scan"]
+
+ACT_CODES = {"silu": 0, "gelu": 1, "relu": 2, "tanh": 3}
+READ_CODES = {"after": 0, "before": 1, "chunk": 2}
+ERASE_CODES = {"eta": 0, "normalized": 1, "retained": 2}
+
+
+def available() -> bool:
+    """Triton is importable."""
+    return triton is not None
+
+
+def interpreted() -> bool:
+    """Kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def objective_code(obj: Objective) -> tuple[int, float] | None:
+    """(code, clip) of an objective the kernel computes in closed form, else None.
+
+    0: dot, ∂ℓ/∂p = −v; 1: l2, p − v; 2: huber, clip(p − v, ±1); 3: soft-clipped l2,
+    r·c·tanh(‖r‖/c)/‖r‖ (``objectives.soft_clipped_l2``).
+    """
+    from .objectives import soft_clipped_l2
+
+    fixed = {"dot": 0, "l2": 1, "huber": 2}
+    if obj.name in fixed:
+        return fixed[obj.name], 0.0
+    if obj.name.startswith("l2(clip ") and obj.name.endswith(")"):
+        try:
+            c = float(obj.name[len("l2(clip "):-1])
+        except ValueError:
+            return None
+        if soft_clipped_l2(c) is obj:   # the registry's own instance, not a look-alike
+            return 3, c
+    return None
+
+
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def supports(*, spec: MLPMemory, objective: Objective, d_key: int, d_value: int, T: int,
+             chunk_size: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """None if the kernel computes this memory exactly, else why not (shown by ``--explain``)."""
+    if triton is None:
+        return "triton is not installed (pip install triton)"
+    if device.type != "cuda" and not interpreted():
+        return f"needs a CUDA device (got {device.type}); TRITON_INTERPRET=1 runs it on CPU"
+    if spec.depth != 2:
+        return f"MLP depth {spec.depth}: the kernel holds exactly two weight matrices"
+    if objective_code(objective) is None:
+        return f"objective {objective.name!r} has no closed form in the kernel"
+    if dtype == torch.float64:
+        return "float64: the kernel computes in float32"
+    for what, n in (("d_key", d_key), ("d_value", d_value), ("hidden", spec.hidden),
+                    ("chunk size", chunk_size)):
+        if not _pow2(n):
+            return f"{what} {n}: the kernel needs a power of two ≥ 16 (tl.dot tiles)"
+    if T % chunk_size:
+        return f"T = {T} is not a multiple of the chunk size {chunk_size} (no partial chunks)"
+    return None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _act(z, ACT: tl.constexpr):
+        if ACT == 0:
+            out = z * tl.sigmoid(z)
+        elif ACT == 1:
+            out = 0.5 * z * (1 + tl.math.erf(z * 0.7071067811865476))
+        elif ACT == 2:
+            out = tl.maximum(z, 0.0)
+        else:
+            out = 2 * tl.sigmoid(2 * z) - 1
+        return out
+
+    @triton.jit
+    def _act_grad(z, ACT: tl.constexpr):
+        if ACT == 0:
+            s = tl.sigmoid(z)
+            out = s * (1 + z * (1 - s))
+        elif ACT == 1:
+            cdf = 0.5 * (1 + tl.math.erf(z * 0.7071067811865476))
+            pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+            out = cdf + z * pdf
+        elif ACT == 2:
+            out = (z > 0).to(tl.float32)
+        else:
+            t = 2 * tl.sigmoid(2 * z) - 1
+            out = 1 - t * t
+        return out
+
+    @triton.jit
+    def _mm(a, b):
+        return tl.dot(a, b, input_precision="ieee")
+
+    @triton.jit
+    def _finish(x, z, gain, bias, DV: tl.constexpr, NORM: tl.constexpr, RESIDUAL: tl.constexpr):
+        """M = [x +] [LN(z)·γ + b] (mlp._finish)."""
+        if NORM:
+            mu = tl.sum(z, 1) / DV
+            zc = z - mu[:, None]
+            rstd = tl.math.rsqrt(tl.sum(zc * zc, 1) / DV + 1e-5)
+            z = zc * rstd[:, None] * gain[None, :] + bias[None, :]
+        if RESIDUAL:
+            z = z + x
+        return z
+
+    @triton.jit
+    def _read(X, Wt, St, A, Ed, Ef, g, Zv, Dw, Dwc,
+              HAS_MOM: tl.constexpr, HAS_EF: tl.constexpr):
+        """x_t ↦ W_t x_t without forming W_t (blockform.read_weights)."""
+        out = g[:, None] * _mm(X, tl.trans(Wt))
+        if HAS_MOM:
+            out += Zv[:, None] * _mm(X, tl.trans(St))
+        XA = _mm(X, tl.trans(A))
+        out += _mm(XA * Dwc, Ed)
+        if HAS_EF:
+            out += _mm(XA * Dw, Ef)
+        return out
+
+    @triton.jit
+    def _mlp_scan_fwd(
+        Q, K, V, ETA, ALPHA, BETA, GAIN, BIAS,
+        W0_in, W1_in, S0_in, S1_in,
+        OUT, W0_out, W1_out, S0_out, S1_out,
+        CK_W0, CK_W1, CK_S0, CK_S1,
+        n_chunks, n_groups, CLIP,
+        DK: tl.constexpr, HID: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+        LOG2C: tl.constexpr, G: tl.constexpr,
+        ACT: tl.constexpr, OBJ: tl.constexpr, DGD: tl.constexpr, ERASE: tl.constexpr,
+        READ: tl.constexpr, HAS_Q: tl.constexpr, HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr,
+        NORM: tl.constexpr, RESIDUAL: tl.constexpr, SAVE_CK: tl.constexpr,
+    ):
+        pid = tl.program_id(0).to(tl.int64)
+        T = n_chunks * C
+        t = tl.arange(0, C)
+        dk = tl.arange(0, DK)
+        hd = tl.arange(0, HID)
+        dv = tl.arange(0, DV)
+        lower = t[:, None] >= t[None, :]          # s ≤ t
+        strict = t[:, None] > t[None, :]          # s < t
+        last = t == C - 1
+
+        w0_off = hd[:, None] * DK + dk[None, :]   # (HID, DK)
+        w1_off = dv[:, None] * HID + hd[None, :]  # (DV, HID)
+        W0 = tl.load(W0_in + pid * HID * DK + w0_off)
+        W1 = tl.load(W1_in + pid * DV * HID + w1_off)
+        S0 = tl.zeros((HID, DK), dtype=tl.float32)
+        S1 = tl.zeros((DV, HID), dtype=tl.float32)
+        if HAS_MOM:
+            S0 = tl.load(S0_in + pid * HID * DK + w0_off)
+            S1 = tl.load(S1_in + pid * DV * HID + w1_off)
+        gain = tl.zeros((DV,), dtype=tl.float32) + 1.0
+        bias = tl.zeros((DV,), dtype=tl.float32)
+        if NORM:
+            gain = tl.load(GAIN + pid * DV + dv)
+            bias = tl.load(BIAS + pid * DV + dv)
+
+        for c in range(0, n_chunks):
+            if SAVE_CK:
+                if c % G == 0:
+                    gi = pid * n_groups + c // G
+                    tl.store(CK_W0 + gi * HID * DK + w0_off, W0)
+                    tl.store(CK_W1 + gi * DV * HID + w1_off, W1)
+                    if HAS_MOM:
+                        tl.store(CK_S0 + gi * HID * DK + w0_off, S0)
+                        tl.store(CK_S1 + gi * DV * HID + w1_off, S1)
+            rows = c * C + t
+            k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
+            v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
+            eta = tl.load(ETA + pid * T + rows)
+
+            # 2. decays: log-cumulative gates; D[t, s] = exp(l_t − l_s) for s ≤ t
+            la = tl.zeros((C,), dtype=tl.float32)
+            log_a = tl.zeros((C,), dtype=tl.float32)
+            if HAS_RET:
+                alpha = tl.load(ALPHA + pid * T + rows)
+                log_a = tl.log(tl.maximum(alpha, 1e-30))
+                la = tl.cumsum(log_a, 0)
+            lam = la - log_a                                      # l_{t−1}
+            D1 = tl.where(lower, tl.exp(la[:, None] - la[None, :]), 0.0)
+            D1m = tl.where(strict, tl.exp(lam[:, None] - la[None, :]), 0.0)
+            gam = tl.exp(la)
+            gam_m = tl.exp(lam)
+            D1_last = tl.sum(tl.where(last[:, None], D1, 0.0), 0)   # D1[C−1, :]
+            gam_last = tl.sum(tl.where(last, gam, 0.0), 0)
+            Wc = D1
+            Wcm = D1m
+            Zv = gam * 0.0
+            Zm = gam * 0.0
+            Wc_last = D1_last
+            Z_last = gam_last * 0.0
+            D2_last = D1_last * 0.0
+            zeta_last = gam_last * 0.0
+            if HAS_MOM:
+                beta = tl.load(BETA + pid * T + rows)
+                lb = tl.cumsum(tl.log(tl.maximum(beta, 1e-30)), 0)
+                D2 = tl.where(lower, tl.exp(lb[:, None] - lb[None, :]), 0.0)
+                zeta = tl.exp(lb)
+                Wc = _mm(D1, D2)
+                Wcm = _mm(D1m, D2)
+                Zv = tl.sum(D1 * zeta[None, :], 1)
+                Zm = tl.sum(D1m * zeta[None, :], 1)
+                Wc_last = tl.sum(D1_last[:, None] * D2, 0)
+                Z_last = tl.sum(D1_last * zeta, 0)
+                D2_last = tl.sum(tl.where(last[:, None], D2, 0.0), 0)
+                zeta_last = tl.sum(tl.where(last, zeta, 0.0), 0)
+
+            # 1. chunk-start forward and inner gradients (mlp_forward_cached, output_grad,
+            # mlp_backward)
+            z0 = _mm(k, tl.trans(W0))                             # (C, HID)
+            a1 = _act(z0, ACT)
+            z = _mm(a1, tl.trans(W1))                             # (C, DV)
+            if NORM:
+                mu = tl.sum(z, 1) / DV
+                zc = z - mu[:, None]
+                rstd = tl.math.rsqrt(tl.sum(zc * zc, 1) / DV + 1e-5)
+                xhat = zc * rstd[:, None]
+                p = xhat * gain[None, :] + bias[None, :]
+            else:
+                p = z
+            if RESIDUAL:
+                p = p + k
+            if OBJ == 0:
+                err = -v + p * 0.0
+            elif OBJ == 1:
+                err = p - v
+            elif OBJ == 2:
+                err = tl.minimum(tl.maximum(p - v, -1.0), 1.0)
+            else:
+                r = p - v
+                s = tl.sqrt(tl.sum(r * r, 1) + 1e-12)
+                th = 2 * tl.sigmoid(2 * s / CLIP) - 1
+                err = r * (CLIP * th / s)[:, None]
+            if NORM:
+                gv = err * gain[None, :]
+                d1 = rstd[:, None] * (gv - (tl.sum(gv, 1) / DV)[:, None]
+                                      - xhat * (tl.sum(gv * xhat, 1) / DV)[:, None])
+            else:
+                d1 = err
+            d0 = _mm(d1, W1) * _act_grad(z0, ACT)                  # (C, HID)
+            Ed1 = -eta[:, None] * d1
+            Ed0 = -eta[:, None] * d0
+
+            # 3. DGD on W_0: f_t = −ε_t W_{0,t−1} k_t, (I − A) Y = h (blockform.solve_prefix)
+            Ef0 = Ed0 * 0.0
+            if DGD:
+                if ERASE == 0:
+                    eps = eta
+                elif ERASE == 1:
+                    eps = eta / (1 + eta * tl.sum(k * k, 1))
+                else:
+                    eps = eta * tl.exp(log_a)
+                KK = _mm(k, tl.trans(k))
+                h = gam_m[:, None] * _mm(k, tl.trans(W0))
+                if HAS_MOM:
+                    h += Zm[:, None] * _mm(k, tl.trans(S0))
+                h += _mm(KK * Wcm, Ed0)
+                P = KK * D1m * (-eps)[None, :]
+                Y = h
+                for _ in tl.static_range(LOG2C):
+                    Y = Y + _mm(P, Y)
+                    P = _mm(P, P)
+                Ef0 = -eps[:, None] * Y
+
+            # 4. reads
+            if HAS_Q:
+                q = tl.load(Q + pid * T * DK + rows[:, None] * DK + dk[None, :])
+                if READ == 2:
+                    hq = _act(_mm(q, tl.trans(W0)), ACT)
+                    zq = _mm(hq, tl.trans(W1))
+                elif READ == 0:
+                    hq = _act(_read(q, W0, S0, k, Ed0, Ef0, gam, Zv, D1, Wc, HAS_MOM, DGD), ACT)
+                    zq = _read(hq, W1, S1, a1, Ed1, Ed1, gam, Zv, D1, Wc, HAS_MOM, False)
+                else:
+                    hq = _act(_read(q, W0, S0, k, Ed0, Ef0, gam_m, Zm, D1m, Wcm, HAS_MOM, DGD),
+                              ACT)
+                    zq = _read(hq, W1, S1, a1, Ed1, Ed1, gam_m, Zm, D1m, Wcm, HAS_MOM, False)
+                o = _finish(q, zq, gain, bias, DV, NORM, RESIDUAL)
+                tl.store(OUT + pid * T * DV + rows[:, None] * DV + dv[None, :], o)
+
+            # 5. state at the chunk end (blockform.end_state)
+            coef0 = Ed0 * Wc_last[:, None]
+            if DGD:
+                coef0 += Ef0 * D1_last[:, None]
+            coef1 = Ed1 * Wc_last[:, None]
+            W0n = gam_last * W0 + _mm(tl.trans(coef0), k)
+            W1n = gam_last * W1 + _mm(tl.trans(coef1), a1)
+            if HAS_MOM:
+                W0n += Z_last * S0
+                W1n += Z_last * S1
+                S0 = zeta_last * S0 + _mm(tl.trans(Ed0 * D2_last[:, None]), k)
+                S1 = zeta_last * S1 + _mm(tl.trans(Ed1 * D2_last[:, None]), a1)
+            W0 = W0n
+            W1 = W1n
+
+        tl.store(W0_out + pid * HID * DK + w0_off, W0)
+        tl.store(W1_out + pid * DV * HID + w1_off, W1)
+        if HAS_MOM:
+            tl.store(S0_out + pid * HID * DK + w0_off, S0)
+            tl.store(S1_out + pid * DV * HID + w1_off, S1)
+
+
+def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
+            beta: Tensor | None, norm: NormParams, W: list[Tensor], S: list[Tensor] | None,
+            cfg: dict[str, Any], group: int | None
+            ) -> tuple[Tensor | None, list[Tensor], list[Tensor] | None, list[Tensor] | None]:
+    """Run the kernel on flattened (N = B·H, …) float32 tensors. Returns (o, final weights,
+    final momenta, group-start states [W0, W1, S0, S1] each (N, n_groups, …) or None)."""
+    N, T, DK = k.shape
+    DV = v.shape[-1]
+    HID = W[0].shape[-2]
+    C = cfg["chunk_size"]
+    n_chunks = T // C
+    G = group or n_chunks
+    n_groups = -(-n_chunks // G)
+    f32 = dict(dtype=torch.float32, device=k.device)
+
+    def c32(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.to(torch.float32).contiguous()
+
+    k, v, q, eta, alpha, beta = map(c32, (k, v, q, eta, alpha, beta))
+    W = [c32(w) for w in W]
+    S = None if S is None else [c32(s) for s in S]
+    o = torch.empty(N, T, DV, **f32) if q is not None else None
+    W_out = [torch.empty_like(w) for w in W]
+    S_out = [torch.empty_like(w) for w in W] if S is not None else None
+    save = group is not None
+    ck = ([torch.empty(N, n_groups, *w.shape[1:], **f32) for w in W]
+          + ([torch.empty(N, n_groups, *w.shape[1:], **f32) for w in W] if S is not None else []))
+    gain = bias = None
+    if norm is not None:
+        gain, bias = (c32(p) for p in norm)
+    dummy = k   # never read: the constexpr flags switch those loads off
+
+    def arg(x: Tensor | None) -> Tensor:
+        return dummy if x is None else x
+
+    _mlp_scan_fwd[(N,)](
+        arg(q), k, v, eta, arg(alpha), arg(beta), arg(gain), arg(bias),
+        W[0], W[1], arg(S[0] if S else None), arg(S[1] if S else None),
+        arg(o), W_out[0], W_out[1], arg(S_out[0] if S_out else None),
+        arg(S_out[1] if S_out else None),
+        arg(ck[0] if save else None), arg(ck[1] if save else None),
+        arg(ck[2] if save and S else None), arg(ck[3] if save and S else None),
+        n_chunks, n_groups, cfg["clip"],
+        DK=DK, HID=HID, DV=DV, C=C, LOG2C=int(math.log2(C)), G=G,
+        ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"], DGD=cfg["rule"] == "dgd",
+        ERASE=ERASE_CODES[cfg["erase"]], READ=READ_CODES[cfg["read"]], HAS_Q=q is not None,
+        HAS_RET=alpha is not None, HAS_MOM=S is not None, NORM=norm is not None or cfg["norm"],
+        RESIDUAL=cfg["residual"], SAVE_CK=save,
+    )
+    return o, W_out, S_out, (ck if save else None)
+
+
+class TritonMLPScan(torch.autograd.Function):
+    """The kernel's forward; backward recomputes one group of chunks at a time with the torch
+    chunk step (from the kernel's group-start states) and back-propagates through it."""
+
+    @staticmethod
+    def forward(ctx, cfg: dict[str, Any], n_w: int, has_mom: bool, *tensors: Tensor):  # type: ignore[override]
+        q, k, v, eta, alpha, beta, gain, bias, *rest = tensors
+        W = list(rest[:n_w])
+        S = list(rest[n_w:]) if has_mom else None
+        B, H, T, DK = k.shape
+        N = B * H
+
+        def flat(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.reshape(N, *x.shape[2:])
+
+        norm = None if gain is None else (gain.expand(B, H, -1).reshape(N, -1),
+                                          bias.expand(B, H, -1).reshape(N, -1))
+        group = cfg["group"] if torch.is_grad_enabled() or any(
+            isinstance(x, Tensor) and x.requires_grad for x in tensors) else None
+        G = group or T // cfg["chunk_size"]
+        o, W_out, S_out, ck = _launch(flat(q), flat(k), flat(v), flat(eta), flat(alpha),
+                                      flat(beta), norm, [flat(w) for w in W],
+                                      None if S is None else [flat(s) for s in S], cfg, G)
+        ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G, ctx.shape = cfg, n_w, has_mom, G, (B, H)
+        ctx.save_for_backward(*tensors[:8], *ck)
+        ctx.has = [x is not None for x in tensors[:8]]
+        DV = v.shape[-1]
+        outs = [o.view(B, H, T, DV) if o is not None else k.new_zeros(0)]
+        outs += [w.view(B, H, *w.shape[1:]) for w in W_out]
+        outs += [s.view(B, H, *s.shape[1:]) for s in (S_out or [])]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        from .mlp_chunked import mlp_scan_chunked
+
+        cfg, n_w, has_mom, G = ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G
+        B, H = ctx.shape
+        saved = ctx.saved_tensors
+        inputs = list(saved[:8])
+        ck = saved[8:]
+        q, k, v, eta, alpha, beta, gain, bias = inputs
+        T = k.shape[2]
+        L = G * cfg["chunk_size"]
+        n_groups = -(-T // L)
+        g_o = grads[0] if cfg["has_q"] else None
+        carry = [g if g is not None else None for g in grads[1:]]
+        seq_grads: dict[int, list[Tensor]] = {i: [] for i in range(6)}
+        g_gain = g_bias = None
+        for gi in reversed(range(n_groups)):
+            lo, hi = gi * L, min((gi + 1) * L, T)
+            with torch.enable_grad():
+                pieces = [None if x is None else x[:, :, lo:hi].detach().requires_grad_(
+                    x.requires_grad) for x in (q, k, v, eta, alpha, beta)]
+                states = [c[:, gi].reshape(B, H, *c.shape[2:]).detach().requires_grad_()
+                          for c in ck]
+                nrm = None if gain is None else (gain.detach().requires_grad_(gain.requires_grad),
+                                                 bias.detach().requires_grad_(bias.requires_grad))
+                st = MemoryState(tuple(states[:n_w]), tuple(states[n_w:]) if has_mom else None)
+                o, end = mlp_scan_chunked(
+                    pieces[0], pieces[1], pieces[2], lr=pieces[3], retention=pieces[4],
+                    momentum=pieces[5], state=st, spec=cfg["spec"], objective=cfg["objective"],
+                    rule=cfg["rule"], read=cfg["read"], chunk_size=cfg["chunk_size"],
+                    erase=cfg["erase"], norm=nrm)
+                outs = list(end.weights) + (list(end.momentum) if has_mom else [])
+                gouts = list(carry)
+                if g_o is not None:
+                    outs.append(o)
+                    gouts.append(g_o[:, :, lo:hi])
+                keep = [(t, g) for t, g in zip(outs, gouts, strict=True) if g is not None]
+                wrt = [x for x in pieces if x is not None and x.requires_grad] + states
+                if nrm is not None:
+                    wrt += [p for p in nrm if p.requires_grad]
+                res = torch.autograd.grad([t for t, _ in keep], wrt, [g for _, g in keep],
+                                          allow_unused=True) if keep else [None] * len(wrt)
+            it = iter(res)
+            for i, x in enumerate(pieces):
+                if x is not None and x.requires_grad:
+                    gx = next(it)
+                    seq_grads[i].insert(0, torch.zeros_like(x) if gx is None else gx)
+            carry = [next(it) for _ in states]
+            if nrm is not None:
+                for j, p in enumerate(nrm):
+                    if p.requires_grad:
+                        gp = next(it)
+                        if gp is not None:
+                            if j == 0:
+                                g_gain = gp if g_gain is None else g_gain + gp
+                            else:
+                                g_bias = gp if g_bias is None else g_bias + gp
+
+        def cat(parts: list[Tensor], like: Tensor | None) -> Tensor | None:
+            return torch.cat(parts, dim=2) if like is not None and like.requires_grad else None
+
+        seq = [cat(seq_grads[i], x) for i, x in enumerate((q, k, v, eta, alpha, beta))]
+        # the group-0 start state is the initial state: its gradient is the last carry
+        return (None, None, None, *seq, g_gain, g_bias, *carry)
+
+
+def triton_mlp_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
+                    momentum: Tensor | None, state: MemoryState, spec: MLPMemory,
+                    objective: Objective, rule: str, read: str, chunk_size: int, erase: str,
+                    norm: NormParams = None, group: int | None = None,
+                    read_queries: bool = True) -> tuple[Tensor, MemoryState]:
+    """``mlp_scan_chunked`` through the Triton kernel (see ``supports`` for what it covers).
+
+    Inputs as for ``mlp_scan_chunked`` ((B, H, T, ·) float32 tensors, (B, H, T) gates, states
+    (B, H, out, in)); `group`: chunks per saved state in training (None: one group).
+    """
+    code, clip = objective_code(objective)  # type: ignore[misc]
+    cfg = dict(chunk_size=chunk_size, clip=clip, obj_code=code, rule=rule, erase=erase,
+               read=read, activation=spec.activation, residual=spec.residual, norm=spec.norm,
+               spec=spec, objective=objective, group=group, has_q=read_queries)
+    has_mom = momentum is not None
+    moms = tuple(state.momentum) if has_mom else ()
+    gain, bias = (None, None) if norm is None else norm
+    if spec.norm and norm is None:
+        H, DV = k.shape[1], v.shape[-1]
+        gain, bias = k.new_ones(H, DV), k.new_zeros(H, DV)
+    outs = TritonMLPScan.apply(cfg, len(state.weights), has_mom, q if read_queries else None,
+                               k, v, lr, retention, momentum, gain, bias,
+                               *state.weights, *moms)
+    n = len(state.weights)
+    o = outs[0] if read_queries else None
+    W = tuple(outs[1:1 + n])
+    S = tuple(outs[1 + n:]) if has_mom else None
+    return o, MemoryState(W, S)  # type: ignore[return-value]
