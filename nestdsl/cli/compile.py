@@ -13,16 +13,18 @@ from rich.table import Table
 from nestdsl.check.periods import LevelKind
 from nestdsl.cli.app import TracebackOpt, app, out
 from nestdsl.cli.errors import UserError, guard
+from nestdsl.cli.runtime_options import KernelOpt, _kernels
 
 
 def _plan_table(system: Any) -> Table:
     table = Table(title=f"{system.spec.name}: lowering plan", show_lines=False, pad_edge=False)
     for col, kw in (("layer", {}), ("kind", {}), ("implementation", {}), ("C", {"justify": "right"}),
-                    ("read", {}), ("writes", {}), ("params", {"justify": "right"}), ("compiled", {})):
+                    ("read", {}), ("writes", {}), ("params", {"justify": "right"}), ("compiled", {}),
+                    ("kernel", {})):
         table.add_column(col, **kw)
     for r in system.plan:
         table.add_row(r.name, r.kind, r.implementation, "" if r.chunk_size is None else str(r.chunk_size),
-                      r.read or "", r.writes or "", f"{r.params:,}", r.compiled)
+                      r.read or "", r.writes or "", f"{r.params:,}", r.compiled, r.kernel or "")
     return table
 
 
@@ -72,6 +74,17 @@ def _explain(system: Any, device: str, compiled: bool) -> None:
         from rich.syntax import Syntax
 
         out.print(Syntax(inspect.getsource(fn), "python", line_numbers=False))
+    out.rule("memory kernels (ops/kernels.py; force one with --kernel [MEMORY=]NAME)")
+    for _name, layer in system.model.iter_layers():
+        for mod in layer.modules():
+            if isinstance(mod, MemoryMixer):
+                chosen, verdicts = mod.kernel_verdicts()
+                forced = mod.forced_kernel()
+                how = f"forced by --kernel {forced}" if forced not in (None, "auto") else "automatic"
+                out.print(f"[bold]{mod.name}[/bold] ({mod.key}): {chosen} ({how})")
+                for kname, why in verdicts:
+                    verdict = "can run" if why is None else f"refused: {why}"
+                    out.print(f"  {kname:<10} {verdict}", markup=False, highlight=False)
     out.rule("torch.compile")
     if not compiled:
         out.print("graph breaks: not measured (--no-compile)")
@@ -95,6 +108,7 @@ def compile_command(
     explain: Annotated[bool, typer.Option("--explain", help="show per-chunk steps and graph breaks")] = False,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     no_compile: Annotated[bool, typer.Option("--no-compile", help="eager only (no torch.compile)")] = False,
+    kernel: KernelOpt = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Lower a spec and print the plan: what each memory/level became, and the parameter count."""
@@ -110,7 +124,11 @@ def compile_command(
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda requested but CUDA is not available on this machine")
-        system = nestdsl.compile(spec_obj, device=device, compile=not no_compile)
+        try:
+            system = nestdsl.compile(spec_obj, device=device, compile=not no_compile,
+                                     kernels=_kernels(kernel))
+        except ValueError as e:      # an unknown kernel or memory name in --kernel
+            raise UserError(str(e)) from None
         _print_wide(_plan_table(system))
         out.rule("updates")
         for r in system.plan:

@@ -56,3 +56,27 @@ def _check_device(device: str) -> None:
             raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device != "cpu":
         raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+
+
+KernelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kernel",
+        help="force a memory kernel: NAME for every parametric memory, or MEMORY=NAME "
+        "(repeatable); NAME is auto, reference, chunked, compiled, triton or fla "
+        "(`nestdsl compile --explain` shows each layer's candidates)",
+    ),
+]
+
+
+def _kernels(values: list[str] | None) -> dict[str, str]:
+    """--kernel values → {memory name or "*": kernel}."""
+    forced: dict[str, str] = {}
+    for v in values or []:
+        name, sep, kernel = v.partition("=")
+        if not sep:
+            name, kernel = "*", v
+        if not name or not kernel:
+            raise UserError(f"--kernel {v!r}: expected NAME or MEMORY=NAME")
+        forced[name.strip()] = kernel.strip()
+    return forced

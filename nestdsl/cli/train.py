@@ -9,7 +9,15 @@ import typer
 
 from nestdsl.cli.app import TracebackOpt, app, out
 from nestdsl.cli.errors import guard
-from nestdsl.cli.runtime_options import ThreadsOpt, _check_device, _load, _run_dir, _set_threads
+from nestdsl.cli.runtime_options import (
+    KernelOpt,
+    ThreadsOpt,
+    _check_device,
+    _kernels,
+    _load,
+    _run_dir,
+    _set_threads,
+)
 
 
 @app.command()
@@ -23,11 +31,13 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     threads: ThreadsOpt = None,
+    kernel: KernelOpt = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume."""
     with guard(traceback):
         sets = list(set_ or [])
+        forced = _kernels(kernel)
         spec_obj, spec_text = _load(spec, sets)
         _check_device(device)
         _set_threads(device, threads)
@@ -47,6 +57,7 @@ def train(
                 result = run_train(
                     spec_obj, spec_text=spec_text, run_dir=run_dir, steps=steps, device=device,
                     compile=compile, resume=resume, on_log=progress.update, distributed=dist,
+                    kernels=forced,
                 )
             if show:
                 if result.start_step >= result.steps:

@@ -65,6 +65,9 @@ class CompileConfig:
     # token and layer, transformer 123): none 694, G 1 414, 2 286, 4 222, 8 190, 16 174
     # (benchmarks/bench_memory.py).
     checkpoint_every: int | None = 16
+    # Forced memory kernels (ops/kernels.py): spec memory name → kernel name; "*" for every
+    # parametric memory. Unnamed memories choose automatically.
+    kernels: dict[str, str] = field(default_factory=dict)
 
     def note_failure(self, name: str, exc: BaseException) -> None:
         first = (str(exc).strip().splitlines() or [""])[0][:200]

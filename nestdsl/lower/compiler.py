@@ -122,8 +122,38 @@ def _levels(sched: Schedule, model: NestModel) -> list[LevelInfo]:
     return levels
 
 
+def _check_kernels(spec: ir.Spec, kernels: dict[str, str]) -> dict[str, str]:
+    """Forced kernels: known kernel names, memories the spec declares (ValueError otherwise)."""
+    from nestdsl.ops.kernels import KERNELS
+
+    parametric = sorted(n for n, m in spec.memories.items() if m.kind in ("linear", "mlp"))
+    for name, kernel in kernels.items():
+        if kernel not in (*KERNELS, "auto"):
+            raise ValueError(f"kernel {kernel!r} for {name!r} is unknown; known: auto, "
+                             + ", ".join(KERNELS))
+        if name != "*" and name not in parametric:
+            raise ValueError(f"--kernel {name}={kernel}: the spec has no parametric memory "
+                             f"{name!r}; its memories: {', '.join(parametric) or 'none'}")
+    return dict(kernels)
+
+
+def _check_forced_kernels(model: torch.nn.Module) -> None:
+    """A forced kernel must be able to run each memory it names, on this device (ValueError
+    with the kernel's own reason; the length T is checked per call)."""
+    from nestdsl.lower.memory import MemoryMixer
+    from nestdsl.ops import kernels
+
+    for mod in model.modules():
+        if isinstance(mod, MemoryMixer) and mod.forced_kernel() not in (None, "auto"):
+            try:
+                kernels.choose(mod.call(), mod.forced_kernel())
+            except ValueError as e:
+                raise ValueError(f"memory {mod.key!r} ({mod.name}): {e}") from None
+
+
 def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, compile: bool = True) -> CompiledSystem:  # noqa: A002
+                 dtype: torch.dtype = torch.float32, compile: bool = True,  # noqa: A002
+                 kernels: dict[str, str] | None = None) -> CompiledSystem:
     """Lower a spec to a trainable system.
 
     Args:
@@ -131,6 +161,8 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
         device, dtype: where the parameters live.
         compile: torch.compile the per-layer pieces and per-chunk steps (eager twins otherwise;
             switch later with `system.set_compile(flag)`).
+        kernels: force a memory kernel (``ops.kernels``: reference, chunked, compiled, triton,
+            fla) per spec memory name, or for all with ``"*"``; the others choose automatically.
     Raises:
         SpecError: the spec cannot be lowered (positioned diagnostics).
     """
@@ -143,11 +175,14 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
     if spec.model is None:
         raise spec_error(spec, spec, f"spec '{spec.name}' has no `model:` section to lower",
                          "this looks like an optimizer spec; use it from a model spec's `optimizer:`")
-    ctx = BuildContext(spec=spec, compile=CompileConfig(enabled=compile))
+    forced = _check_kernels(spec, kernels or {})
+    ctx = BuildContext(spec=spec, compile=CompileConfig(enabled=compile, kernels=forced))
     model = NestModel(ctx)
     notes: list[str] = []
     if model.uses_task_sweep:
         notes.append("loss: chunked task sweep (in-context CMS levels with the task signal)")
     model = model.to(device=device, dtype=dtype)
+    if forced:
+        _check_forced_kernels(model)
     return CompiledSystem(spec=spec, model=model, levels=_levels(ctx.schedule, model),
                           schedule=ctx.schedule, notes=notes)

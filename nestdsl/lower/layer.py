@@ -42,6 +42,7 @@ class PlanRow:
     writes: str | None = None
     params: int = 0
     compiled: str = "eager"       # "compiled" | "eager (reason)"
+    kernel: str | None = None     # memory scans: the ops.kernels implementation that runs
     update: str | None = None     # one-line update equation
     notes: list[str] = field(default_factory=list)
 

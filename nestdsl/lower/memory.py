@@ -53,7 +53,7 @@ from nestdsl.lower.equations import step_listing, update_equation
 from nestdsl.lower.inner import NormParameters, erase_of, lr_divisor, memory_function, objective_of
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
-from nestdsl.ops import MemoryState, MLPMemory, memory_scan, mlp_forward
+from nestdsl.ops import MemoryState, MLPMemory, kernels, memory_scan, mlp_forward
 from nestdsl.ops.linear_chunked import DEFAULT_BLOCK
 from nestdsl.spec import ir
 
@@ -76,6 +76,8 @@ class MemoryMixer(nn.Module):
         except ValueError as e:
             raise ctx.error(mem, str(e)) from None
         self.name, self.ir = name, mem
+        # the spec's name for this memory: what `--kernel NAME=…` refers to
+        self.key = next((k for k, m in ctx.spec.memories.items() if m is mem), name)
         self.rule = mem.rule or ir.Rule()
         H, d = ctx.heads_and_dim(mem, node)
         D = ctx.width
@@ -166,19 +168,51 @@ class MemoryMixer(nn.Module):
                   chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
                   norm=self.norm() if self.norm is not None else None,
                   checkpoint_every=self._cfg.checkpoint_every)
+        kernel = kernels.choose(self.call(q, T=q.shape[2]), self.forced_kernel())
         step_name = f"{self.name}.step"
-        if self._cfg.enabled and step_name not in self._cfg.failures:
+        if kernel == "compiled" and step_name not in self._cfg.failures:
             try:
                 out = memory_scan(q, k, v, compile=True, **kw)
             except Exception as e:  # noqa: BLE001 - compiler failure: fall back visibly
                 out = memory_scan(q, k, v, compile=False, **kw)   # an input error raises here
                 self._cfg.note_failure(step_name, e)
         else:
-            out = memory_scan(q, k, v, compile=False, **kw)
+            impl = "chunked" if kernel == "compiled" else kernel
+            out = memory_scan(q, k, v, compile=False, impl=impl, **kw)
         self.probe.update(out[0])
         if telemetry.active():
             self._telemetry(q, k, v, kw)
         return out
+
+    # -- which kernel computes the scan (ops/kernels.py)
+
+    def forced_kernel(self) -> str | None:
+        forced = self._cfg.kernels
+        return forced.get(self.key, forced.get("*"))
+
+    def call(self, q: Tensor | None = None, *, T: int | None = None) -> kernels.MemoryCall:
+        """This memory as a kernel request: on q's device and dtype (the parameters' when
+        planning, with T unknown)."""
+        p = self.qkv.weight
+        dtype = q.dtype if q is not None else p.dtype
+        if q is None and p.device.type == "cuda":
+            dtype = torch.bfloat16          # planned for training under bf16 autocast
+        return kernels.MemoryCall(
+            memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
+            rule=self.rule.kind, erase=self.erase, read=self.ir.read, chunk_size=self.chunk,
+            retention=self.rule.retention is not None, momentum=self.rule.momentum is not None,
+            d_key=self.d, d_value=self.d, device=p.device if q is None else q.device,
+            dtype=dtype, compile=self._cfg.enabled, training=torch.is_grad_enabled(), T=T)
+
+    def kernel_verdicts(self) -> tuple[str, list[tuple[str, str | None]]]:
+        """(the kernel this layer runs, every candidate's verdict) for a planned call;
+        a forced kernel that cannot run is reported, not raised."""
+        call = self.call()
+        try:
+            chosen = kernels.choose(call, self.forced_kernel())
+        except ValueError as e:
+            chosen = f"error: {e}"
+        return chosen, kernels.verdicts(call)
 
     def _forward_fn(self, ws: tuple[Tensor, ...], x: Tensor, norm: Any) -> Tensor:
         """f_θ(x) for x (B, H, N, d)."""
@@ -265,10 +299,12 @@ class MemoryMixer(nn.Module):
             self._cfg, [self.pre.name, self.post.name, f"{self.name}.step"],
             "projections + output graphs and the per-chunk step; chunk loop in Python "
             "(compile time independent of T)")
+        kernel, _ = self.kernel_verdicts()
         return [PlanRow(
             name=self.name, kind=f"memory/{self.ir.kind}", implementation=self.implementation(),
             chunk_size=self.chunk, read=self.ir.read, writes=self.writes, params=count_params(self),
-            compiled=status, update=update_equation(self.ir, self.chunk), notes=[*notes, why])]
+            compiled=status, kernel=kernel, update=update_equation(self.ir, self.chunk),
+            notes=[*notes, why])]
 
     def explain(self) -> list[str]:
         return step_listing(self.ir, self.chunk, conv=self.conv_width, qk_norm=self.qk_norm,

@@ -42,7 +42,7 @@ __all__ = ["memory_scan", "compiled_step"]
 
 RULES = ("gd", "dgd")
 READS = ("after", "before", "chunk")
-IMPLS = ("auto", "reference", "chunked", "triton")
+IMPLS = ("auto", "reference", "chunked", "triton", "fla")
 
 _COMPILED: dict[str, Callable] = {}
 
@@ -144,7 +144,9 @@ def memory_scan(
             default to zeros.
         impl: ``"reference"`` (token loop, the oracle), ``"chunked"`` (fast), ``"auto"`` (fast),
             ``"triton"`` (the Triton kernel for depth-2 MLP memories, ``ops.triton_mlp``; on CUDA,
-            or on CPU under ``TRITON_INTERPRET=1``; ValueError naming what it cannot run).
+            or on CPU under ``TRITON_INTERPRET=1``; ValueError naming what it cannot run),
+            ``"fla"`` (flash-linear-attention's kernel where a linear memory equals one,
+            ``ops.fla_linear``; CUDA, bf16/fp16 for the delta rules).
         compile: run the fast path with the ``torch.compile``'d per-chunk step.
         erase: DGD's erase rate ε: ``"eta"`` | ``"normalized"`` | ``"retained"`` (gd: unused).
         norm: (gain, bias), each (H, Dv), of an ``MLPMemory(norm=True)``'s inner LayerNorm
@@ -240,7 +242,19 @@ def memory_scan(
         common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
                       rule=rule, read=read, chunk_size=chunk_size, erase=erase,
                       group=checkpoint_every)
-        if impl == "triton":
+        if impl == "fla":
+            from . import fla_linear
+
+            p = (fla_linear.plan(objective=obj, rule=rule, erase=erase, read=read,
+                                 chunk_size=chunk_size, retention=ret_t is not None,
+                                 momentum=mom_t is not None)
+                 if memory == "linear" else f"memory {memory!r} is not a linear memory")
+            why = fla_linear.refusal(p, dtype=q.dtype, device=dev)
+            if why is not None:
+                raise ValueError(f"impl='fla' cannot run this memory: {why}")
+            o, new_state = fla_linear.fla_scan(q, k, v, lr=lr_t, retention=ret_t,
+                                               state=MemoryState(weights, None), p=p)
+        elif impl == "triton":
             from . import triton_mlp
 
             why = (f"memory {memory!r} is not an MLP memory" if memory == "linear" else

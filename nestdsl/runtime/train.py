@@ -268,10 +268,12 @@ def train(
     resume: bool = False,
     on_log: Callable[[dict[str, float]], None] | None = None,
     distributed: Any = None,
+    kernels: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train `spec` into `run_dir`; see the module docstring for the guarantees.
 
-    `steps` overrides `train.steps` (the length of the learning-rate schedule too). Without
+    `kernels` forces memory kernels (``compile_spec``). `steps` overrides `train.steps` (the
+    length of the learning-rate schedule too). Without
     `resume`, a run folder that already holds a checkpoint is refused (never overwrite work).
     """
     import nestdsl
@@ -305,7 +307,10 @@ def train(
     _check_vocab(spec, task)
 
     seed_everything(train_cfg.seed)
-    system = nestdsl.compile(spec, device=device, compile=use_compile)
+    try:
+        system = nestdsl.compile(spec, device=device, compile=use_compile, kernels=kernels)
+    except ValueError as e:       # an unknown kernel or memory name in `kernels`
+        raise TrainConfigError(str(e)) from None
     model = system.model
     if world > 1 and getattr(model, "uses_task_sweep", False):
         raise TrainConfigError(

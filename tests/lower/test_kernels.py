@@ -1,0 +1,107 @@
+"""The kernel registry (ops/kernels.py) as users meet it: automatic choice per device, forcing
+with `--kernel`, the refusals `compile --explain` prints, and a forced kernel computing the same
+model (the Triton scan in Triton's interpreter here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import nestdsl
+from nestdsl.cli import app
+from nestdsl.ops import MLPMemory, kernels
+from nestdsl.ops.objectives import get_objective, soft_clipped_l2
+
+runner = CliRunner()
+
+
+def call(memory, objective, *, device="cpu", dtype=torch.float32, compile=True, **kw):
+    args = dict(memory=memory, objective=get_objective(objective), rule="gd", erase="eta",
+                read="after", chunk_size=16, retention=True, momentum=True, d_key=16,
+                d_value=16, device=torch.device(device), dtype=dtype, compile=compile)
+    args.update(kw)
+    return kernels.MemoryCall(**args)
+
+
+def test_automatic_choice_follows_device_and_compile_switch():
+    mlp = MLPMemory(depth=2, hidden=64)
+    assert kernels.choose(call(mlp, soft_clipped_l2(1.0))) == "compiled"
+    assert kernels.choose(call(mlp, "l2", compile=False)) == "chunked"
+    on_gpu = call(mlp, soft_clipped_l2(1.0), device="cuda", dtype=torch.bfloat16)
+    triton = pytest.importorskip("nestdsl.ops.triton_mlp")
+    assert kernels.choose(on_gpu) == ("triton" if triton.available() else "compiled")
+    # a configuration the kernel does not cover falls through to the torch scan, with the reason
+    deep = call(MLPMemory(depth=3, hidden=64), "l2", device="cuda")
+    assert kernels.choose(deep) == "compiled"
+    assert "MLP depth 3" in dict(kernels.verdicts(deep))["triton"]
+
+
+def test_forcing_names_the_reason_a_kernel_refuses():
+    assert kernels.choose(call("linear", "l2", chunk_size=1), "reference") == "reference"
+    with pytest.raises(ValueError, match="kernel 'fla' cannot run this memory: chunk size 16"):
+        kernels.choose(call("linear", "dot", retention=False, momentum=False), "fla")
+    with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
+        kernels.choose(call("linear", "dot"), "cuda")
+
+
+def test_compile_spec_validates_forced_kernels():
+    with pytest.raises(ValueError, match="no parametric memory 'nope'; its memories: titans"):
+        nestdsl.compile("specs/titans-lmm.yaml", compile=False, kernels={"nope": "chunked"})
+    with pytest.raises(ValueError, match="kernel 'fast' for 'titans' is unknown"):
+        nestdsl.compile("specs/titans-lmm.yaml", compile=False, kernels={"titans": "fast"})
+    with pytest.raises(ValueError, match="memory 'mem' .*kernel 'fla' cannot run this memory"):
+        nestdsl.compile("specs/deltanet.yaml", compile=False, kernels={"*": "fla"})
+    system = nestdsl.compile("specs/titans-lmm.yaml", compile=False, kernels={"*": "reference"})
+    assert {r.kernel for r in system.plan if r.kind.startswith("memory")} == {"reference"}
+
+
+def test_forced_triton_kernel_trains_the_same_model(monkeypatch):
+    """titans-lmm with every memory on the Triton scan: same loss and parameter gradients as the
+    torch chunk scan (the interpreter runs the kernel; backward recomputes groups in torch)."""
+    triton_mlp = pytest.importorskip("nestdsl.ops.triton_mlp")
+    if not triton_mlp.available() or not triton_mlp.interpreted():
+        pytest.skip("needs triton with TRITON_INTERPRET=1 (tests/conftest.py)")
+    tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    result = {}
+    for kern in ("chunked", "triton"):
+        torch.manual_seed(0)
+        system = nestdsl.compile("specs/titans-lmm.yaml", compile=False, kernels={"titans": kern})
+        assert {r.kernel for r in system.plan if r.kind.startswith("memory")} == {kern}
+        loss = system.model.loss(tokens, tokens)
+        loss.backward()
+        result[kern] = loss, {n: p.grad for n, p in system.model.named_parameters()
+                              if p.grad is not None}
+    (l_ref, g_ref), (l_tri, g_tri) = result["chunked"], result["triton"]
+    torch.testing.assert_close(l_tri, l_ref, atol=1e-5, rtol=1e-5)
+    assert g_ref.keys() == g_tri.keys()
+    for n in g_ref:
+        scale = g_ref[n].abs().max().item()
+        torch.testing.assert_close(g_tri[n], g_ref[n], atol=1e-4 * max(scale, 1e-3), rtol=1e-4,
+                                   msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_cli_explain_lists_kernels_and_refusals():
+    r = runner.invoke(app, ["compile", "specs/titans-lmm.yaml", "--explain", "--no-compile"])
+    assert r.exit_code == 0, r.output
+    text = r.output
+    assert "memory kernels" in text
+    assert "titans (titans): chunked (automatic)" in text
+    assert "compiled   refused: compile is off (--no-compile)" in text
+    assert "fla        refused: MLP memory" in text
+    r = runner.invoke(app, ["compile", "specs/titans-lmm.yaml", "--no-compile",
+                            "--kernel", "titans=reference"])
+    assert r.exit_code == 0 and "reference" in r.output, r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--kernel", "titans=warp"], "kernel 'warp' for 'titans' is unknown"),
+    (["--kernel", "=chunked"], "expected NAME or MEMORY=NAME"),
+    (["--kernel", "fla"], "kernel 'fla' cannot run this memory: MLP memory"),
+])
+def test_cli_kernel_errors_are_one_line(args, msg):
+    r = runner.invoke(app, ["compile", "specs/titans-lmm.yaml", "--no-compile", *args])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and msg in errors[0], r.output
