@@ -50,9 +50,16 @@ def _is_view(func: Any) -> bool:
         r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
 
 
+def _triton_launches() -> int:
+    """Triton kernel launches so far (not aten ops: the dispatch counter does not see them)."""
+    mod = sys.modules.get("nestdsl.ops.triton_mlp")
+    return getattr(mod, "LAUNCHES", 0) if mod is not None else 0
+
+
 def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype: str,
-            device: str, threads: int, checkpoint_every: str) -> dict[str, Any]:
-    """One (preset, T, dtype) in this process."""
+            device: str, threads: int, checkpoint_every: str, kernel: str = "auto"
+            ) -> dict[str, Any]:
+    """One (preset, T, dtype) in this process; `kernel` forced for every memory (ops/kernels)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -63,7 +70,8 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
     spec = load_spec(SPECS / f"{preset}.yaml", overrides=[
         f"model.width={width}", f"model.heads={heads}", f"model.depth={depth}",
         f"data.seq_len={seq}", "data.batch=1"])
-    system = nestdsl.compile(spec, device=device, compile=False)
+    system = nestdsl.compile(spec, device=device, compile=False,
+                             kernels=None if kernel == "auto" else {"*": kernel})
     if checkpoint_every != "default":   # the compiler's choice unless asked for another G
         system.model._compile_config.checkpoint_every = (
             None if checkpoint_every == "none" else int(checkpoint_every))
@@ -119,9 +127,15 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    counter = Count()
+    launches = _triton_launches()
+    counter, fwd = Count(), 0
     with counter:
-        step()
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model.loss(x, y, None)
+        fwd = counter.kernels
+        loss.backward()
+    launches = _triton_launches() - launches
     n_saved = sum(saved.values())
     rec: dict[str, Any] = {
         "preset": preset, "width": width, "heads": heads, "depth": depth, "seq": seq,
@@ -130,7 +144,8 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
         "seconds": seconds, "tokens_per_s": seq / seconds,
         "kept_bytes": kept, "kept_kib_per_token_layer": kept / (seq * depth) / 1024,
         "saved_bytes": n_saved, "saved_kib_per_token_layer": n_saved / (seq * depth) / 1024,
-        "kernels": counter.kernels, "view_ops": counter.views,
+        "kernel": kernel, "kernels": counter.kernels, "forward_kernels": fwd,
+        "view_ops": counter.views, "triton_launches": launches,
         "kernels_per_layer": counter.kernels / depth, "chunk": chunk,
         "peak_cuda_bytes": peak,
     }
@@ -181,12 +196,20 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", default="default",
                     help="memory scans: keep the state every G chunks (an int), 'none', or 'default' "
                          "(the compiler's choice)")
+    ap.add_argument("--kernel", default="auto",
+                    help="force a memory kernel for every memory (ops/kernels.py: chunked, "
+                         "triton, fla, …); on CPU, triton runs in Triton's interpreter")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     ap.add_argument("--out")
     ap.add_argument("--one", nargs=3, metavar=("PRESET", "SEQ", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.kernel == "triton" and args.device == "cpu":
+        import os
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # the children import triton after this
     size = dict(width=args.width, heads=args.heads, depth=args.depth, device=args.device,
-                threads=args.threads, checkpoint_every=args.checkpoint_every)
+                threads=args.threads, checkpoint_every=args.checkpoint_every,
+                kernel=args.kernel)
     if args.one:
         preset, seq, dtype = args.one
         print(json.dumps(measure(preset, seq=int(seq), dtype=dtype, **size)))
@@ -200,7 +223,7 @@ def main() -> None:
                        "--width", str(args.width), "--heads", str(args.heads),
                        "--depth", str(args.depth), "--device", args.device,
                        "--threads", str(args.threads),
-                       "--checkpoint-every", args.checkpoint_every]
+                       "--checkpoint-every", args.checkpoint_every, "--kernel", args.kernel]
                 try:
                     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                                        timeout=args.timeout)

@@ -44,6 +44,9 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
 
 __all__ = ["available", "interpreted", "objective_code", "supports", "triton_mlp_scan"]
 
+#: Kernel launches in this process (benchmarks count them beside torch's dispatched ops).
+LAUNCHES = 0
+
 ACT_CODES = {"silu": 0, "gelu": 1, "relu": 2, "tanh": 3}
 READ_CODES = {"after": 0, "before": 1, "chunk": 2}
 ERASE_CODES = {"eta": 0, "normalized": 1, "retained": 2}
@@ -383,6 +386,8 @@ def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor |
     def arg(x: Tensor | None) -> Tensor:
         return dummy if x is None else x
 
+    global LAUNCHES
+    LAUNCHES += 1
     _mlp_scan_fwd[(N,)](
         arg(q), k, v, eta, arg(alpha), arg(beta), arg(gain), arg(bias),
         W[0], W[1], arg(S[0] if S else None), arg(S[1] if S else None),
@@ -396,6 +401,8 @@ def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor |
         ERASE=ERASE_CODES[cfg["erase"]], READ=READ_CODES[cfg["read"]], HAS_Q=q is not None,
         HAS_RET=alpha is not None, HAS_MOM=S is not None, NORM=norm is not None or cfg["norm"],
         RESIDUAL=cfg["residual"], SAVE_CK=save,
+        # the state (4 matrices of hidden × d) lives in registers: more warps spread it thinner
+        num_warps=8 if HID * DK >= 8192 else 4,
     )
     return o, W_out, S_out, (ck if save else None)
 
