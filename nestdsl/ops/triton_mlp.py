@@ -350,6 +350,376 @@ if triton is not None:
             tl.store(S0_out + pid * HID * DK + w0_off, S0)
             tl.store(S1_out + pid * DV * HID + w1_off, S1)
 
+    @triton.jit
+    def _act_grad2(z, ACT: tl.constexpr):
+        """σ''(z)."""
+        if ACT == 0:
+            s = tl.sigmoid(z)
+            out = s * (1 - s) * (2 + z * (1 - 2 * s))
+        elif ACT == 1:
+            out = tl.exp(-0.5 * z * z) * 0.3989422804014327 * (2 - z * z)
+        elif ACT == 2:
+            out = z * 0.0
+        else:
+            t = 2 * tl.sigmoid(2 * z) - 1
+            out = -2 * t * (1 - t * t)
+        return out
+
+    @triton.jit
+    def _decays(log_a, log_b, lower, strict, last,
+                HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr):
+        """The chunk's decay coefficients (blockform.decays) from log-gates."""
+        la = tl.cumsum(log_a, 0)
+        lam = la - log_a
+        D1 = tl.where(lower, tl.exp(la[:, None] - la[None, :]), 0.0)
+        D1m = tl.where(strict, tl.exp(lam[:, None] - la[None, :]), 0.0)
+        gam = tl.exp(la)
+        gam_m = tl.exp(lam)
+        lb = tl.cumsum(log_b, 0)
+        D2 = tl.where(lower, tl.exp(lb[:, None] - lb[None, :]), 0.0)
+        zeta = tl.exp(lb)
+        if HAS_MOM:
+            Wc = _mm(D1, D2)
+            Wcm = _mm(D1m, D2)
+            Zv = tl.sum(D1 * zeta[None, :], 1)
+            Zm = tl.sum(D1m * zeta[None, :], 1)
+        else:
+            Wc = D1
+            Wcm = D1m
+            Zv = gam * 0.0
+            Zm = gam * 0.0
+        return D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm
+
+    @triton.jit
+    def _last_row(M, last):
+        return tl.sum(tl.where(last[:, None], M, 0.0), 0)
+
+    @triton.jit
+    def _last(x, last):
+        return tl.sum(tl.where(last, x, 0.0), 0)
+
+    @triton.jit
+    def _inner(k, v, W0, W1, eta, CLIP, ACT: tl.constexpr, OBJ: tl.constexpr,
+               RESIDUAL: tl.constexpr):
+        """Chunk-start forward and inner gradients (no inner norm)."""
+        z0 = _mm(k, tl.trans(W0))
+        a1 = _act(z0, ACT)
+        p = _mm(a1, tl.trans(W1))
+        if RESIDUAL:
+            p = p + k
+        r = p - v
+        s = tl.sqrt(tl.sum(r * r, 1) + 1e-12)
+        if OBJ == 3:
+            th = 2 * tl.sigmoid(2 * s / CLIP) - 1
+            f = CLIP * th / s
+        else:
+            th = s * 0.0
+            f = s * 0.0
+        if OBJ == 0:
+            d1 = -v + p * 0.0
+        elif OBJ == 1:
+            d1 = r
+        elif OBJ == 2:
+            d1 = tl.minimum(tl.maximum(r, -1.0), 1.0)
+        else:
+            d1 = r * f[:, None]
+        u = _mm(d1, W1)
+        d0 = u * _act_grad(z0, ACT)
+        Ed1 = -eta[:, None] * d1
+        Ed0 = -eta[:, None] * d0
+        return z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1
+
+    @triton.jit
+    def _mlp_scan_bwd(
+        Q, K, V, ETA, ALPHA, BETA,
+        CK_W0, CK_W1, CK_S0, CK_S1, SCR,
+        GO, GW0, GW1, GS0, GS1,
+        DQ, DK_, DV_, DETA, DALPHA, DBETA,
+        n_chunks, n_groups, CLIP,
+        DK: tl.constexpr, HID: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+        G: tl.constexpr, ACT: tl.constexpr, OBJ: tl.constexpr, READ: tl.constexpr,
+        HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr, RESIDUAL: tl.constexpr,
+    ):
+        """Backward of ``_mlp_scan_fwd`` (gd, no inner norm): groups in reverse; each group's
+        chunk-start states are recomputed into SCR, then the chunks' closed-form adjoints run
+        in reverse with the state gradients carried from chunk to chunk. GW*/GS* hold the
+        final-state gradients on entry and the initial-state gradients on exit."""
+        pid = tl.program_id(0).to(tl.int64)
+        T = n_chunks * C
+        t = tl.arange(0, C)
+        dk = tl.arange(0, DK)
+        hd = tl.arange(0, HID)
+        dv = tl.arange(0, DV)
+        lower = t[:, None] >= t[None, :]
+        strict = t[:, None] > t[None, :]
+        last = t == C - 1
+        w0_off = hd[:, None] * DK + dk[None, :]
+        w1_off = dv[:, None] * HID + hd[None, :]
+        SZ: tl.constexpr = 2 * HID * DK + 2 * DV * HID      # one state in SCR
+        gW0 = tl.load(GW0 + pid * HID * DK + w0_off)
+        gW1 = tl.load(GW1 + pid * DV * HID + w1_off)
+        gS0 = tl.zeros((HID, DK), dtype=tl.float32)
+        gS1 = tl.zeros((DV, HID), dtype=tl.float32)
+        if HAS_MOM:
+            gS0 = tl.load(GS0 + pid * HID * DK + w0_off)
+            gS1 = tl.load(GS1 + pid * DV * HID + w1_off)
+
+        for gr in range(0, n_groups):
+            gi = n_groups - 1 - gr
+            c0 = gi * G
+            c1 = tl.minimum(c0 + G, n_chunks)
+            # 1. the group's chunk-start states, from its saved start
+            base = (pid * n_groups + gi)
+            W0 = tl.load(CK_W0 + base * HID * DK + w0_off)
+            W1 = tl.load(CK_W1 + base * DV * HID + w1_off)
+            S0 = tl.zeros((HID, DK), dtype=tl.float32)
+            S1 = tl.zeros((DV, HID), dtype=tl.float32)
+            if HAS_MOM:
+                S0 = tl.load(CK_S0 + base * HID * DK + w0_off)
+                S1 = tl.load(CK_S1 + base * DV * HID + w1_off)
+            for c in range(c0, c1):
+                scr = SCR + (pid * G + (c - c0)) * SZ
+                tl.store(scr + w0_off, W0)
+                tl.store(scr + HID * DK + w1_off, W1)
+                tl.store(scr + HID * DK + DV * HID + w0_off, S0)
+                tl.store(scr + 2 * HID * DK + DV * HID + w1_off, S1)
+                rows = c * C + t
+                k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
+                v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
+                eta = tl.load(ETA + pid * T + rows)
+                log_a = eta * 0.0
+                log_b = eta * 0.0
+                if HAS_RET:
+                    log_a = tl.log(tl.maximum(tl.load(ALPHA + pid * T + rows), 1e-30))
+                if HAS_MOM:
+                    log_b = tl.log(tl.maximum(tl.load(BETA + pid * T + rows), 1e-30))
+                D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
+                    log_a, log_b, lower, strict, last, HAS_RET, HAS_MOM)
+                z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
+                    k, v, W0, W1, eta, CLIP, ACT, OBJ, RESIDUAL)
+                WcL = _last_row(Wc, last)
+                gL = _last(gam, last)
+                W0n = gL * W0 + _mm(tl.trans(Ed0 * WcL[:, None]), k)
+                W1n = gL * W1 + _mm(tl.trans(Ed1 * WcL[:, None]), a1)
+                if HAS_MOM:
+                    ZL = _last(Zv, last)
+                    D2L = _last_row(D2, last)
+                    zL = _last(zeta, last)
+                    W0n += ZL * S0
+                    W1n += ZL * S1
+                    S0 = zL * S0 + _mm(tl.trans(Ed0 * D2L[:, None]), k)
+                    S1 = zL * S1 + _mm(tl.trans(Ed1 * D2L[:, None]), a1)
+                W0 = W0n
+                W1 = W1n
+
+            # 2. the chunks' adjoints, last chunk first
+            for cr in range(0, c1 - c0):
+                c = c1 - 1 - cr
+                scr = SCR + (pid * G + (c - c0)) * SZ
+                W0 = tl.load(scr + w0_off)
+                W1 = tl.load(scr + HID * DK + w1_off)
+                S0 = tl.load(scr + HID * DK + DV * HID + w0_off)
+                S1 = tl.load(scr + 2 * HID * DK + DV * HID + w1_off)
+                rows = c * C + t
+                q = tl.load(Q + pid * T * DK + rows[:, None] * DK + dk[None, :])
+                k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
+                v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
+                go = tl.load(GO + pid * T * DV + rows[:, None] * DV + dv[None, :])
+                eta = tl.load(ETA + pid * T + rows)
+                alpha = eta * 0.0 + 1.0
+                beta = eta * 0.0 + 1.0
+                log_a = eta * 0.0
+                log_b = eta * 0.0
+                if HAS_RET:
+                    alpha = tl.load(ALPHA + pid * T + rows)
+                    log_a = tl.log(tl.maximum(alpha, 1e-30))
+                if HAS_MOM:
+                    beta = tl.load(BETA + pid * T + rows)
+                    log_b = tl.log(tl.maximum(beta, 1e-30))
+                D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
+                    log_a, log_b, lower, strict, last, HAS_RET, HAS_MOM)
+                z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
+                    k, v, W0, W1, eta, CLIP, ACT, OBJ, RESIDUAL)
+                WcL = _last_row(Wc, last)
+                D2L = _last_row(D2, last)
+
+                # adjoint accumulators (decay matrices and vectors, per-token inputs)
+                dWc = tl.zeros((C, C), dtype=tl.float32)
+                dWcm = tl.zeros((C, C), dtype=tl.float32)
+                dgam = tl.zeros((C,), dtype=tl.float32)
+                dgam_m = tl.zeros((C,), dtype=tl.float32)
+                dZv = tl.zeros((C,), dtype=tl.float32)
+                dZm = tl.zeros((C,), dtype=tl.float32)
+                dD2 = tl.zeros((C, C), dtype=tl.float32)
+                dzeta = tl.zeros((C,), dtype=tl.float32)
+                dq = tl.zeros((C, DK), dtype=tl.float32)
+
+                # end state: W' = γ_L W + Z_L S + (Ed ⊙ Wc_L)ᵀ A, S' = ζ_L S + (Ed ⊙ D2_L)ᵀ A
+                dgL = tl.sum(tl.sum(gW0 * W0, 1), 0) + tl.sum(tl.sum(gW1 * W1, 1), 0)
+                dgam += tl.where(last, dgL, 0.0)
+                dc0 = _mm(k, tl.trans(gW0))                       # (C, HID)
+                dc1 = _mm(a1, tl.trans(gW1))                      # (C, DV)
+                dk_ = _mm(Ed0 * WcL[:, None], gW0)
+                da1 = _mm(Ed1 * WcL[:, None], gW1)
+                dEd0 = dc0 * WcL[:, None]
+                dEd1 = dc1 * WcL[:, None]
+                dWcL = tl.sum(dc0 * Ed0, 1) + tl.sum(dc1 * Ed1, 1)
+                nW0 = _last(gam, last) * gW0
+                nW1 = _last(gam, last) * gW1
+                nS0 = gS0 * 0.0
+                nS1 = gS1 * 0.0
+                if HAS_MOM:
+                    ZL = _last(Zv, last)
+                    zL = _last(zeta, last)
+                    dZL = tl.sum(tl.sum(gW0 * S0, 1), 0) + tl.sum(tl.sum(gW1 * S1, 1), 0)
+                    dzL = tl.sum(tl.sum(gS0 * S0, 1), 0) + tl.sum(tl.sum(gS1 * S1, 1), 0)
+                    dZv += tl.where(last, dZL, 0.0)
+                    dzeta += tl.where(last, dzL, 0.0)
+                    ds0 = _mm(k, tl.trans(gS0))
+                    ds1 = _mm(a1, tl.trans(gS1))
+                    dk_ += _mm(Ed0 * D2L[:, None], gS0)
+                    da1 += _mm(Ed1 * D2L[:, None], gS1)
+                    dEd0 += ds0 * D2L[:, None]
+                    dEd1 += ds1 * D2L[:, None]
+                    dD2L = tl.sum(ds0 * Ed0, 1) + tl.sum(ds1 * Ed1, 1)
+                    dD2 += tl.where(last[:, None], dD2L[None, :], 0.0)
+                    nS0 = ZL * gW0 + zL * gS0
+                    nS1 = ZL * gW1 + zL * gS1
+                dWc += tl.where(last[:, None], dWcL[None, :], 0.0)
+                gW0 = nW0
+                gW1 = nW1
+                gS0 = nS0
+                gS1 = nS1
+
+                # reads
+                if READ == 2:
+                    hq = _mm(q, tl.trans(W0))
+                    aq = _act(hq, ACT)
+                    gW1 += _mm(tl.trans(go), aq)
+                    dh = _mm(go, W1) * _act_grad(hq, ACT)
+                    gW0 += _mm(tl.trans(dh), q)
+                    dq += _mm(dh, W0)
+                else:
+                    if READ == 0:
+                        gR = gam
+                        ZR = Zv
+                        WcR = Wc
+                    else:
+                        gR = gam_m
+                        ZR = Zm
+                        WcR = Wcm
+                    QK = _mm(q, tl.trans(k))
+                    hq = (gR[:, None] * _mm(q, tl.trans(W0)) + _mm(QK * WcR, Ed0))
+                    if HAS_MOM:
+                        hq += ZR[:, None] * _mm(q, tl.trans(S0))
+                    aq = _act(hq, ACT)
+                    AA = _mm(aq, tl.trans(a1))
+                    # layer 1: zq = g⊙(a W1ᵀ) + Z⊙(a S1ᵀ) + (AA ∘ Wc) Ed1
+                    dgR = tl.sum(go * _mm(aq, tl.trans(W1)), 1)
+                    daq = _mm(gR[:, None] * go, W1)
+                    gW1 += _mm(tl.trans(gR[:, None] * go), aq)
+                    dZR = dgR * 0.0
+                    if HAS_MOM:
+                        dZR += tl.sum(go * _mm(aq, tl.trans(S1)), 1)
+                        daq += _mm(ZR[:, None] * go, S1)
+                        gS1 += _mm(tl.trans(ZR[:, None] * go), aq)
+                    dM = _mm(go, tl.trans(Ed1))
+                    dEd1 += _mm(tl.trans(AA * WcR), go)
+                    dAA = dM * WcR
+                    dWcR = dM * AA
+                    daq += _mm(dAA, a1)
+                    da1 += _mm(tl.trans(dAA), aq)
+                    dh = daq * _act_grad(hq, ACT)
+                    # layer 0: h = g⊙(q W0ᵀ) + Z⊙(q S0ᵀ) + (QK ∘ Wc) Ed0
+                    dgR += tl.sum(dh * _mm(q, tl.trans(W0)), 1)
+                    dq += _mm(gR[:, None] * dh, W0)
+                    gW0 += _mm(tl.trans(gR[:, None] * dh), q)
+                    if HAS_MOM:
+                        dZR += tl.sum(dh * _mm(q, tl.trans(S0)), 1)
+                        dq += _mm(ZR[:, None] * dh, S0)
+                        gS0 += _mm(tl.trans(ZR[:, None] * dh), q)
+                    dM0 = _mm(dh, tl.trans(Ed0))
+                    dEd0 += _mm(tl.trans(QK * WcR), dh)
+                    dQK = dM0 * WcR
+                    dWcR += dM0 * QK
+                    dq += _mm(dQK, k)
+                    dk_ += _mm(tl.trans(dQK), q)
+                    if READ == 0:
+                        dgam += dgR
+                        dZv += dZR
+                        dWc += dWcR
+                    else:
+                        dgam_m += dgR
+                        dZm += dZR
+                        dWcm += dWcR
+                if RESIDUAL:
+                    dq += go
+
+                # inner gradients: Ed = −η δ, δ_0 = (δ_1 W1) ⊙ σ'(z0), δ_1 = ∂ℓ/∂p
+                deta = -tl.sum(dEd1 * d1, 1) - tl.sum(dEd0 * d0, 1)
+                dd1 = -eta[:, None] * dEd1
+                dd0 = -eta[:, None] * dEd0
+                du = dd0 * _act_grad(z0, ACT)
+                dz0 = dd0 * u * _act_grad2(z0, ACT)
+                dd1 += _mm(du, tl.trans(W1))
+                gW1 += _mm(tl.trans(d1), du)
+                if OBJ == 0:
+                    dp = dd1 * 0.0
+                    dvv = -dd1
+                elif OBJ == 1:
+                    dp = dd1
+                    dvv = -dd1
+                elif OBJ == 2:
+                    m = ((r > -1.0) & (r < 1.0)).to(tl.float32)
+                    dp = dd1 * m
+                    dvv = -dp
+                else:
+                    fp = ((1 - th * th) - f) / (s * s)        # f'(s)/s
+                    dp = f[:, None] * dd1 + (fp * tl.sum(r * dd1, 1))[:, None] * r
+                    dvv = -dp
+                if RESIDUAL:
+                    dk_ += dp
+                da1 += _mm(dp, W1)
+                gW1 += _mm(tl.trans(dp), a1)
+                dz0 += da1 * _act_grad(z0, ACT)
+                dk_ += _mm(dz0, W0)
+                gW0 += _mm(tl.trans(dz0), k)
+
+                # decays → log-gates → gates (blockform.decays in reverse)
+                dD1 = dWc * 0.0
+                dD1m = dWc * 0.0
+                if HAS_MOM:
+                    dD1 += _mm(dWc, tl.trans(D2)) + dZv[:, None] * zeta[None, :]
+                    dD1m += _mm(dWcm, tl.trans(D2)) + dZm[:, None] * zeta[None, :]
+                    dD2 += _mm(tl.trans(D1), dWc) + _mm(tl.trans(D1m), dWcm)
+                    dzeta += tl.sum(D1 * dZv[:, None], 0) + tl.sum(D1m * dZm[:, None], 0)
+                else:
+                    dD1 += dWc
+                    dD1m += dWcm
+                P1 = dD1 * D1
+                P1m = dD1m * D1m
+                dla = tl.sum(P1, 1) - tl.sum(P1, 0) - tl.sum(P1m, 0) + dgam * gam
+                dlam = tl.sum(P1m, 1) + dgam_m * gam_m
+                dla += dlam
+                dlog_a = tl.sum(dla, 0) - tl.cumsum(dla, 0) + dla - dlam
+                tl.store(DQ + pid * T * DK + rows[:, None] * DK + dk[None, :], dq)
+                tl.store(DK_ + pid * T * DK + rows[:, None] * DK + dk[None, :], dk_)
+                tl.store(DV_ + pid * T * DV + rows[:, None] * DV + dv[None, :], dvv)
+                tl.store(DETA + pid * T + rows, deta)
+                if HAS_RET:
+                    tl.store(DALPHA + pid * T + rows, dlog_a / alpha)
+                if HAS_MOM:
+                    P2 = dD2 * D2
+                    dlb = tl.sum(P2, 1) - tl.sum(P2, 0) + dzeta * zeta
+                    dlog_b = tl.sum(dlb, 0) - tl.cumsum(dlb, 0) + dlb
+                    tl.store(DBETA + pid * T + rows, dlog_b / beta)
+
+        tl.store(GW0 + pid * HID * DK + w0_off, gW0)
+        tl.store(GW1 + pid * DV * HID + w1_off, gW1)
+        if HAS_MOM:
+            tl.store(GS0 + pid * HID * DK + w0_off, gS0)
+            tl.store(GS1 + pid * DV * HID + w1_off, gS1)
+
 
 def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
             beta: Tensor | None, norm: NormParams, W: list[Tensor], S: list[Tensor] | None,
@@ -441,6 +811,71 @@ class TritonMLPScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        if kernel_backward(ctx.cfg):
+            return _backward_kernel(ctx, grads)
+        return _backward_torch(ctx, grads)
+
+
+def kernel_backward(cfg: dict[str, Any]) -> bool:
+    """The Triton backward covers gd without the inner norm, with queries read; the rest
+    recomputes groups with the torch chunk step."""
+    return cfg["rule"] == "gd" and not cfg["norm"] and cfg["has_q"]
+
+
+def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+    cfg, n_w, has_mom, G = ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G
+    B, H = ctx.shape
+    saved = ctx.saved_tensors
+    q, k, v, eta, alpha, beta, _gain, _bias = saved[:8]
+    ck = [c.contiguous() for c in saved[8:]]
+    N, T, DK, DV = B * H, k.shape[2], k.shape[3], v.shape[3]
+    HID = ck[0].shape[2]
+    C = cfg["chunk_size"]
+    n_chunks = T // C
+    n_groups = -(-n_chunks // G)
+
+    def flat(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.reshape(N, *x.shape[2:]).to(torch.float32).contiguous()
+
+    qf, kf, vf, ef, af, bf = map(flat, (q, k, v, eta, alpha, beta))
+    go = flat(grads[0])
+    # final-state gradients in, initial-state gradients out (in place)
+    gW = [flat(g).clone() for g in grads[1:1 + n_w]]
+    gS = [flat(g).clone() for g in grads[1 + n_w:]] if has_mom else None
+    dq, dk, dv = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
+    deta = torch.empty_like(ef)
+    dalpha = torch.empty_like(ef) if af is not None else None
+    dbeta = torch.empty_like(ef) if bf is not None else None
+    scr = torch.empty(N, G, 2 * HID * DK + 2 * DV * HID, dtype=torch.float32, device=k.device)
+
+    def arg(x: Tensor | None) -> Tensor:
+        return kf if x is None else x
+
+    global LAUNCHES
+    LAUNCHES += 1
+    _mlp_scan_bwd[(N,)](
+        qf, kf, vf, ef, arg(af), arg(bf),
+        ck[0], ck[1], arg(ck[2] if has_mom else None), arg(ck[3] if has_mom else None), scr,
+        go, gW[0], gW[1], arg(gS[0] if gS else None), arg(gS[1] if gS else None),
+        dq, dk, dv, deta, arg(dalpha), arg(dbeta),
+        n_chunks, n_groups, cfg["clip"],
+        DK=DK, HID=HID, DV=DV, C=C, G=G, ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"],
+        READ=READ_CODES[cfg["read"]], HAS_RET=af is not None, HAS_MOM=has_mom,
+        RESIDUAL=cfg["residual"], num_warps=8 if HID * DK >= 8192 else 4,
+    )
+
+    def back(x: Tensor | None, like: Tensor | None) -> Tensor | None:
+        return None if x is None or like is None else x.view(like.shape).to(like.dtype)
+
+    seq = [back(dq, q), back(dk, k), back(dv, v), back(deta, eta), back(dalpha, alpha),
+           back(dbeta, beta)]
+    states = [g.view(B, H, *g.shape[1:]) for g in gW + (gS or [])]
+    return (None, None, None, *seq, None, None, *states)
+
+
+def _backward_torch(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
+    """Recompute each group with the torch chunk step and back-propagate through it."""
+    if True:
         from .mlp_chunked import mlp_scan_chunked
 
         cfg, n_w, has_mom, G = ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G
@@ -466,11 +901,18 @@ class TritonMLPScan(torch.autograd.Function):
                 nrm = None if gain is None else (gain.detach().requires_grad_(gain.requires_grad),
                                                  bias.detach().requires_grad_(bias.requires_grad))
                 st = MemoryState(tuple(states[:n_w]), tuple(states[n_w:]) if has_mom else None)
-                o, end = mlp_scan_chunked(
-                    pieces[0], pieces[1], pieces[2], lr=pieces[3], retention=pieces[4],
-                    momentum=pieces[5], state=st, spec=cfg["spec"], objective=cfg["objective"],
-                    rule=cfg["rule"], read=cfg["read"], chunk_size=cfg["chunk_size"],
-                    erase=cfg["erase"], norm=nrm)
+                scan = dict(lr=pieces[3], retention=pieces[4], momentum=pieces[5], state=st,
+                            spec=cfg["spec"], objective=cfg["objective"], rule=cfg["rule"],
+                            read=cfg["read"], chunk_size=cfg["chunk_size"], erase=cfg["erase"],
+                            norm=nrm)
+                try:
+                    o, end = mlp_scan_chunked(*pieces[:3], **scan,
+                                              **({"step": cfg["step"]} if cfg["step"] else {}))
+                except Exception:  # noqa: BLE001 - a compiler failure: recompute eagerly
+                    if not cfg["step"]:
+                        raise
+                    cfg["step"] = None
+                    o, end = mlp_scan_chunked(*pieces[:3], **scan)
                 outs = list(end.weights) + (list(end.momentum) if has_mom else [])
                 gouts = list(carry)
                 if g_o is not None:
@@ -510,16 +952,18 @@ def triton_mlp_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: T
                     momentum: Tensor | None, state: MemoryState, spec: MLPMemory,
                     objective: Objective, rule: str, read: str, chunk_size: int, erase: str,
                     norm: NormParams = None, group: int | None = None,
-                    read_queries: bool = True) -> tuple[Tensor, MemoryState]:
+                    read_queries: bool = True, step: Any = None) -> tuple[Tensor, MemoryState]:
     """``mlp_scan_chunked`` through the Triton kernel (see ``supports`` for what it covers).
 
     Inputs as for ``mlp_scan_chunked`` ((B, H, T, ·) float32 tensors, (B, H, T) gates, states
-    (B, H, out, in)); `group`: chunks per saved state in training (None: one group).
+    (B, H, out, in)); `group`: chunks per saved state in training (None: one group); `step`:
+    the chunk step backward recomputes a group with (default ``mlp_chunk_step``; the compiled
+    one cuts backward's launches).
     """
     code, clip = objective_code(objective)  # type: ignore[misc]
     cfg = dict(chunk_size=chunk_size, clip=clip, obj_code=code, rule=rule, erase=erase,
                read=read, activation=spec.activation, residual=spec.residual, norm=spec.norm,
-               spec=spec, objective=objective, group=group, has_q=read_queries)
+               spec=spec, objective=objective, group=group, has_q=read_queries, step=step)
     has_mom = momentum is not None
     moms = tuple(state.momentum) if has_mom else ()
     gain, bias = (None, None) if norm is None else norm
