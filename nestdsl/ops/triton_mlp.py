@@ -14,9 +14,17 @@ last; each chunk is the closed form of ``mlp_chunked.mlp_chunk_step`` (design.md
 5. the state at the chunk end.
 
 The kernel computes in float32 (``tl.dot`` with IEEE precision: no TF32) and writes the state
-at the start of every group of G chunks. Backward (``TritonMLPScan``) recomputes one group at a
-time from those states with the torch chunk step and back-propagates through it: the kernel
-never keeps per-chunk intermediates, and the gradients are those of the torch fast form.
+at the start of every group of G chunks; nothing per chunk is kept for backward.
+
+Backward (``TritonMLPScan``), for memories without the inner norm (Titans LMM / MAL / MAG, DGD
+memories), is a second kernel, ``_mlp_scan_bwd``: per group, last group first, it recomputes the chunk-start states
+from the group's saved state into a scratch buffer, then runs the chunks' closed-form adjoints
+last chunk first, carrying the state gradients from chunk to chunk — through the end state, the
+dual-form reads, the inner gradient (the objective's Jacobian, σ'' of the activation) and the
+decays back to the gates (log-gates: D[t, s] = exp(l_t − l_s) gives ∂l_t = Σ_s P[t, s] −
+Σ_s P[s, t] with P = ∂D ⊙ D, then a reversed cumulative sum) and, for DGD, back through the
+prefix solve ((I − Aᵀ)⁻¹ by the same product of powers). Memories with the inner norm recompute
+each group with the torch chunk step instead (``_backward_torch``); both are held to the oracle.
 
 Without a GPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before
 ``triton`` is imported): slow, but it is how CI holds the kernel equal to the reference.
@@ -430,6 +438,28 @@ if triton is not None:
         return z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1
 
     @triton.jit
+    def _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
+             LOG2C: tl.constexpr, ERASE: tl.constexpr, HAS_MOM: tl.constexpr):
+        """DGD's prefix solve on W_0 (blockform.solve_prefix): Y = (I − A)⁻¹ h, f = −ε Y."""
+        if ERASE == 0:
+            eps = eta
+        elif ERASE == 1:
+            eps = eta / (1 + eta * tl.sum(k * k, 1))
+        else:
+            eps = eta * tl.exp(log_a)
+        KK = _mm(k, tl.trans(k))
+        h = gam_m[:, None] * _mm(k, tl.trans(W0)) + _mm(KK * Wcm, Ed0)
+        if HAS_MOM:
+            h += Zm[:, None] * _mm(k, tl.trans(S0))
+        A = KK * D1m * (-eps)[None, :]
+        Y = h
+        P = A
+        for _ in tl.static_range(LOG2C):
+            Y = Y + _mm(P, Y)
+            P = _mm(P, P)
+        return Y, -eps[:, None] * Y, eps, A, KK
+
+    @triton.jit
     def _mlp_scan_bwd(
         Q, K, V, ETA, ALPHA, BETA,
         CK_W0, CK_W1, CK_S0, CK_S1, SCR,
@@ -439,8 +469,9 @@ if triton is not None:
         DK: tl.constexpr, HID: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
         G: tl.constexpr, ACT: tl.constexpr, OBJ: tl.constexpr, READ: tl.constexpr,
         HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr, RESIDUAL: tl.constexpr,
+        DGD: tl.constexpr, ERASE: tl.constexpr, LOG2C: tl.constexpr,
     ):
-        """Backward of ``_mlp_scan_fwd`` (gd, no inner norm): groups in reverse; each group's
+        """Backward of ``_mlp_scan_fwd`` (no inner norm): groups in reverse; each group's
         chunk-start states are recomputed into SCR, then the chunks' closed-form adjoints run
         in reverse with the state gradients carried from chunk to chunk. GW*/GS* hold the
         final-state gradients on entry and the initial-state gradients on exit."""
@@ -499,7 +530,12 @@ if triton is not None:
                     k, v, W0, W1, eta, CLIP, ACT, OBJ, RESIDUAL)
                 WcL = _last_row(Wc, last)
                 gL = _last(gam, last)
-                W0n = gL * W0 + _mm(tl.trans(Ed0 * WcL[:, None]), k)
+                coef0 = Ed0 * WcL[:, None]
+                if DGD:
+                    Y, Ef0, eps, A, KK = _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
+                                              LOG2C, ERASE, HAS_MOM)
+                    coef0 += Ef0 * _last_row(D1, last)[:, None]
+                W0n = gL * W0 + _mm(tl.trans(coef0), k)
                 W1n = gL * W1 + _mm(tl.trans(Ed1 * WcL[:, None]), a1)
                 if HAS_MOM:
                     ZL = _last(Zv, last)
@@ -542,6 +578,11 @@ if triton is not None:
                     k, v, W0, W1, eta, CLIP, ACT, OBJ, RESIDUAL)
                 WcL = _last_row(Wc, last)
                 D2L = _last_row(D2, last)
+                D1L = _last_row(D1, last)
+                Ef0 = Ed0 * 0.0
+                if DGD:
+                    Y, Ef0, eps, A, KK = _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
+                                              LOG2C, ERASE, HAS_MOM)
 
                 # adjoint accumulators (decay matrices and vectors, per-token inputs)
                 dWc = tl.zeros((C, C), dtype=tl.float32)
@@ -553,6 +594,9 @@ if triton is not None:
                 dD2 = tl.zeros((C, C), dtype=tl.float32)
                 dzeta = tl.zeros((C,), dtype=tl.float32)
                 dq = tl.zeros((C, DK), dtype=tl.float32)
+                dD1x = tl.zeros((C, C), dtype=tl.float32)     # direct uses of D1, D1m (DGD)
+                dD1mx = tl.zeros((C, C), dtype=tl.float32)
+                dEf0 = Ed0 * 0.0
 
                 # end state: W' = γ_L W + Z_L S + (Ed ⊙ Wc_L)ᵀ A, S' = ζ_L S + (Ed ⊙ D2_L)ᵀ A
                 dgL = tl.sum(tl.sum(gW0 * W0, 1), 0) + tl.sum(tl.sum(gW1 * W1, 1), 0)
@@ -564,6 +608,10 @@ if triton is not None:
                 dEd0 = dc0 * WcL[:, None]
                 dEd1 = dc1 * WcL[:, None]
                 dWcL = tl.sum(dc0 * Ed0, 1) + tl.sum(dc1 * Ed1, 1)
+                if DGD:   # W0' += (Ef0 ⊙ D1_L)ᵀ k
+                    dk_ += _mm(Ef0 * D1L[:, None], gW0)
+                    dEf0 += dc0 * D1L[:, None]
+                    dD1x += tl.where(last[:, None], tl.sum(dc0 * Ef0, 1)[None, :], 0.0)
                 nW0 = _last(gam, last) * gW0
                 nW1 = _last(gam, last) * gW1
                 nS0 = gS0 * 0.0
@@ -608,8 +656,14 @@ if triton is not None:
                         gR = gam_m
                         ZR = Zm
                         WcR = Wcm
+                    if READ == 0:
+                        D1R = D1
+                    else:
+                        D1R = D1m
                     QK = _mm(q, tl.trans(k))
                     hq = (gR[:, None] * _mm(q, tl.trans(W0)) + _mm(QK * WcR, Ed0))
+                    if DGD:
+                        hq += _mm(QK * D1R, Ef0)
                     if HAS_MOM:
                         hq += ZR[:, None] * _mm(q, tl.trans(S0))
                     aq = _act(hq, ACT)
@@ -642,6 +696,14 @@ if triton is not None:
                     dEd0 += _mm(tl.trans(QK * WcR), dh)
                     dQK = dM0 * WcR
                     dWcR += dM0 * QK
+                    if DGD:
+                        dMf = _mm(dh, tl.trans(Ef0))
+                        dEf0 += _mm(tl.trans(QK * D1R), dh)
+                        dQK += dMf * D1R
+                        if READ == 0:
+                            dD1x += dMf * QK
+                        else:
+                            dD1mx += dMf * QK
                     dq += _mm(dQK, k)
                     dk_ += _mm(tl.trans(dQK), q)
                     if READ == 0:
@@ -655,8 +717,46 @@ if triton is not None:
                 if RESIDUAL:
                     dq += go
 
+                # DGD: f = −ε Y, Y = (I − A)⁻¹ h, A = (k kᵀ ∘ D1m) diag(−ε)
+                deta = eta * 0.0
+                dalpha_e = eta * 0.0          # ∂ε/∂α of erase "retained", apart from the decays
+                if DGD:
+                    dY = -eps[:, None] * dEf0
+                    deps = -tl.sum(dEf0 * Y, 1)
+                    dhh = dY
+                    PT = tl.trans(A)
+                    for _ in tl.static_range(LOG2C):       # (I − Aᵀ)⁻¹ dY
+                        dhh = dhh + _mm(PT, dhh)
+                        PT = _mm(PT, PT)
+                    dA = _mm(dhh, tl.trans(Y))
+                    dKK = dA * D1m * (-eps)[None, :]
+                    dD1mx += dA * KK * (-eps)[None, :]
+                    deps -= tl.sum(dA * KK * D1m, 0)
+                    dgam_m += tl.sum(dhh * _mm(k, tl.trans(W0)), 1)
+                    dk_ += _mm(gam_m[:, None] * dhh, W0)
+                    gW0 += _mm(tl.trans(gam_m[:, None] * dhh), k)
+                    if HAS_MOM:
+                        dZm += tl.sum(dhh * _mm(k, tl.trans(S0)), 1)
+                        dk_ += _mm(Zm[:, None] * dhh, S0)
+                        gS0 += _mm(tl.trans(Zm[:, None] * dhh), k)
+                    dMh = _mm(dhh, tl.trans(Ed0))
+                    dKK += dMh * Wcm
+                    dWcm += dMh * KK
+                    dEd0 += _mm(tl.trans(KK * Wcm), dhh)
+                    dk_ += _mm(dKK + tl.trans(dKK), k)
+                    if ERASE == 0:
+                        deta += deps
+                    elif ERASE == 1:
+                        den = 1 + eta * tl.sum(k * k, 1)
+                        deta += deps / (den * den)
+                        dk_ += (deps * (-eta * eta) / (den * den) * 2)[:, None] * k
+                    else:
+                        a_t = tl.exp(log_a)
+                        deta += deps * a_t
+                        dalpha_e += deps * eta
+
                 # inner gradients: Ed = −η δ, δ_0 = (δ_1 W1) ⊙ σ'(z0), δ_1 = ∂ℓ/∂p
-                deta = -tl.sum(dEd1 * d1, 1) - tl.sum(dEd0 * d0, 1)
+                deta += -tl.sum(dEd1 * d1, 1) - tl.sum(dEd0 * d0, 1)
                 dd1 = -eta[:, None] * dEd1
                 dd0 = -eta[:, None] * dEd0
                 du = dd0 * _act_grad(z0, ACT)
@@ -686,8 +786,8 @@ if triton is not None:
                 gW0 += _mm(tl.trans(dz0), k)
 
                 # decays → log-gates → gates (blockform.decays in reverse)
-                dD1 = dWc * 0.0
-                dD1m = dWc * 0.0
+                dD1 = dD1x
+                dD1m = dD1mx
                 if HAS_MOM:
                     dD1 += _mm(dWc, tl.trans(D2)) + dZv[:, None] * zeta[None, :]
                     dD1m += _mm(dWcm, tl.trans(D2)) + dZm[:, None] * zeta[None, :]
@@ -707,7 +807,7 @@ if triton is not None:
                 tl.store(DV_ + pid * T * DV + rows[:, None] * DV + dv[None, :], dvv)
                 tl.store(DETA + pid * T + rows, deta)
                 if HAS_RET:
-                    tl.store(DALPHA + pid * T + rows, dlog_a / alpha)
+                    tl.store(DALPHA + pid * T + rows, dlog_a / alpha + dalpha_e)
                 if HAS_MOM:
                     P2 = dD2 * D2
                     dlb = tl.sum(P2, 1) - tl.sum(P2, 0) + dzeta * zeta
@@ -719,6 +819,12 @@ if triton is not None:
         if HAS_MOM:
             tl.store(GS0 + pid * HID * DK + w0_off, gS0)
             tl.store(GS1 + pid * DV * HID + w1_off, gS1)
+
+
+def _warps(hidden: int, d: int) -> int:
+    """Warps per program: the state (hidden × d matrices and their momenta) lives in registers,
+    and more warps spread it thinner (d = 64, hidden 256: 16K floats per matrix)."""
+    return 16 if hidden * d >= 16384 else 8 if hidden * d >= 4096 else 4
 
 
 def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
@@ -771,15 +877,14 @@ def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor |
         ERASE=ERASE_CODES[cfg["erase"]], READ=READ_CODES[cfg["read"]], HAS_Q=q is not None,
         HAS_RET=alpha is not None, HAS_MOM=S is not None, NORM=norm is not None or cfg["norm"],
         RESIDUAL=cfg["residual"], SAVE_CK=save,
-        # the state (4 matrices of hidden × d) lives in registers: more warps spread it thinner
-        num_warps=8 if HID * DK >= 8192 else 4,
+        num_warps=_warps(HID, DK),
     )
     return o, W_out, S_out, (ck if save else None)
 
 
 class TritonMLPScan(torch.autograd.Function):
-    """The kernel's forward; backward recomputes one group of chunks at a time with the torch
-    chunk step (from the kernel's group-start states) and back-propagates through it."""
+    """The kernel's forward; backward by ``_mlp_scan_bwd`` or, where it does not apply, by
+    recomputing one group of chunks at a time with the torch chunk step."""
 
     @staticmethod
     def forward(ctx, cfg: dict[str, Any], n_w: int, has_mom: bool, *tensors: Tensor):  # type: ignore[override]
@@ -817,9 +922,9 @@ class TritonMLPScan(torch.autograd.Function):
 
 
 def kernel_backward(cfg: dict[str, Any]) -> bool:
-    """The Triton backward covers gd without the inner norm, with queries read; the rest
-    recomputes groups with the torch chunk step."""
-    return cfg["rule"] == "gd" and not cfg["norm"] and cfg["has_q"]
+    """The Triton backward covers memories without the inner norm, with queries read; the
+    rest recomputes groups with the torch chunk step."""
+    return not cfg["norm"] and cfg["has_q"]
 
 
 def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
@@ -861,7 +966,8 @@ def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None
         n_chunks, n_groups, cfg["clip"],
         DK=DK, HID=HID, DV=DV, C=C, G=G, ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"],
         READ=READ_CODES[cfg["read"]], HAS_RET=af is not None, HAS_MOM=has_mom,
-        RESIDUAL=cfg["residual"], num_warps=8 if HID * DK >= 8192 else 4,
+        RESIDUAL=cfg["residual"], DGD=cfg["rule"] == "dgd", ERASE=ERASE_CODES[cfg["erase"]],
+        LOG2C=int(math.log2(C)), num_warps=_warps(HID, DK),
     )
 
     def back(x: Tensor | None, like: Tensor | None) -> Tensor | None:

@@ -1,6 +1,6 @@
 """The Triton MLP-memory scan (ops/triton_mlp.py) against the token-by-token oracle and the torch
-fast form: outputs, final states and gradients — through the Triton backward kernel (gd without
-the inner norm) or the torch recomputation of each group (the rest). Without a GPU the kernels
+fast form: outputs, final states and gradients — through the Triton backward kernel (memories
+without the inner norm) or the torch recomputation of each group (with it). Without a GPU the kernels
 run in Triton's interpreter (tests/conftest.py)."""
 
 from __future__ import annotations
@@ -80,12 +80,14 @@ CASES = [
     ("silu", True, False, "l2clip", "dgd", "retained", "after", True, True, "const", 2),
     ("gelu", False, False, "l2", "gd", "eta", "chunk", True, False, "const", 1),
     ("tanh", True, True, "dot", "gd", "eta", "after", False, True, "token", 2),
-    # gd without the inner norm: the Triton backward (the cases above with dgd or the norm
+    # more without the inner norm, where the Triton backward runs (the cases with the norm
     # recompute groups in torch)
     ("silu", True, False, "l2clip", "gd", "eta", "after", True, True, "token", 2),
     ("gelu", False, False, "huber", "gd", "eta", "before", True, True, "token", 3),
     ("relu", True, False, "dot", "gd", "eta", "chunk", False, True, "const", 1),
     ("tanh", False, False, "l2", "gd", "eta", "after", False, False, "token", 4),
+    ("gelu", False, False, "l2", "dgd", "normalized", "before", True, True, "token", 3),
+    ("silu", True, False, "l2clip", "dgd", "eta", "before", False, False, "token", 2),
 ]
 # (Huber with the inner norm is left out: rounding between the kernel's and torch's states
 # flips a clamp of the Huber gradient on this input, moving the outer gradient ~10%; the
@@ -106,7 +108,7 @@ def test_triton_scan_matches_reference_and_chunked(case, monkeypatch):
     ref_out, ref_g = outputs_and_grads(leaves, kw, spec, "reference")
     chk_out, chk_g = outputs_and_grads(leaves, kw, spec, "chunked")
     tri_out, tri_g = outputs_and_grads(leaves, kw, spec, "triton", checkpoint_every=G)
-    assert used == ["_backward_torch" if norm or rule == "dgd" else "_backward_kernel"]
+    assert used == ["_backward_torch" if norm else "_backward_kernel"]
     # float32 throughout (the kernel refuses float64); the LayerNorm backward divides by σ(z)
     tol = 2e-4 if norm else 2e-5
     for i, (a, b, c) in enumerate(zip(ref_out, chk_out, tri_out, strict=True)):
@@ -124,20 +126,20 @@ def test_triton_scan_matches_reference_and_chunked(case, monkeypatch):
 
 @pytest.mark.slow   # compiles the chunk step
 def test_triton_scan_backward_with_the_compiled_chunk_step():
-    """compile=True: where the torch recomputation is the backward (here DGD), it recomputes
-    groups with the torch.compile'd step; same gradients."""
-    spec = MLPMemory(depth=2, hidden=32, activation="silu", residual=True)
+    """compile=True: where the torch recomputation is the backward (the inner norm), it
+    recomputes groups with the torch.compile'd step; same gradients."""
+    spec = MLPMemory(depth=2, hidden=32, activation="silu", residual=True, norm=True)
     leaves, kw = make_case(spec, mom=True, ret=True, gates="token")
     kw.update(objective=OBJECTIVES["l2clip"], rule="dgd", read="after")
     chk_out, chk_g = outputs_and_grads(leaves, kw, spec, "chunked")
     tri_out, tri_g = outputs_and_grads(leaves, kw, spec, "triton", checkpoint_every=2,
                                        compile=True)
     for a, c in zip(chk_out, tri_out, strict=True):
-        torch.testing.assert_close(c, a, atol=2e-5 * max(1.0, a.abs().max().item()), rtol=2e-5)
+        torch.testing.assert_close(c, a, atol=2e-4 * max(1.0, a.abs().max().item()), rtol=2e-4)
     for n in leaves:
         a, c = chk_g[n], tri_g[n]
         scale = max(1.0, a.abs().max().item())
-        torch.testing.assert_close(c, a, atol=2e-5 * scale, rtol=2e-5, msg=lambda m, n=n: f"d{n}: {m}")
+        torch.testing.assert_close(c, a, atol=2e-4 * scale, rtol=2e-4, msg=lambda m, n=n: f"d{n}: {m}")
 
 
 def test_triton_scan_without_grad_continues_a_stream():
