@@ -178,10 +178,7 @@ class MemoryMixer(nn.Module):
                 self._cfg.note_failure(step_name, e)
         else:
             impl = "chunked" if kernel == "compiled" else kernel
-            # the Triton scan's backward recomputes groups with the compiled chunk step when the
-            # model compiles (its forward is the kernel either way)
-            out = memory_scan(q, k, v, impl=impl, **kw,
-                              compile=kernel == "triton" and self._cfg.enabled)
+            out = memory_scan(q, k, v, compile=False, impl=impl, **kw)
         self.probe.update(out[0])
         if telemetry.active():
             self._telemetry(q, k, v, kw)

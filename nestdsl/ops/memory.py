@@ -263,9 +263,8 @@ def memory_scan(
             if why is not None:
                 raise ValueError(f"impl='triton' cannot run this memory: {why}")
             nrm = None if norm is None else tuple(p.to(cd) for p in norm)
-            o, new_state = triton_mlp.triton_mlp_scan(
-                qc, kc, vc, spec=memory, norm=nrm, step=compiled_step("mlp") if compile else None,
-                **common)
+            o, new_state = triton_mlp.triton_mlp_scan(qc, kc, vc, spec=memory, norm=nrm,
+                                                      **common)
         elif memory == "linear":
             step = compiled_step("linear") if compile else linear_chunk_step
             o, new_state = linear_scan_chunked(qc, kc, vc, step=step, **common)

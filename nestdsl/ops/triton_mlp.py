@@ -16,15 +16,14 @@ last; each chunk is the closed form of ``mlp_chunked.mlp_chunk_step`` (design.md
 The kernel computes in float32 (``tl.dot`` with IEEE precision: no TF32) and writes the state
 at the start of every group of G chunks; nothing per chunk is kept for backward.
 
-Backward (``TritonMLPScan``), for memories without the inner norm (Titans LMM / MAL / MAG, DGD
-memories), is a second kernel, ``_mlp_scan_bwd``: per group, last group first, it recomputes the chunk-start states
-from the group's saved state into a scratch buffer, then runs the chunks' closed-form adjoints
-last chunk first, carrying the state gradients from chunk to chunk — through the end state, the
-dual-form reads, the inner gradient (the objective's Jacobian, σ'' of the activation) and the
-decays back to the gates (log-gates: D[t, s] = exp(l_t − l_s) gives ∂l_t = Σ_s P[t, s] −
-Σ_s P[s, t] with P = ∂D ⊙ D, then a reversed cumulative sum) and, for DGD, back through the
-prefix solve ((I − Aᵀ)⁻¹ by the same product of powers). Memories with the inner norm recompute
-each group with the torch chunk step instead (``_backward_torch``); both are held to the oracle.
+Backward (``TritonMLPScan``) is a second kernel, ``_mlp_scan_bwd``: per group, last group
+first, it recomputes the chunk-start states from the group's saved state into a scratch buffer,
+then runs the chunks' closed-form adjoints last chunk first, carrying the state gradients from
+chunk to chunk — through the end state, the dual-form reads (and the output norm), DGD's prefix
+solve ((I − Aᵀ)⁻¹ by the same product of powers), the inner gradient (the objective's Jacobian,
+the inner LayerNorm's backward differentiated once more, σ'' of the activation) and the decays
+back to the gates (D[t, s] = exp(l_t − l_s) gives ∂l_t = Σ_s P[t, s] − Σ_s P[s, t] with
+P = ∂D ⊙ D, then a reversed cumulative sum of the log-gates).
 
 Without a GPU the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set before
 ``triton`` is imported): slow, but it is how CI holds the kernel equal to the reference.
@@ -407,12 +406,33 @@ if triton is not None:
         return tl.sum(tl.where(last, x, 0.0), 0)
 
     @triton.jit
-    def _inner(k, v, W0, W1, eta, CLIP, ACT: tl.constexpr, OBJ: tl.constexpr,
-               RESIDUAL: tl.constexpr):
-        """Chunk-start forward and inner gradients (no inner norm)."""
+    def _ln(z, DV: tl.constexpr):
+        """x̂ and 1/σ of the LayerNorm over the last dim."""
+        mu = tl.sum(z, 1) / DV
+        zc = z - mu[:, None]
+        rstd = tl.math.rsqrt(tl.sum(zc * zc, 1) / DV + 1e-5)
+        return zc * rstd[:, None], rstd
+
+    @triton.jit
+    def _ln_bwd(xhat, rstd, g, DV: tl.constexpr):
+        """∂ℓ/∂z from g = ∂ℓ/∂x̂ (mlp.output_grad's LayerNorm backward)."""
+        return rstd[:, None] * (g - (tl.sum(g, 1) / DV)[:, None]
+                                - xhat * (tl.sum(g * xhat, 1) / DV)[:, None])
+
+    @triton.jit
+    def _inner(k, v, W0, W1, eta, gain, bias, CLIP, DV: tl.constexpr, ACT: tl.constexpr,
+               OBJ: tl.constexpr, RESIDUAL: tl.constexpr, NORM: tl.constexpr):
+        """Chunk-start forward and inner gradients."""
         z0 = _mm(k, tl.trans(W0))
         a1 = _act(z0, ACT)
-        p = _mm(a1, tl.trans(W1))
+        z = _mm(a1, tl.trans(W1))
+        if NORM:
+            xhat, rstd = _ln(z, DV)
+            p = xhat * gain[None, :] + bias[None, :]
+        else:
+            xhat = z
+            rstd = tl.sum(z, 1) * 0.0
+            p = z
         if RESIDUAL:
             p = p + k
         r = p - v
@@ -431,11 +451,14 @@ if triton is not None:
             d1 = tl.minimum(tl.maximum(r, -1.0), 1.0)
         else:
             d1 = r * f[:, None]
+        err = d1
+        if NORM:
+            d1 = _ln_bwd(xhat, rstd, err * gain[None, :], DV)
         u = _mm(d1, W1)
         d0 = u * _act_grad(z0, ACT)
         Ed1 = -eta[:, None] * d1
         Ed0 = -eta[:, None] * d0
-        return z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1
+        return z0, a1, xhat, rstd, err, r, s, th, f, d1, u, d0, Ed0, Ed1
 
     @triton.jit
     def _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
@@ -463,15 +486,15 @@ if triton is not None:
     def _mlp_scan_bwd(
         Q, K, V, ETA, ALPHA, BETA,
         CK_W0, CK_W1, CK_S0, CK_S1, SCR,
-        GO, GW0, GW1, GS0, GS1,
-        DQ, DK_, DV_, DETA, DALPHA, DBETA,
+        GO, GW0, GW1, GS0, GS1, GAIN, BIAS,
+        DQ, DK_, DV_, DETA, DALPHA, DBETA, DGAIN, DBIAS,
         n_chunks, n_groups, CLIP,
         DK: tl.constexpr, HID: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
         G: tl.constexpr, ACT: tl.constexpr, OBJ: tl.constexpr, READ: tl.constexpr,
         HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr, RESIDUAL: tl.constexpr,
-        DGD: tl.constexpr, ERASE: tl.constexpr, LOG2C: tl.constexpr,
+        DGD: tl.constexpr, ERASE: tl.constexpr, LOG2C: tl.constexpr, NORM: tl.constexpr,
     ):
-        """Backward of ``_mlp_scan_fwd`` (no inner norm): groups in reverse; each group's
+        """Backward of ``_mlp_scan_fwd``: groups in reverse; each group's
         chunk-start states are recomputed into SCR, then the chunks' closed-form adjoints run
         in reverse with the state gradients carried from chunk to chunk. GW*/GS* hold the
         final-state gradients on entry and the initial-state gradients on exit."""
@@ -494,6 +517,13 @@ if triton is not None:
         if HAS_MOM:
             gS0 = tl.load(GS0 + pid * HID * DK + w0_off)
             gS1 = tl.load(GS1 + pid * DV * HID + w1_off)
+        gain = tl.zeros((DV,), dtype=tl.float32) + 1.0
+        bias = tl.zeros((DV,), dtype=tl.float32)
+        if NORM:
+            gain = tl.load(GAIN + pid * DV + dv)
+            bias = tl.load(BIAS + pid * DV + dv)
+        dgain = tl.zeros((DV,), dtype=tl.float32)
+        dbias = tl.zeros((DV,), dtype=tl.float32)
 
         for gr in range(0, n_groups):
             gi = n_groups - 1 - gr
@@ -526,8 +556,8 @@ if triton is not None:
                     log_b = tl.log(tl.maximum(tl.load(BETA + pid * T + rows), 1e-30))
                 D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
                     log_a, log_b, lower, strict, last, HAS_RET, HAS_MOM)
-                z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
-                    k, v, W0, W1, eta, CLIP, ACT, OBJ, RESIDUAL)
+                z0, a1, xz, rz, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
+                    k, v, W0, W1, eta, gain, bias, CLIP, DV, ACT, OBJ, RESIDUAL, NORM)
                 WcL = _last_row(Wc, last)
                 gL = _last(gam, last)
                 coef0 = Ed0 * WcL[:, None]
@@ -574,8 +604,8 @@ if triton is not None:
                     log_b = tl.log(tl.maximum(beta, 1e-30))
                 D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
                     log_a, log_b, lower, strict, last, HAS_RET, HAS_MOM)
-                z0, a1, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
-                    k, v, W0, W1, eta, CLIP, ACT, OBJ, RESIDUAL)
+                z0, a1, xz, rz, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
+                    k, v, W0, W1, eta, gain, bias, CLIP, DV, ACT, OBJ, RESIDUAL, NORM)
                 WcL = _last_row(Wc, last)
                 D2L = _last_row(D2, last)
                 D1L = _last_row(D1, last)
@@ -640,9 +670,16 @@ if triton is not None:
                 gS1 = nS1
 
                 # reads
+                if RESIDUAL:
+                    dq += go
                 if READ == 2:
                     hq = _mm(q, tl.trans(W0))
                     aq = _act(hq, ACT)
+                    if NORM:   # o = [q +] LN(zq)·γ + b
+                        xq, rq = _ln(_mm(aq, tl.trans(W1)), DV)
+                        dgain += tl.sum(go * xq, 0)
+                        dbias += tl.sum(go, 0)
+                        go = _ln_bwd(xq, rq, go * gain[None, :], DV)
                     gW1 += _mm(tl.trans(go), aq)
                     dh = _mm(go, W1) * _act_grad(hq, ACT)
                     gW0 += _mm(tl.trans(dh), q)
@@ -668,6 +705,14 @@ if triton is not None:
                         hq += ZR[:, None] * _mm(q, tl.trans(S0))
                     aq = _act(hq, ACT)
                     AA = _mm(aq, tl.trans(a1))
+                    if NORM:   # o = [q +] LN(zq)·γ + b
+                        zq = gR[:, None] * _mm(aq, tl.trans(W1)) + _mm(AA * WcR, Ed1)
+                        if HAS_MOM:
+                            zq += ZR[:, None] * _mm(aq, tl.trans(S1))
+                        xq, rq = _ln(zq, DV)
+                        dgain += tl.sum(go * xq, 0)
+                        dbias += tl.sum(go, 0)
+                        go = _ln_bwd(xq, rq, go * gain[None, :], DV)
                     # layer 1: zq = g⊙(a W1ᵀ) + Z⊙(a S1ᵀ) + (AA ∘ Wc) Ed1
                     dgR = tl.sum(go * _mm(aq, tl.trans(W1)), 1)
                     daq = _mm(gR[:, None] * go, W1)
@@ -714,8 +759,6 @@ if triton is not None:
                         dgam_m += dgR
                         dZm += dZR
                         dWcm += dWcR
-                if RESIDUAL:
-                    dq += go
 
                 # DGD: f = −ε Y, Y = (I − A)⁻¹ h, A = (k kᵀ ∘ D1m) diag(−ε)
                 deta = eta * 0.0
@@ -763,6 +806,17 @@ if triton is not None:
                 dz0 = dd0 * u * _act_grad2(z0, ACT)
                 dd1 += _mm(du, tl.trans(W1))
                 gW1 += _mm(tl.trans(d1), du)
+                dz = dd1 * 0.0
+                if NORM:
+                    # d1 = (1/σ) Π(g), g = err·γ, Π(g) = g − mean g − x̂ mean(g x̂) (symmetric)
+                    gv = err * gain[None, :]
+                    m2 = tl.sum(gv * xz, 1) / DV
+                    dgv = _ln_bwd(xz, rz, dd1, DV)
+                    dxz = -rz[:, None] * (dd1 * m2[:, None]
+                                          + gv * (tl.sum(dd1 * xz, 1) / DV)[:, None])
+                    drz = tl.sum(dd1 * d1, 1) / rz
+                    dgain += tl.sum(dgv * err, 0)
+                    dd1 = dgv * gain[None, :]       # now ∂/∂err
                 if OBJ == 0:
                     dp = dd1 * 0.0
                     dvv = -dd1
@@ -779,8 +833,19 @@ if triton is not None:
                     dvv = -dp
                 if RESIDUAL:
                     dk_ += dp
-                da1 += _mm(dp, W1)
-                gW1 += _mm(tl.trans(dp), a1)
+                if NORM:   # p = x̂ γ + b, x̂ = (z − μ)/σ
+                    dgain += tl.sum(dp * xz, 0)
+                    dbias += tl.sum(dp, 0)
+                    dxz += dp * gain[None, :]
+                    # x̂ = zc·r, r = (mean zc² + ε)^(−½): ∂zc = ∂x̂·r + zc·(−r³/D)·(∂r + Σ ∂x̂·zc)
+                    zc = xz / rz[:, None]
+                    drt = drz + tl.sum(dxz * zc, 1)
+                    dzc = dxz * rz[:, None] - zc * (rz * rz * rz * drt / DV)[:, None]
+                    dz = dzc - (tl.sum(dzc, 1) / DV)[:, None]
+                else:
+                    dz = dp
+                da1 += _mm(dz, W1)
+                gW1 += _mm(tl.trans(dz), a1)
                 dz0 += da1 * _act_grad(z0, ACT)
                 dk_ += _mm(dz0, W0)
                 gW0 += _mm(tl.trans(dz0), k)
@@ -819,6 +884,9 @@ if triton is not None:
         if HAS_MOM:
             tl.store(GS0 + pid * HID * DK + w0_off, gS0)
             tl.store(GS1 + pid * DV * HID + w1_off, gS1)
+        if NORM:
+            tl.store(DGAIN + pid * DV + dv, dgain)
+            tl.store(DBIAS + pid * DV + dv, dbias)
 
 
 def _warps(hidden: int, d: int) -> int:
@@ -883,8 +951,7 @@ def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor |
 
 
 class TritonMLPScan(torch.autograd.Function):
-    """The kernel's forward; backward by ``_mlp_scan_bwd`` or, where it does not apply, by
-    recomputing one group of chunks at a time with the torch chunk step."""
+    """``_mlp_scan_fwd`` forward, ``_mlp_scan_bwd`` backward (from the saved group states)."""
 
     @staticmethod
     def forward(ctx, cfg: dict[str, Any], n_w: int, has_mom: bool, *tensors: Tensor):  # type: ignore[override]
@@ -907,31 +974,22 @@ class TritonMLPScan(torch.autograd.Function):
                                       None if S is None else [flat(s) for s in S], cfg, G)
         ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G, ctx.shape = cfg, n_w, has_mom, G, (B, H)
         ctx.save_for_backward(*tensors[:8], *ck)
-        ctx.has = [x is not None for x in tensors[:8]]
         DV = v.shape[-1]
-        outs = [o.view(B, H, T, DV) if o is not None else k.new_zeros(0)]
+        outs = [o.view(B, H, T, DV)]
         outs += [w.view(B, H, *w.shape[1:]) for w in W_out]
         outs += [s.view(B, H, *s.shape[1:]) for s in (S_out or [])]
         return tuple(outs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        if kernel_backward(ctx.cfg):
-            return _backward_kernel(ctx, grads)
-        return _backward_torch(ctx, grads)
-
-
-def kernel_backward(cfg: dict[str, Any]) -> bool:
-    """The Triton backward covers memories without the inner norm, with queries read; the
-    rest recomputes groups with the torch chunk step."""
-    return not cfg["norm"] and cfg["has_q"]
+        return _backward_kernel(ctx, grads)
 
 
 def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
     cfg, n_w, has_mom, G = ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G
     B, H = ctx.shape
     saved = ctx.saved_tensors
-    q, k, v, eta, alpha, beta, _gain, _bias = saved[:8]
+    q, k, v, eta, alpha, beta, gain, bias = saved[:8]
     ck = [c.contiguous() for c in saved[8:]]
     N, T, DK, DV = B * H, k.shape[2], k.shape[3], v.shape[3]
     HID = ck[0].shape[2]
@@ -952,6 +1010,12 @@ def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None
     dalpha = torch.empty_like(ef) if af is not None else None
     dbeta = torch.empty_like(ef) if bf is not None else None
     scr = torch.empty(N, G, 2 * HID * DK + 2 * DV * HID, dtype=torch.float32, device=k.device)
+    norm = gain is not None
+    gn = bn = dgain = dbias = None
+    if norm:
+        gn = gain.expand(B, H, DV).reshape(N, DV).float().contiguous()
+        bn = bias.expand(B, H, DV).reshape(N, DV).float().contiguous()
+        dgain, dbias = torch.empty_like(gn), torch.empty_like(bn)
 
     def arg(x: Tensor | None) -> Tensor:
         return kf if x is None else x
@@ -961,13 +1025,13 @@ def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None
     _mlp_scan_bwd[(N,)](
         qf, kf, vf, ef, arg(af), arg(bf),
         ck[0], ck[1], arg(ck[2] if has_mom else None), arg(ck[3] if has_mom else None), scr,
-        go, gW[0], gW[1], arg(gS[0] if gS else None), arg(gS[1] if gS else None),
-        dq, dk, dv, deta, arg(dalpha), arg(dbeta),
+        go, gW[0], gW[1], arg(gS[0] if gS else None), arg(gS[1] if gS else None), arg(gn),
+        arg(bn), dq, dk, dv, deta, arg(dalpha), arg(dbeta), arg(dgain), arg(dbias),
         n_chunks, n_groups, cfg["clip"],
         DK=DK, HID=HID, DV=DV, C=C, G=G, ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"],
         READ=READ_CODES[cfg["read"]], HAS_RET=af is not None, HAS_MOM=has_mom,
         RESIDUAL=cfg["residual"], DGD=cfg["rule"] == "dgd", ERASE=ERASE_CODES[cfg["erase"]],
-        LOG2C=int(math.log2(C)), num_warps=_warps(HID, DK),
+        LOG2C=int(math.log2(C)), NORM=norm, num_warps=_warps(HID, DK),
     )
 
     def back(x: Tensor | None, like: Tensor | None) -> Tensor | None:
@@ -976,111 +1040,41 @@ def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None
     seq = [back(dq, q), back(dk, k), back(dv, v), back(deta, eta), back(dalpha, alpha),
            back(dbeta, beta)]
     states = [g.view(B, H, *g.shape[1:]) for g in gW + (gS or [])]
-    return (None, None, None, *seq, None, None, *states)
 
+    def per_head(d: Tensor | None, like: Tensor | None) -> Tensor | None:
+        """(N, DV) per program → the norm parameter's own shape ((H, DV): summed over B)."""
+        if d is None or like is None or not like.requires_grad:
+            return None
+        d = d.view(B, H, DV)
+        return (d.sum(0) if like.dim() == 2 else d).to(like.dtype)
 
-def _backward_torch(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
-    """Recompute each group with the torch chunk step and back-propagate through it."""
-    if True:
-        from .mlp_chunked import mlp_scan_chunked
-
-        cfg, n_w, has_mom, G = ctx.cfg, ctx.n_w, ctx.has_mom, ctx.G
-        B, H = ctx.shape
-        saved = ctx.saved_tensors
-        inputs = list(saved[:8])
-        ck = saved[8:]
-        q, k, v, eta, alpha, beta, gain, bias = inputs
-        T = k.shape[2]
-        L = G * cfg["chunk_size"]
-        n_groups = -(-T // L)
-        g_o = grads[0] if cfg["has_q"] else None
-        carry = [g if g is not None else None for g in grads[1:]]
-        seq_grads: dict[int, list[Tensor]] = {i: [] for i in range(6)}
-        g_gain = g_bias = None
-        for gi in reversed(range(n_groups)):
-            lo, hi = gi * L, min((gi + 1) * L, T)
-            with torch.enable_grad():
-                pieces = [None if x is None else x[:, :, lo:hi].detach().requires_grad_(
-                    x.requires_grad) for x in (q, k, v, eta, alpha, beta)]
-                states = [c[:, gi].reshape(B, H, *c.shape[2:]).detach().requires_grad_()
-                          for c in ck]
-                nrm = None if gain is None else (gain.detach().requires_grad_(gain.requires_grad),
-                                                 bias.detach().requires_grad_(bias.requires_grad))
-                st = MemoryState(tuple(states[:n_w]), tuple(states[n_w:]) if has_mom else None)
-                scan = dict(lr=pieces[3], retention=pieces[4], momentum=pieces[5], state=st,
-                            spec=cfg["spec"], objective=cfg["objective"], rule=cfg["rule"],
-                            read=cfg["read"], chunk_size=cfg["chunk_size"], erase=cfg["erase"],
-                            norm=nrm)
-                try:
-                    o, end = mlp_scan_chunked(*pieces[:3], **scan,
-                                              **({"step": cfg["step"]} if cfg["step"] else {}))
-                except Exception:  # noqa: BLE001 - a compiler failure: recompute eagerly
-                    if not cfg["step"]:
-                        raise
-                    cfg["step"] = None
-                    o, end = mlp_scan_chunked(*pieces[:3], **scan)
-                outs = list(end.weights) + (list(end.momentum) if has_mom else [])
-                gouts = list(carry)
-                if g_o is not None:
-                    outs.append(o)
-                    gouts.append(g_o[:, :, lo:hi])
-                keep = [(t, g) for t, g in zip(outs, gouts, strict=True) if g is not None]
-                wrt = [x for x in pieces if x is not None and x.requires_grad] + states
-                if nrm is not None:
-                    wrt += [p for p in nrm if p.requires_grad]
-                res = torch.autograd.grad([t for t, _ in keep], wrt, [g for _, g in keep],
-                                          allow_unused=True) if keep else [None] * len(wrt)
-            it = iter(res)
-            for i, x in enumerate(pieces):
-                if x is not None and x.requires_grad:
-                    gx = next(it)
-                    seq_grads[i].insert(0, torch.zeros_like(x) if gx is None else gx)
-            carry = [next(it) for _ in states]
-            if nrm is not None:
-                for j, p in enumerate(nrm):
-                    if p.requires_grad:
-                        gp = next(it)
-                        if gp is not None:
-                            if j == 0:
-                                g_gain = gp if g_gain is None else g_gain + gp
-                            else:
-                                g_bias = gp if g_bias is None else g_bias + gp
-
-        def cat(parts: list[Tensor], like: Tensor | None) -> Tensor | None:
-            return torch.cat(parts, dim=2) if like is not None and like.requires_grad else None
-
-        seq = [cat(seq_grads[i], x) for i, x in enumerate((q, k, v, eta, alpha, beta))]
-        # the group-0 start state is the initial state: its gradient is the last carry
-        return (None, None, None, *seq, g_gain, g_bias, *carry)
+    return (None, None, None, *seq, per_head(dgain, gain), per_head(dbias, bias), *states)
 
 
 def triton_mlp_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
                     momentum: Tensor | None, state: MemoryState, spec: MLPMemory,
                     objective: Objective, rule: str, read: str, chunk_size: int, erase: str,
-                    norm: NormParams = None, group: int | None = None,
-                    read_queries: bool = True, step: Any = None) -> tuple[Tensor, MemoryState]:
+                    norm: NormParams = None, group: int | None = None
+                    ) -> tuple[Tensor, MemoryState]:
     """``mlp_scan_chunked`` through the Triton kernel (see ``supports`` for what it covers).
 
     Inputs as for ``mlp_scan_chunked`` ((B, H, T, ·) float32 tensors, (B, H, T) gates, states
-    (B, H, out, in)); `group`: chunks per saved state in training (None: one group); `step`:
-    the chunk step backward recomputes a group with (default ``mlp_chunk_step``; the compiled
-    one cuts backward's launches).
+    (B, H, out, in)); `group`: chunks per saved state in training (None: one group).
     """
     code, clip = objective_code(objective)  # type: ignore[misc]
     cfg = dict(chunk_size=chunk_size, clip=clip, obj_code=code, rule=rule, erase=erase,
                read=read, activation=spec.activation, residual=spec.residual, norm=spec.norm,
-               spec=spec, objective=objective, group=group, has_q=read_queries, step=step)
+               spec=spec, objective=objective, group=group)
     has_mom = momentum is not None
     moms = tuple(state.momentum) if has_mom else ()
     gain, bias = (None, None) if norm is None else norm
     if spec.norm and norm is None:
         H, DV = k.shape[1], v.shape[-1]
         gain, bias = k.new_ones(H, DV), k.new_zeros(H, DV)
-    outs = TritonMLPScan.apply(cfg, len(state.weights), has_mom, q if read_queries else None,
-                               k, v, lr, retention, momentum, gain, bias,
-                               *state.weights, *moms)
+    outs = TritonMLPScan.apply(cfg, len(state.weights), has_mom, q, k, v, lr, retention,
+                               momentum, gain, bias, *state.weights, *moms)
     n = len(state.weights)
-    o = outs[0] if read_queries else None
+    o = outs[0]
     W = tuple(outs[1:1 + n])
     S = tuple(outs[1 + n:]) if has_mom else None
     return o, MemoryState(W, S)  # type: ignore[return-value]
