@@ -75,16 +75,13 @@ def _explain(system: Any, device: str, compiled: bool) -> None:
 
         out.print(Syntax(inspect.getsource(fn), "python", line_numbers=False))
     out.rule("memory kernels (ops/kernels.py; force one with --kernel [MEMORY=]NAME)")
-    for _name, layer in system.model.iter_layers():
-        for mod in layer.modules():
-            if isinstance(mod, MemoryMixer):
-                chosen, verdicts = mod.kernel_verdicts()
-                forced = mod.forced_kernel()
-                how = f"forced by --kernel {forced}" if forced not in (None, "auto") else "automatic"
-                out.print(f"[bold]{mod.name}[/bold] ({mod.key}): {chosen} ({how})")
-                for kname, why in verdicts:
-                    verdict = "can run" if why is None else f"refused: {why}"
-                    out.print(f"  {kname:<10} {verdict}", markup=False, highlight=False)
+    for mod in system.model.modules():
+        for label, key, chosen, verdicts, forced in getattr(mod, "kernel_rows", list)():
+            how = f"forced by --kernel {forced}" if forced not in (None, "auto") else "automatic"
+            out.print(f"[bold]{label}[/bold] ({key}): {chosen} ({how})")
+            for kname, why in verdicts:
+                verdict = "can run" if why is None else f"refused: {why}"
+                out.print(f"  {kname:<10} {verdict}", markup=False, highlight=False)
     out.rule("torch.compile")
     if not compiled:
         out.print("graph breaks: not measured (--no-compile)")

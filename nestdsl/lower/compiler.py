@@ -140,15 +140,10 @@ def _check_kernels(spec: ir.Spec, kernels: dict[str, str]) -> dict[str, str]:
 def _check_forced_kernels(model: torch.nn.Module) -> None:
     """A forced kernel must be able to run each memory it names, on this device (ValueError
     with the kernel's own reason; the length T is checked per call)."""
-    from nestdsl.lower.memory import MemoryMixer
-    from nestdsl.ops import kernels
-
     for mod in model.modules():
-        if isinstance(mod, MemoryMixer) and mod.forced_kernel() not in (None, "auto"):
-            try:
-                kernels.choose(mod.call(), mod.forced_kernel())
-            except ValueError as e:
-                raise ValueError(f"memory {mod.key!r} ({mod.name}): {e}") from None
+        for label, key, chosen, _, forced in getattr(mod, "kernel_rows", list)():
+            if forced not in (None, "auto") and chosen.startswith("error: "):
+                raise ValueError(f"memory {key!r} ({label}): {chosen[len('error: '):]}")
 
 
 def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.device = "cpu",

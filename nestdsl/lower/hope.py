@@ -95,7 +95,7 @@ from nestdsl.lower.common import (
 from nestdsl.lower.inner import NormParameters, erase_of, lr_divisor, memory_function, objective_of
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
-from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
+from nestdsl.ops import MemoryState, MLPMemory, kernels, mlp_chunk_step, mlp_forward
 from nestdsl.ops.objectives import Objective
 from nestdsl.spec import ir
 
@@ -196,6 +196,7 @@ class SelfModifyingTitans(nn.Module):
         name: str = "self_modifying",
         mem_ir: ir.Memory | None = None,
         proj_ir: ir.Memory | None = None,
+        keys: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if width % heads:
@@ -210,6 +211,8 @@ class SelfModifyingTitans(nn.Module):
         self.values = values
         self.conv_width = conv
         self.mem_ir, self.proj_ir = mem_ir, proj_ir
+        # the spec's names of M_mem's and the projections' memories (`--kernel NAME=…`)
+        self.keys = keys or {"mem": "mem", "proj": "projection"}
         self.notes: list[str] = []
         H, d = heads, self.head_dim
 
@@ -301,6 +304,7 @@ class SelfModifyingTitans(nn.Module):
             v_norm=layer_ir.v_norm, values=layer_ir.values,
             output_gate=layer_ir.output_gate, ctx=ctx, node=layer_ir, name=name,
             mem_ir=mem, proj_ir=proj,
+            keys={"mem": layer_ir.memory, "proj": layer_ir.projections},
         )
 
     # ------------------------------------------------------------------------------------------
@@ -485,7 +489,8 @@ class SelfModifyingTitans(nn.Module):
         norm = self._proj_norms()     # per-memory gain/bias, stacked like the states: (R·B, H, d)
         if norm is not None:
             norm = tuple(p[:, None].expand(R, B, *p.shape[1:]).flatten(0, 1) for p in norm)
-        _, new = self._mlp_step(state, None, k.repeat(R, 1, 1, 1), targets,
+        step = self._step_fn("proj", k.shape[2])
+        _, new = step(state, None, k.repeat(R, 1, 1, 1), targets,
                                 *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
                                 rule=self.proj_rule.kind, read="chunk", erase=self.proj_rule.erase,
                                 norm=norm)
@@ -531,7 +536,8 @@ class SelfModifyingTitans(nn.Module):
             sl = slice(s, s + self.c_mem)
             norm = self._norm("mem")
             target = self._target(v[:, :, sl], mems["mem"].weights, self.mem_mlp, "mem")
-            o, new = self._mlp_step(mems["mem"], q[:, :, sl], k[:, :, sl], target,
+            step = self._step_fn("mem", target.shape[2])
+            o, new = step(mems["mem"], q[:, :, sl], k[:, :, sl], target,
                                     _slice_gate(lr, sl), _slice_gate(ret, sl), _slice_gate(mom, sl),
                                     spec=self.mem_mlp, objective=self.mem_rule.objective,
                                     rule=self.mem_rule.kind, read=self.mem_rule.read,
@@ -555,6 +561,48 @@ class SelfModifyingTitans(nn.Module):
         names = [self.mem_ir.level if self.mem_ir else None, self.proj_ir.level if self.proj_ir else None]
         return list(dict.fromkeys(n or "token" for n in names))
 
+    # ------------------------------------------------------------------------------------------
+    # which kernel runs each memory group's chunk steps (ops/kernels.py)
+
+    def kernel_call(self, group: str, L: int | None = None) -> kernels.MemoryCall:
+        mlp, rule = (self.mem_mlp, self.mem_rule) if group == "mem" else (self.proj_mlp,
+                                                                           self.proj_rule)
+        C = self.c_mem if group == "mem" else self.c_other
+        p = self.out_proj.weight
+        return kernels.MemoryCall(
+            memory=mlp, objective=rule.objective, rule=rule.kind, erase=rule.erase,
+            read=rule.read if group == "mem" else "chunk", chunk_size=L or C,
+            retention=rule.retention is not None, momentum=rule.momentum is not None,
+            d_key=self.head_dim, d_value=self.head_dim, device=p.device, dtype=p.dtype,
+            compile=self.compile_config.enabled, training=torch.is_grad_enabled(),
+            T=L, joint=True)
+
+    def forced_kernel(self, group: str) -> str | None:
+        forced = self.compile_config.kernels
+        return forced.get(self.keys[group], forced.get("*"))
+
+    def kernel_rows(self) -> list[tuple[str, str, str, list[tuple[str, str | None]], str | None]]:
+        """(label, memory name, chosen kernel, verdicts, forced) per memory group."""
+        rows = []
+        for group, label in (("mem", "M_mem"), ("proj", "projections")):
+            call = self.kernel_call(group)
+            try:
+                chosen = kernels.choose(call, self.forced_kernel(group))
+            except ValueError as e:
+                chosen = f"error: {e}"
+            rows.append((f"{self.name} ({label})", self.keys[group], chosen,
+                         kernels.verdicts(call), self.forced_kernel(group)))
+        return rows
+
+    def _step_fn(self, group: str, L: int) -> Any:
+        """The chunk step for `group`'s memories on a chunk of L tokens."""
+        kernel = kernels.choose(self.kernel_call(group, L), self.forced_kernel(group))
+        if kernel == "triton":
+            from nestdsl.ops.triton_mlp import triton_chunk_step
+
+            return triton_chunk_step
+        return self._mlp_step if kernel == "compiled" else mlp_chunk_step
+
     def plan(self) -> list[PlanRow]:
         total = sum(p.numel() for p in self.parameters())
         proj_counts = {r: sum(p.numel() for p in self.theta0[r]) for r in self.roles}
@@ -571,17 +619,18 @@ class SelfModifyingTitans(nn.Module):
                  *self.notes]
         target = "v̂" if self.values == "self" else "v"
         mem_upd = _update(self.mem_ir, self.c_mem, target)
+        kern = {"mem": self.kernel_rows()[0][2], "proj": self.kernel_rows()[1][2]}
         rows = [PlanRow(name=f"{self.name} (M_mem)", kind="self_modifying",
                         implementation="mlp chunk step (closed-form grads" +
                         (", UT solve for DGD)" if self.mem_rule.kind == "dgd" else ")"),
                         chunk_size=self.c_mem, read=self.mem_rule.read, writes=self.mem_rule.writes,
                         params=total - sum(proj_counts.values()), compiled=status, update=mem_upd,
-                        notes=notes)]
+                        kernel=kern["mem"], notes=notes)]
         for r in self.roles:
             rows.append(PlanRow(name=f"{self.name} (M_{r})", kind="self_modifying projection",
                                 implementation="mlp chunk step, generated at the chunk start",
                                 chunk_size=self.c_other, read="chunk", writes=self.proj_rule.writes,
-                                params=proj_counts[r], compiled=status,
+                                params=proj_counts[r], compiled=status, kernel=kern["proj"],
                                 update=_update(self.proj_ir, self.c_other, target)))
         return rows
 

@@ -214,6 +214,11 @@ class MemoryMixer(nn.Module):
             chosen = f"error: {e}"
         return chosen, kernels.verdicts(call)
 
+    def kernel_rows(self) -> list[tuple[str, str, str, list[tuple[str, str | None]], str | None]]:
+        """(label, memory name, chosen kernel, verdicts, forced): `compile --explain`."""
+        chosen, verdicts = self.kernel_verdicts()
+        return [(self.name, self.key, chosen, verdicts, self.forced_kernel())]
+
     def _forward_fn(self, ws: tuple[Tensor, ...], x: Tensor, norm: Any) -> Tensor:
         """f_θ(x) for x (B, H, N, d)."""
         if self.mlp is None:

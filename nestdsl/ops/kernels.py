@@ -48,6 +48,8 @@ class MemoryCall:
     compile: bool                    # the model's compile switch
     training: bool = True
     T: int | None = None             # None: checked per call (plans are made before data)
+    joint: bool = False              # a chunk step inside a joint loop (Hope's self-modifying
+                                     # layer): only chunk-step kernels apply
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class Kernel:
     summary: str
     refuses: Callable[[MemoryCall], str | None]    # None: it can compute this call
     automatic: Callable[[MemoryCall], bool]        # chosen without being forced
+
+
+def _refuse_reference(c: MemoryCall) -> str | None:
+    return ("a joint chunk loop (Hope's self-modifying layer) runs chunk steps: no "
+            "token-by-token path" if c.joint else None)
 
 
 def _refuse_compiled(c: MemoryCall) -> str | None:
@@ -94,7 +101,8 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Kernel("compiled", "torch chunk scan, torch.compile'd chunk step", _refuse_compiled,
            lambda c: True),
     Kernel("chunked", "torch chunk scan, eager", lambda c: None, lambda c: True),
-    Kernel("reference", "token-by-token oracle (tests; slow)", lambda c: None, lambda c: False),
+    Kernel("reference", "token-by-token oracle (tests; slow)", _refuse_reference,
+           lambda c: False),
 )}
 
 

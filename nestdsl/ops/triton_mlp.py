@@ -1078,3 +1078,42 @@ def triton_mlp_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: T
     W = tuple(outs[1:1 + n])
     S = tuple(outs[1 + n:]) if has_mom else None
     return o, MemoryState(W, S)  # type: ignore[return-value]
+
+
+def _as_gate(x: Tensor | float | None, like: Tensor) -> Tensor | None:
+    """A gate as a (B, H, L) float32 tensor (like: (B, H, L))."""
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        return x.to(torch.float32).expand_as(like)
+    return torch.full_like(like, float(x))
+
+
+def triton_chunk_step(state: MemoryState, q_c: Tensor | None, k_c: Tensor, v_c: Tensor,
+                      lr_c: Tensor | float, retention_c: Tensor | float | None,
+                      momentum_c: Tensor | float | None, dec: Any = None, *, spec: MLPMemory,
+                      objective: Objective, rule: str = "gd", read: str = "after",
+                      erase: str = "eta", norm: NormParams = None
+                      ) -> tuple[Tensor | None, MemoryState]:
+    """``mlp_chunk_step``'s contract on one chunk through the two kernels (Hope's joint loop,
+    whose memories generate each other's inputs chunk by chunk). `dec` is unused (the kernel
+    builds its decays); q_c None writes without reading. The chunk's length must satisfy
+    ``supports`` (the caller falls back to the torch step otherwise)."""
+    B, H, L, _ = k_c.shape
+    like = k_c[..., 0].to(torch.float32)
+    ws = tuple(w.to(torch.float32).expand(B, H, *w.shape[-2:]).contiguous()
+               for w in state.weights)
+    beta = _as_gate(momentum_c, like)
+    moms = None
+    if beta is not None:
+        moms = (tuple(m.to(torch.float32).expand(B, H, *m.shape[-2:]).contiguous()
+                      for m in state.momentum) if state.momentum is not None
+                else tuple(torch.zeros_like(w) for w in ws))
+    nrm = None if norm is None else tuple(p.to(torch.float32) for p in norm)
+    f32 = [x.to(torch.float32) for x in (k_c, v_c)]
+    q = q_c.to(torch.float32) if q_c is not None else f32[0]
+    o, new = triton_mlp_scan(q, f32[0], f32[1], lr=_as_gate(lr_c, like),  # type: ignore[arg-type]
+                             retention=_as_gate(retention_c, like), momentum=beta,
+                             state=MemoryState(ws, moms), spec=spec, objective=objective,
+                             rule=rule, read=read, chunk_size=L, erase=erase, norm=nrm, group=1)
+    return (o if q_c is not None else None), new

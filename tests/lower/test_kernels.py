@@ -105,3 +105,35 @@ def test_cli_kernel_errors_are_one_line(args, msg):
     assert "Traceback" not in r.output
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and msg in errors[0], r.output
+
+
+@pytest.mark.slow   # the interpreter runs both kernels for every chunk of every memory
+def test_forced_triton_kernel_runs_hopes_joint_loop():
+    """Hope's self-modifying layer with M_mem and the projection memories on the Triton chunk
+    step (one forward and one backward launch per memory group and chunk): the same loss and
+    parameter gradients as the torch chunk step (fp32; Hope's inner norms amplify rounding)."""
+    triton_mlp = pytest.importorskip("nestdsl.ops.triton_mlp")
+    if not triton_mlp.available() or not triton_mlp.interpreted():
+        pytest.skip("needs triton with TRITON_INTERPRET=1 (tests/conftest.py)")
+    tokens = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
+    result = {}
+    for kern in ("chunked", "triton"):
+        torch.manual_seed(0)
+        system = nestdsl.compile("specs/hope.yaml", compile=False, kernels={"*": kern})
+        rows = [r for r in system.plan if r.kind.startswith("self_modifying")]
+        assert rows and {r.kernel for r in rows} == {kern}
+        launches = triton_mlp.LAUNCHES
+        loss = system.model.loss(tokens, tokens)
+        loss.backward()
+        if kern == "triton":   # 2 layers × 2 chunks × (M_mem, projections) forward, and the
+            # backward of each whose outputs are used (the last projection write's are not)
+            assert 8 < triton_mlp.LAUNCHES - launches <= 16
+        result[kern] = loss, {n: p.grad for n, p in system.model.named_parameters()
+                              if p.grad is not None}
+    (l_ref, g_ref), (l_tri, g_tri) = result["chunked"], result["triton"]
+    torch.testing.assert_close(l_tri, l_ref, atol=1e-5, rtol=1e-5)
+    assert g_ref.keys() == g_tri.keys()
+    for n in g_ref:
+        scale = g_ref[n].abs().max().item()
+        torch.testing.assert_close(g_tri[n], g_ref[n], atol=2e-3 * max(scale, 1e-3), rtol=2e-3,
+                                   msg=lambda m, n=n: f"{n}: {m}")
