@@ -601,7 +601,9 @@ class SelfModifyingTitans(nn.Module):
             from nestdsl.ops.triton_mlp import triton_chunk_step
 
             return triton_chunk_step
-        return self._mlp_step if kernel == "compiled" else mlp_chunk_step
+        if kernel == "chunked" and self.compile_config.enabled:   # forced eager
+            return mlp_chunk_step
+        return self._mlp_step      # compiled, or eager when compile is off
 
     def plan(self) -> list[PlanRow]:
         total = sum(p.numel() for p in self.parameters())
