@@ -56,20 +56,27 @@ def test_compile_spec_validates_forced_kernels():
     assert {r.kernel for r in system.plan if r.kind.startswith("memory")} == {"reference"}
 
 
-def test_forced_triton_kernel_trains_the_same_model(monkeypatch):
-    """titans-lmm with every memory on the Triton scan: same loss and parameter gradients as the
-    torch chunk scan (the interpreter runs the kernel; backward recomputes groups in torch)."""
+def _triton_interpreted():
     triton_mlp = pytest.importorskip("nestdsl.ops.triton_mlp")
     if not triton_mlp.available() or not triton_mlp.interpreted():
         pytest.skip("needs triton with TRITON_INTERPRET=1 (tests/conftest.py)")
-    tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    return triton_mlp
+
+
+def _same_training_step(spec: str, kinds: tuple[str, ...], tokens, tol: float, launches=None):
+    """Loss and parameter gradients of one step with every memory on the torch chunk step and
+    on the Triton kernels: equal to `tol` (relative to each gradient's size)."""
+    triton_mlp = _triton_interpreted()
     result = {}
     for kern in ("chunked", "triton"):
         torch.manual_seed(0)
-        system = nestdsl.compile("specs/titans-lmm.yaml", compile=False, kernels={"titans": kern})
-        assert {r.kernel for r in system.plan if r.kind.startswith("memory")} == {kern}
+        system = nestdsl.compile(spec, compile=False, kernels={"*": kern})
+        assert {r.kernel for r in system.plan if r.kind.startswith(kinds)} == {kern}
+        before = triton_mlp.LAUNCHES
         loss = system.model.loss(tokens, tokens)
         loss.backward()
+        if kern == "triton" and launches is not None:
+            assert launches[0] < triton_mlp.LAUNCHES - before <= launches[1]
         result[kern] = loss, {n: p.grad for n, p in system.model.named_parameters()
                               if p.grad is not None}
     (l_ref, g_ref), (l_tri, g_tri) = result["chunked"], result["triton"]
@@ -77,8 +84,15 @@ def test_forced_triton_kernel_trains_the_same_model(monkeypatch):
     assert g_ref.keys() == g_tri.keys()
     for n in g_ref:
         scale = g_ref[n].abs().max().item()
-        torch.testing.assert_close(g_tri[n], g_ref[n], atol=1e-4 * max(scale, 1e-3), rtol=1e-4,
+        torch.testing.assert_close(g_tri[n], g_ref[n], atol=tol * max(scale, 1e-3), rtol=tol,
                                    msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_forced_triton_kernel_trains_the_same_model():
+    """titans-lmm with every memory on the Triton scan (two launches per layer and step: the
+    forward and the backward kernel): same loss and parameter gradients as the torch scan."""
+    tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    _same_training_step("specs/titans-lmm.yaml", ("memory",), tokens, 1e-4, launches=(3, 4))
 
 
 def test_cli_explain_lists_kernels_and_refusals():
@@ -110,30 +124,8 @@ def test_cli_kernel_errors_are_one_line(args, msg):
 @pytest.mark.slow   # the interpreter runs both kernels for every chunk of every memory
 def test_forced_triton_kernel_runs_hopes_joint_loop():
     """Hope's self-modifying layer with M_mem and the projection memories on the Triton chunk
-    step (one forward and one backward launch per memory group and chunk): the same loss and
-    parameter gradients as the torch chunk step (fp32; Hope's inner norms amplify rounding)."""
-    triton_mlp = pytest.importorskip("nestdsl.ops.triton_mlp")
-    if not triton_mlp.available() or not triton_mlp.interpreted():
-        pytest.skip("needs triton with TRITON_INTERPRET=1 (tests/conftest.py)")
+    step: the same loss and parameter gradients as the torch chunk step (fp32; Hope's inner
+    norms amplify rounding). Launches: 2 layers × 2 chunks × (M_mem, projections) forward, and
+    the backward of each whose outputs are used (the last projection write's are not)."""
     tokens = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
-    result = {}
-    for kern in ("chunked", "triton"):
-        torch.manual_seed(0)
-        system = nestdsl.compile("specs/hope.yaml", compile=False, kernels={"*": kern})
-        rows = [r for r in system.plan if r.kind.startswith("self_modifying")]
-        assert rows and {r.kernel for r in rows} == {kern}
-        launches = triton_mlp.LAUNCHES
-        loss = system.model.loss(tokens, tokens)
-        loss.backward()
-        if kern == "triton":   # 2 layers × 2 chunks × (M_mem, projections) forward, and the
-            # backward of each whose outputs are used (the last projection write's are not)
-            assert 8 < triton_mlp.LAUNCHES - launches <= 16
-        result[kern] = loss, {n: p.grad for n, p in system.model.named_parameters()
-                              if p.grad is not None}
-    (l_ref, g_ref), (l_tri, g_tri) = result["chunked"], result["triton"]
-    torch.testing.assert_close(l_tri, l_ref, atol=1e-5, rtol=1e-5)
-    assert g_ref.keys() == g_tri.keys()
-    for n in g_ref:
-        scale = g_ref[n].abs().max().item()
-        torch.testing.assert_close(g_tri[n], g_ref[n], atol=2e-3 * max(scale, 1e-3), rtol=2e-3,
-                                   msg=lambda m, n=n: f"{n}: {m}")
+    _same_training_step("specs/hope.yaml", ("self_modifying",), tokens, 2e-3, launches=(8, 16))
