@@ -129,3 +129,13 @@ def test_forced_triton_kernel_runs_hopes_joint_loop():
     the backward of each whose outputs are used (the last projection write's are not)."""
     tokens = torch.randint(0, 256, (1, 32), generator=torch.Generator().manual_seed(0))
     _same_training_step("specs/hope.yaml", ("self_modifying",), tokens, 2e-3, launches=(8, 16))
+
+
+def test_cli_train_refuses_a_kernel_that_cannot_run(tmp_path):
+    r = runner.invoke(app, ["train", "specs/titans-lmm.yaml", "--steps", "1", "--out",
+                            str(tmp_path / "run"), "--kernel", "titans=fla", "--quiet"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "kernel 'fla' cannot run this memory: MLP memory" in errors[0]
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
