@@ -35,6 +35,16 @@ def test_automatic_choice_follows_device_and_compile_switch():
     deep = call(MLPMemory(depth=3, hidden=64), "l2", device="cuda")
     assert kernels.choose(deep) == "compiled"
     assert "MLP depth 3" in dict(kernels.verdicts(deep))["triton"]
+    # a DeltaNet layer under bf16 autocast on CUDA: fla's delta rule where fla is installed
+    from nestdsl.ops import fla_linear
+
+    delta = call("linear", "l2", chunk_size=1, retention=False, momentum=False, device="cuda",
+                 dtype=torch.bfloat16)
+    assert kernels.choose(delta) == ("fla" if fla_linear.available() else "compiled")
+    if fla_linear.available():
+        fp32 = call("linear", "l2", chunk_size=1, retention=False, momentum=False, device="cuda")
+        assert "refuses torch.float32" in dict(kernels.verdicts(fp32))["fla"]
+        assert kernels.choose(fp32) == "compiled"
 
 
 def test_forcing_names_the_reason_a_kernel_refuses():
