@@ -889,6 +889,16 @@ if triton is not None:
             tl.store(DBIAS + pid * DV + dv, dbias)
 
 
+def _host_only() -> Any:
+    """Under Triton's CPU interpreter, hide the interpreter's own tensor copies from torch
+    dispatch modes (an op counter would charge them to the model; on a GPU they do not exist)."""
+    from contextlib import nullcontext
+
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes() if interpreted() else nullcontext()
+
+
 def _warps(hidden: int, d: int) -> int:
     """Warps per program: the state (hidden × d matrices and their momenta) lives in registers,
     and more warps spread it thinner (d = 64, hidden 256: 16K floats per matrix)."""
@@ -932,22 +942,30 @@ def _launch(q: Tensor | None, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor |
 
     global LAUNCHES
     LAUNCHES += 1
-    _mlp_scan_fwd[(N,)](
-        arg(q), k, v, eta, arg(alpha), arg(beta), arg(gain), arg(bias),
-        W[0], W[1], arg(S[0] if S else None), arg(S[1] if S else None),
-        arg(o), W_out[0], W_out[1], arg(S_out[0] if S_out else None),
-        arg(S_out[1] if S_out else None),
-        arg(ck[0] if save else None), arg(ck[1] if save else None),
-        arg(ck[2] if save and S else None), arg(ck[3] if save and S else None),
-        n_chunks, n_groups, cfg["clip"],
-        DK=DK, HID=HID, DV=DV, C=C, LOG2C=int(math.log2(C)), G=G,
-        ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"], DGD=cfg["rule"] == "dgd",
-        ERASE=ERASE_CODES[cfg["erase"]], READ=READ_CODES[cfg["read"]], HAS_Q=q is not None,
-        HAS_RET=alpha is not None, HAS_MOM=S is not None, NORM=norm is not None or cfg["norm"],
-        RESIDUAL=cfg["residual"], SAVE_CK=save,
-        num_warps=_warps(HID, DK),
-    )
+    with _host_only():
+        _launch_fwd(N, arg(q), k, v, eta, arg(alpha), arg(beta), arg(gain), arg(bias),
+                    W[0], W[1], arg(S[0] if S else None), arg(S[1] if S else None),
+                    arg(o), W_out[0], W_out[1], arg(S_out[0] if S_out else None),
+                    arg(S_out[1] if S_out else None),
+                    arg(ck[0] if save else None), arg(ck[1] if save else None),
+                    arg(ck[2] if save and S else None), arg(ck[3] if save and S else None),
+                    n_chunks, n_groups, cfg["clip"],
+                    DK=DK, HID=HID, DV=DV, C=C, LOG2C=int(math.log2(C)), G=G,
+                    ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"],
+                    DGD=cfg["rule"] == "dgd", ERASE=ERASE_CODES[cfg["erase"]],
+                    READ=READ_CODES[cfg["read"]], HAS_Q=q is not None,
+                    HAS_RET=alpha is not None, HAS_MOM=S is not None,
+                    NORM=norm is not None or cfg["norm"], RESIDUAL=cfg["residual"],
+                    SAVE_CK=save, num_warps=_warps(HID, DK))
     return o, W_out, S_out, (ck if save else None)
+
+
+def _launch_fwd(N: int, *args: Any, **kw: Any) -> None:
+    _mlp_scan_fwd[(N,)](*args, **kw)
+
+
+def _launch_bwd(N: int, *args: Any, **kw: Any) -> None:
+    _mlp_scan_bwd[(N,)](*args, **kw)
 
 
 class TritonMLPScan(torch.autograd.Function):
@@ -1022,17 +1040,18 @@ def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None
 
     global LAUNCHES
     LAUNCHES += 1
-    _mlp_scan_bwd[(N,)](
-        qf, kf, vf, ef, arg(af), arg(bf),
-        ck[0], ck[1], arg(ck[2] if has_mom else None), arg(ck[3] if has_mom else None), scr,
-        go, gW[0], gW[1], arg(gS[0] if gS else None), arg(gS[1] if gS else None), arg(gn),
-        arg(bn), dq, dk, dv, deta, arg(dalpha), arg(dbeta), arg(dgain), arg(dbias),
-        n_chunks, n_groups, cfg["clip"],
-        DK=DK, HID=HID, DV=DV, C=C, G=G, ACT=ACT_CODES[cfg["activation"]], OBJ=cfg["obj_code"],
-        READ=READ_CODES[cfg["read"]], HAS_RET=af is not None, HAS_MOM=has_mom,
-        RESIDUAL=cfg["residual"], DGD=cfg["rule"] == "dgd", ERASE=ERASE_CODES[cfg["erase"]],
-        LOG2C=int(math.log2(C)), NORM=norm, num_warps=_warps(HID, DK),
-    )
+    with _host_only():
+        _launch_bwd(
+            N, qf, kf, vf, ef, arg(af), arg(bf), ck[0], ck[1],
+            arg(ck[2] if has_mom else None), arg(ck[3] if has_mom else None), scr,
+            go, gW[0], gW[1], arg(gS[0] if gS else None), arg(gS[1] if gS else None), arg(gn),
+            arg(bn), dq, dk, dv, deta, arg(dalpha), arg(dbeta), arg(dgain), arg(dbias),
+            n_chunks, n_groups, cfg["clip"],
+            DK=DK, HID=HID, DV=DV, C=C, G=G, ACT=ACT_CODES[cfg["activation"]],
+            OBJ=cfg["obj_code"], READ=READ_CODES[cfg["read"]], HAS_RET=af is not None,
+            HAS_MOM=has_mom, RESIDUAL=cfg["residual"], DGD=cfg["rule"] == "dgd",
+            ERASE=ERASE_CODES[cfg["erase"]], LOG2C=int(math.log2(C)), NORM=norm,
+            num_warps=_warps(HID, DK))
 
     def back(x: Tensor | None, like: Tensor | None) -> Tensor | None:
         return None if x is None or like is None else x.view(like.shape).to(like.dtype)
