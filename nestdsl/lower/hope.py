@@ -621,7 +621,7 @@ class SelfModifyingTitans(nn.Module):
                  *self.notes]
         target = "v̂" if self.values == "self" else "v"
         mem_upd = _update(self.mem_ir, self.c_mem, target)
-        kern = {"mem": self.kernel_rows()[0][2], "proj": self.kernel_rows()[1][2]}
+        kern = dict(zip(("mem", "proj"), (row[2] for row in self.kernel_rows()), strict=True))
         rows = [PlanRow(name=f"{self.name} (M_mem)", kind="self_modifying",
                         implementation="mlp chunk step (closed-form grads" +
                         (", UT solve for DGD)" if self.mem_rule.kind == "dgd" else ")"),
