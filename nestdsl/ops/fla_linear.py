@@ -123,7 +123,7 @@ def fla_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor |
     Returns o (B, H, T, Dv) and the final state in float32."""
     ops = ops or _ops()
 
-    def tl(x: Tensor) -> Tensor:   # (B, H, T, …) → fla's (B, T, H, …)
+    def swap(x: Tensor) -> Tensor:   # (B, H, T, …) ↔ fla's (B, T, H, …)
         return x.transpose(1, 2)
 
     dt = q.dtype
@@ -131,14 +131,14 @@ def fla_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor |
     kw: dict[str, Any] = dict(scale=1.0, output_final_state=True)
     if state is not None:
         kw["initial_state"] = state.weights[0].mT.float().contiguous()   # (B, H, K, V)
-    g = tl(retention.float().clamp_min(1e-30).log()) if p.gate and retention is not None else None
+    g = swap(retention.float().clamp_min(1e-30).log()) if p.gate and retention is not None else None
     if p.op == "chunk_simple_gla":
         vv = v * eta[..., None] if p.scale_values else v
-        o, h = ops[p.op](tl(q), tl(k), tl(vv), g=g, **kw)
+        o, h = ops[p.op](swap(q), swap(k), swap(vv), g=g, **kw)
     elif p.op == "chunk_delta_rule":
-        o, h = ops[p.op](tl(q), tl(k), tl(v), tl(eta), **kw)
+        o, h = ops[p.op](swap(q), swap(k), swap(v), swap(eta), **kw)
     else:
         if g is None:
             g = torch.zeros(q.shape[0], q.shape[2], q.shape[1], device=q.device)
-        o, h = ops[p.op](tl(q), tl(k), tl(v), g, tl(eta), **kw)
-    return tl(o), MemoryState((h.mT.float(),), None)
+        o, h = ops[p.op](swap(q), swap(k), swap(v), g, swap(eta), **kw)
+    return swap(o), MemoryState((h.mT.float(),), None)
