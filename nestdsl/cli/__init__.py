@@ -1,4 +1,5 @@
-"""The `nestdsl` command line: check | fmt | graph | schema | compile | train | eval | plot.
+"""The `nestdsl` command line: check | fmt | graph | schema | compile | train | eval | plot
+| probe.
 
 One module per command, each registering on the app (`cli/app.py`); `cli/errors.py` maps
 exceptions to messages and exit codes. Spec problems print compiler-style diagnostics and exit 2;
@@ -7,7 +8,17 @@ spec-only commands (check, fmt, graph, schema) never import torch: the torch-sid
 import it inside their functions.
 """
 
-from nestdsl.cli import check, compile, evaluate, fmt, graph, plot, schema, train  # noqa: F401
+from nestdsl.cli import (  # noqa: F401
+    check,
+    compile,
+    evaluate,
+    fmt,
+    graph,
+    plot,
+    probe,
+    schema,
+    train,
+)
 from nestdsl.cli.app import app, main
 
 __all__ = ["app", "main"]

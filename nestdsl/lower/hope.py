@@ -119,12 +119,14 @@ class InnerRule:
     writes: str                      # "grad" | "stop"
     erase: str = "eta"               # DGD's ε (lower/inner.py)
     lr_divisor: float = 1.0          # η / d_head with `lr_per_dim`
+    normalized_lr: bool = False      # per-layer η/(ε + ‖a_i‖²) (rule.normalized_lr)
 
     @classmethod
     def of(cls, mem: ir.Memory, head_dim: int = 1) -> InnerRule:
         rule = mem.rule or ir.Rule()
         return cls(objective_of(mem), rule.kind, rule.lr, rule.retention, rule.momentum,
-                   mem.read, mem.writes, erase_of(mem), lr_divisor(mem, head_dim))
+                   mem.read, mem.writes, erase_of(mem), lr_divisor(mem, head_dim),
+                   rule.normalized_lr)
 
     def gate(self, role: str) -> ir.Gate | None:
         return getattr(self, role)
@@ -240,11 +242,12 @@ class SelfModifyingTitans(nn.Module):
                 nn.Parameter(w) for w in proj_mlp.init_weights(H, d, d))
         # inner norms' gain and bias (outer parameters), one pair per memory that has a norm
         self.norms = nn.ModuleDict()
+        gain = {g: 1.0 if m is None else m.norm_gain for g, m in (("mem", mem_ir), ("proj", proj_ir))}
         if mem_mlp.norm:
-            self.norms["mem"] = NormParameters(H, d)
+            self.norms["mem"] = NormParameters(H, d, gain["mem"])
         if proj_mlp.norm:
             for r in self.roles:
-                self.norms[r] = NormParameters(H, d)
+                self.norms[r] = NormParameters(H, d, gain["proj"])
 
         # Static projections (not adaptive): q by default; k / v in the ablations.
         self.static = nn.ModuleDict({r: nn.Linear(width, width, bias=False)
@@ -270,6 +273,7 @@ class SelfModifyingTitans(nn.Module):
 
         self.probe = telemetry.NonFiniteProbe()       # first non-finite token of M_mem's reads
         self._inner_losses: list[tuple[Tensor, Tensor]] = []   # telemetry: M_mem before/after
+        self._dynamics: list[tuple[Tensor, Tensor, Tensor]] = []   # M_mem write, norm, share
         cfg = ctx.compile
         self.compile_config = cfg
         self._gen = Compiled(self._generate, f"{name}.generate", cfg)
@@ -340,7 +344,7 @@ class SelfModifyingTitans(nn.Module):
                              f"middle of a chunk of {self.window}; split segments at multiples of "
                              f"max(C_mem, C_other) = {self.window}")
         st = {"mems": state["mems"], "conv": state["conv"]}
-        self._inner_losses = []
+        self._inner_losses, self._dynamics = [], []
         windows = x.split(self.window, dim=1)   # one concatenation in backward (not T-long zeros)
         G = self.compile_config.checkpoint_every
         if G and len(windows) >= 2 * G and torch.is_grad_enabled():
@@ -384,6 +388,12 @@ class SelfModifyingTitans(nn.Module):
             if name == "mem" and self._inner_losses:
                 stats["loss_before"] = torch.stack([b for b, _ in self._inner_losses]).mean()
                 stats["loss_after"] = torch.stack([a for _, a in self._inner_losses]).mean()
+            if name == "mem" and self._dynamics:
+                sizes, norms, shares = zip(*self._dynamics, strict=True)
+                stats["write_size"] = telemetry.mean_finite(sizes)
+                stats["state_growth"] = norms[-1] / norms[0].clamp_min(1e-12)
+                if self.mem_mlp.residual:
+                    stats["branch_share"] = torch.stack(shares).mean()
             telemetry.record(f"{self.name} M_{name}", stats)
 
     def _norm(self, name: str) -> tuple[Tensor, Tensor] | None:
@@ -493,7 +503,7 @@ class SelfModifyingTitans(nn.Module):
         _, new = step(state, None, k.repeat(R, 1, 1, 1), targets,
                                 *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
                                 rule=self.proj_rule.kind, read="chunk", erase=self.proj_rule.erase,
-                                norm=norm)
+                                norm=norm, normalized_lr=self.proj_rule.normalized_lr)
         new = _write(state, new, self.proj_rule.writes)
         ws = [w.split(B) for w in new.weights]
         ms = None if new.momentum is None else [m.split(B) for m in new.momentum]
@@ -541,13 +551,17 @@ class SelfModifyingTitans(nn.Module):
                                     _slice_gate(lr, sl), _slice_gate(ret, sl), _slice_gate(mom, sl),
                                     spec=self.mem_mlp, objective=self.mem_rule.objective,
                                     rule=self.mem_rule.kind, read=self.mem_rule.read,
-                                    erase=self.mem_rule.erase, norm=norm)
+                                    erase=self.mem_rule.erase, norm=norm,
+                                    normalized_lr=self.mem_rule.normalized_lr)
             if record and telemetry.active():
                 with torch.no_grad():
                     kc, obj = k[:, :, sl], self.mem_rule.objective
                     self._inner_losses.append(tuple(
                         obj.loss(mlp_forward(w, kc, self.mem_mlp, norm), target).mean()
                         for w in (mems["mem"].weights, new.weights)))
+                    self._dynamics.append((telemetry.write_size(mems["mem"].weights, new.weights),
+                                           telemetry.state_norm(new.weights).mean(),
+                                           telemetry.branch_share(o, q[:, :, sl])))
             mems["mem"] = _write(mems["mem"], new, self.mem_rule.writes)
             outs.append(o)
         o = torch.cat(outs, dim=2).to(x.dtype)                                # (B, H, L, d)
@@ -575,7 +589,7 @@ class SelfModifyingTitans(nn.Module):
             retention=rule.retention is not None, momentum=rule.momentum is not None,
             d_key=self.head_dim, d_value=self.head_dim, device=p.device, dtype=p.dtype,
             compile=self.compile_config.enabled, training=torch.is_grad_enabled(),
-            T=L, joint=True)
+            T=L, joint=True, normalized_lr=rule.normalized_lr)
 
     def forced_kernel(self, group: str) -> str | None:
         forced = self.compile_config.kernels

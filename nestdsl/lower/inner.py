@@ -58,14 +58,15 @@ def lr_divisor(mem: ir.Memory, head_dim: int) -> float:
 
 
 class NormParameters(nn.Module):
-    """The inner LayerNorm's outer-learned gain γ (init 1) and bias b (init 0), per head.
+    """The inner LayerNorm's outer-learned gain γ (init ``gain``, the memory's ``norm_gain``) and
+    bias b (init 0), per head.
 
     Not part of the memory state: the inner rule never updates them; the outer optimizer does.
     """
 
-    def __init__(self, heads: int, dim: int) -> None:
+    def __init__(self, heads: int, dim: int, gain: float = 1.0) -> None:
         super().__init__()
-        self.gain = nn.Parameter(torch.ones(heads, dim))
+        self.gain = nn.Parameter(torch.full((heads, dim), float(gain)))
         self.bias = nn.Parameter(torch.zeros(heads, dim))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,7 +104,7 @@ class MemoryMixer(nn.Module):
         self.lr_divisor = lr_divisor(mem, d)
         fn = memory_function(mem, d)
         self.mlp: MLPMemory | None = None if fn == "linear" else fn
-        self.norm = NormParameters(H, d) if self.mlp is not None and self.mlp.norm else None
+        self.norm = NormParameters(H, d, mem.norm_gain) if self.mlp is not None and self.mlp.norm else None
         self.init_weights = nn.ParameterList()
         if self.mlp is not None or mem.init == "learned":
             # θ_0 per head, meta-learned (Titans §3.2 / Hope: "knowledge in the initial state");
@@ -167,7 +167,8 @@ class MemoryMixer(nn.Module):
                   rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
                   chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
                   norm=self.norm() if self.norm is not None else None,
-                  checkpoint_every=self._cfg.checkpoint_every)
+                  checkpoint_every=self._cfg.checkpoint_every,
+                  normalized_lr=self.rule.normalized_lr and self.mlp is not None)
         kernel = kernels.choose(self.call(q, T=q.shape[2]), self.forced_kernel())
         step_name = f"{self.name}.step"
         if kernel == "compiled" and step_name not in self._cfg.failures:
@@ -181,7 +182,7 @@ class MemoryMixer(nn.Module):
             out = memory_scan(q, k, v, compile=False, impl=impl, **kw)
         self.probe.update(out[0])
         if telemetry.active():
-            self._telemetry(q, k, v, kw)
+            self._telemetry(q, k, v, kw, out[0])
         return out
 
     # -- which kernel computes the scan (ops/kernels.py)
@@ -202,7 +203,8 @@ class MemoryMixer(nn.Module):
             rule=self.rule.kind, erase=self.erase, read=self.ir.read, chunk_size=self.chunk,
             retention=self.rule.retention is not None, momentum=self.rule.momentum is not None,
             d_key=self.d, d_value=self.d, device=p.device if q is None else q.device,
-            dtype=dtype, compile=self._cfg.enabled, training=torch.is_grad_enabled(), T=T)
+            dtype=dtype, compile=self._cfg.enabled, training=torch.is_grad_enabled(), T=T,
+            normalized_lr=self.rule.normalized_lr and self.mlp is not None)
 
     def kernel_verdicts(self) -> tuple[str, list[tuple[str, str | None]]]:
         """(the kernel this layer runs, every candidate's verdict) for a planned call;
@@ -226,16 +228,16 @@ class MemoryMixer(nn.Module):
         return mlp_forward(ws, x, self.mlp, norm)
 
     @torch.no_grad()
-    def _telemetry(self, q: Tensor, k: Tensor, v: Tensor, kw: dict[str, Any]) -> None:
-        """Chunk by chunk again (no grad; log steps only): state norms and the inner loss on each
-        chunk's (k, v) before and after its writes (lower/telemetry.py)."""
+    def _telemetry(self, q: Tensor, k: Tensor, v: Tensor, kw: dict[str, Any], o: Tensor) -> None:
+        """Chunk by chunk again (no grad; log steps only): state norms, write sizes and the inner
+        loss on each chunk's (k, v) before and after its writes (lower/telemetry.py)."""
         B, H, T, _ = k.shape
         L = self.chunk if self.chunk > 1 else DEFAULT_BLOCK
         state = kw["state"]
         if state is None:
             state = MemoryState((torch.zeros(B, H, self.d, self.d, device=k.device),), None)
         first = state
-        before, after, norms = [], [], []
+        before, after, norms, writes = [], [], [], []
 
         def sl(x: Any, a: int, b: int) -> Any:
             return x[..., a:b] if isinstance(x, Tensor) and x.dim() == 3 else x
@@ -246,7 +248,9 @@ class MemoryMixer(nn.Module):
             part = {**kw, "lr": sl(kw["lr"], a, b), "retention": sl(kw["retention"], a, b),
                     "momentum": sl(kw["momentum"], a, b), "state": state}
             before.append(self.objective.loss(self._forward_fn(state.weights, kc, kw["norm"]), vc).mean())
+            prev = state
             _, state = memory_scan(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], compile=False, **part)
+            writes.append(telemetry.write_size(prev.weights, state.weights))
             after.append(self.objective.loss(self._forward_fn(state.weights, kc, kw["norm"]), vc).mean())
             norms.append(telemetry.state_norm(state.weights).mean())
         w0 = tuple(w.expand(B, *w.shape[-3:]) for w in first.weights)
@@ -255,6 +259,10 @@ class MemoryMixer(nn.Module):
             "state_norm": norms[-1], "max_state_norm": torch.stack(norms).max(),
             "update_norm": moved.mean(), "loss_before": torch.stack(before).mean(),
             "loss_after": torch.stack(after).mean(),
+            "state_growth": norms[-1] / norms[0].clamp_min(1e-12),
+            "write_size": telemetry.mean_finite(writes),
+            "branch_share": (telemetry.branch_share(o, q) if self.mlp is not None and self.mlp.residual
+                             else None),
             **telemetry.gate_means(lr=kw["lr"], retention=kw["retention"], momentum=kw["momentum"]),
         })
 

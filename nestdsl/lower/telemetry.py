@@ -10,7 +10,15 @@ A memory that diverges does so inside the forward pass, long before the outer lo
 * ``loss_before`` / ``loss_after``: the inner objective on each chunk's (k, v) at the state before
   and after that chunk's writes, averaged over chunks and tokens: a memory that learns in context
   has after < before;
-* ``lr``, ``retention``, ``momentum``: the means of the gates η, α, β.
+* ``lr``, ``retention``, ``momentum``: the means of the gates η, α, β;
+* ``write_size``: ‖θ_{c+1} − θ_c‖ / ‖θ_c‖, one chunk's writes relative to the state they
+  change, mean over chunks (chunks from a zero state skipped); ``state_growth``: ‖θ_T‖ / ‖θ_1‖,
+  the end state against the state after the first chunk;
+* ``branch_share`` (residual memories, x + M̃(x)): ‖M(q) − q‖ / ‖M(q)‖, how much of the read is
+  the memory's own branch rather than the query passed through.
+
+`nestdsl probe` (runtime/probe.py) turns these, with a needle/haystack perturbation, into a
+verdict per memory layer.
 
 Independently of recording, every forward leaves a cheap, sync-free probe per memory: the first
 token whose output is non-finite (`NonFiniteProbe`), so a divergence can be blamed on the first
@@ -25,7 +33,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["recording", "active", "record", "NonFiniteProbe", "state_norm", "gate_means"]
+__all__ = ["recording", "active", "record", "NonFiniteProbe", "state_norm", "gate_means",
+           "write_size", "mean_finite", "branch_share"]
 
 _RECORD: list[dict[str, dict[str, Tensor]]] = []
 
@@ -60,6 +69,27 @@ def record(name: str, stats: dict[str, Tensor | float | None]) -> None:
 def state_norm(weights: Sequence[Tensor]) -> Tensor:
     """‖θ‖ per (batch, head): sqrt of the summed squared entries of every weight, (B, H)."""
     return torch.sqrt(sum(w.detach().float().pow(2).sum((-2, -1)) for w in weights))
+
+
+def write_size(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
+    """‖θ_after − θ_before‖ / ‖θ_before‖, mean over (batch, head); NaN from a zero state."""
+    b = [w.expand_as(a) for w, a in zip(before, after, strict=True)]
+    moved = state_norm([x - y for x, y in zip(after, b, strict=True)])
+    base = state_norm(b)
+    return torch.where(base > 0, moved / base.clamp_min(1e-30), torch.nan).mean()
+
+
+def mean_finite(values: Sequence[Tensor]) -> Tensor | None:
+    """The mean of the finite entries (None if there are none)."""
+    t = torch.stack(list(values)).float()
+    ok = torch.isfinite(t)
+    return t[ok].mean() if bool(ok.any()) else None
+
+
+def branch_share(o: Tensor, q: Tensor) -> Tensor:
+    """‖o − q‖ / ‖o‖ per token (last dim), mean: the memory branch's share of a residual read."""
+    o, q = o.detach().float(), q.detach().float()
+    return ((o - q).norm(dim=-1) / o.norm(dim=-1).clamp_min(1e-12)).mean()
 
 
 def gate_means(**gates: Tensor | float | None) -> dict[str, Tensor | float | None]:

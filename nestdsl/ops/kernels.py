@@ -50,6 +50,7 @@ class MemoryCall:
     T: int | None = None             # None: checked per call (plans are made before data)
     joint: bool = False              # a chunk step inside a joint loop (Hope's self-modifying
                                      # layer): only chunk-step kernels apply
+    normalized_lr: bool = False      # the per-layer normalised step (rule.normalized_lr)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def _refuse_triton(c: MemoryCall) -> str | None:
         return "linear memory: the Triton scan is for MLP memories (fla serves linear ones)"
     from . import triton_mlp
 
+    if c.normalized_lr:
+        return triton_mlp.NO_NORMALIZED_LR
     return triton_mlp.supports(spec=c.memory, objective=c.objective, d_key=c.d_key,  # type: ignore[arg-type]
                                d_value=c.d_value, T=c.T if c.T is not None else c.chunk_size,
                                chunk_size=c.chunk_size, dtype=c.dtype, device=c.device)

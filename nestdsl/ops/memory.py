@@ -108,6 +108,20 @@ def _match_later_states(weights: tuple[Tensor, ...], moms: tuple[Tensor, ...] | 
     return fix(weights), None if moms is None else fix(moms)
 
 
+def _layer_inputs(spec: MLPMemory) -> Callable:
+    """Each weight's input a_i of an MLP memory, written out plainly for the oracle."""
+    act = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+           "relu": torch.relu, "tanh": torch.tanh}[spec.activation]
+
+    def inputs(ws, x):
+        out = [x]
+        for w in ws[:-1]:
+            out.append(act(out[-1] @ w.mT))
+        return out
+
+    return inputs
+
+
 def memory_scan(
     q: Tensor,
     k: Tensor,
@@ -127,6 +141,7 @@ def memory_scan(
     erase: str = "eta",
     norm: NormParams = None,
     checkpoint_every: int | None = None,
+    normalized_lr: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Run an associative memory over a sequence (see the module docstring for the equations).
 
@@ -154,6 +169,8 @@ def memory_scan(
         checkpoint_every: G — fast path under autograd: save the state only every G chunks
             (blocks) and recompute inside a group in backward; same values and gradients, far
             fewer saved bytes (None: save every chunk's intermediates).
+        normalized_lr: MLP memories only — the per-layer normalised step (NL Eq. 57 applied to
+            each weight with its own input): W_i steps with η_t / (ε + ‖a_{i,t}‖²).
     Returns:
         (o (B, H, T, Dv) in q's dtype, final ``MemoryState`` in float32 — or float64 for
         float64 inputs). Passing the state back continues the sequence exactly, provided the
@@ -190,6 +207,9 @@ def memory_scan(
             f"into a chunk of size {chunk_size}. Split streams at multiples of chunk_size.")
     if state is not None and momentum is None and state.momentum is not None:
         raise ValueError("state carries momentum buffers but momentum=None")
+    if normalized_lr and not isinstance(memory, MLPMemory):
+        raise ValueError("normalized_lr applies to MLP memories (a linear memory's normalised "
+                         "step is the dgd erase 'normalized' or unit-norm keys)")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive int or None; got {checkpoint_every!r}")
 
@@ -233,7 +253,7 @@ def memory_scan(
         o, w_out, s_out = reference_scan(
             qc, kc, vc, forward=fwd, objective=obj, rule=rule, lr=lr_t, retention=ret_t,
             momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms,
-            erase=erase)
+            erase=erase, layer_inputs=_layer_inputs(memory) if normalized_lr else None)
         new_state = MemoryState(tuple(w_out), None if s_out is None else tuple(s_out))
     else:
         if compile:
@@ -258,6 +278,7 @@ def memory_scan(
             from . import triton_mlp
 
             why = (f"memory {memory!r} is not an MLP memory" if memory == "linear" else
+                   triton_mlp.NO_NORMALIZED_LR if normalized_lr else
                    triton_mlp.supports(spec=memory, objective=obj, d_key=Dk, d_value=Dv, T=T,
                                        chunk_size=chunk_size, dtype=q.dtype, device=dev))
             if why is not None:
@@ -272,7 +293,7 @@ def memory_scan(
             step = compiled_step("mlp") if compile else mlp_chunk_step
             nrm = None if norm is None else tuple(p.to(cd) for p in norm)
             o, new_state = mlp_scan_chunked(qc, kc, vc, spec=memory, step=step, norm=nrm,
-                                            **common)
+                                            normalized_lr=normalized_lr, **common)
 
     offset = T % chunk_size if chunk_size > 1 else 0
     return o.to(q.dtype), MemoryState(new_state.weights, new_state.momentum, offset)

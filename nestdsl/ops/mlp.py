@@ -26,7 +26,7 @@ from torch import Tensor
 from .blockform import _mm
 
 __all__ = ["MLPMemory", "ACTIVATIONS", "NormParams", "mlp_forward", "mlp_forward_cached",
-           "mlp_backward", "output_grad"]
+           "mlp_backward", "output_grad", "normalized_lrs", "NLMS_EPS"]
 
 #: (gain, bias) of the inner LayerNorm per head: each (…, Dv), broadcastable to the leading dims
 #: of the input without its token axis, e.g. (H, Dv) for x (B, H, N, Dk). None = (1, 0).
@@ -36,7 +36,11 @@ NormParams = tuple[Tensor, Tensor] | None
 def _per_token(norm: NormParams) -> NormParams:
     """(…, Dv) → (…, 1, Dv): broadcast over the token axis."""
     return None if norm is None else (norm[0].unsqueeze(-2), norm[1].unsqueeze(-2))
+
+
 LN_EPS = 1e-5
+#: ε of the per-layer normalised step η/(ε + ‖a‖²): keeps a (near-)zero layer input finite
+NLMS_EPS = 1e-6
 
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh")
 
@@ -202,3 +206,14 @@ def mlp_backward(weights: Sequence[Tensor], pre: Sequence[Tensor], out_grad: Ten
         back = _mm(deltas[0], weights[i])                       # ∂ℓ/∂a_i
         deltas.insert(0, back * _act_grad(pre[i - 1], spec.activation))
     return deltas
+
+
+def normalized_lrs(eta: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Per-layer normalised steps η_{i,t} = η_t / (ε + ‖a_{i,t}‖²) (NL paper Eq. 57, normalised
+    LMS, applied to each weight with its own input a_i; ``mlp_forward_cached``'s inputs).
+
+    A gradient step on W_i is δ_i a_iᵀ, which moves that layer's output on its own input by
+    δ_i ‖a_i‖²: dividing by ‖a_i‖² makes the write's size independent of the weights' and keys'
+    scale, so η ∈ (0, 1) is the fraction of the error each layer corrects (DeltaNet's β).
+    """
+    return [eta / (NLMS_EPS + (a * a).sum(-1)) for a in inputs]

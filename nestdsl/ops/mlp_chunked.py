@@ -40,6 +40,7 @@ from .mlp import (
     mlp_backward,
     mlp_forward,
     mlp_forward_cached,
+    normalized_lrs,
     output_grad,
 )
 from .objectives import Objective, get_objective
@@ -64,6 +65,7 @@ def mlp_chunk_step(
     read: str = "after",
     erase: str = "eta",
     norm: NormParams = None,
+    normalized_lr: bool = False,
 ) -> tuple[Tensor | None, MemoryState]:
     """Advance an MLP memory over one chunk of L ≤ C tokens (gradients at the chunk start).
 
@@ -78,6 +80,8 @@ def mlp_chunk_step(
         spec, objective, rule ("gd" | "dgd"), read ("after" | "before" | "chunk").
         erase: DGD's erase rate ε (``blockform.ERASES``); ignored for gd.
         norm: (gain, bias) of the inner norm when ``spec.norm``, each (H, Dv) (None: 1, 0).
+        normalized_lr: each weight W_i steps with its own η_{i,t} = η_t / (ε + ‖a_{i,t}‖²), a_i
+            its layer's input (``mlp.normalized_lrs``); DGD's erase uses W_0's η_{0,t}.
     Returns:
         (o_c (B, H, L, Dv) or None, state at the end of the chunk, weights (B, H, out, in)).
     """
@@ -115,13 +119,13 @@ def mlp_chunk_step(
     # 1. per-token gradients at θ_{c(t)}: ∂ℓ/∂W_i = δ_i a_iᵀ
     z, inputs, pre = mlp_forward_cached(Ws, k_c, spec)
     deltas = mlp_backward(Ws, pre, output_grad(k_c, z, v_c, spec, norm, obj.grad), spec)
-    neg_eta = -eta[..., None]
-    Eds = [neg_eta * d for d in deltas]                           # d_{i,t} = −η_t δ_{i,t}
+    etas = normalized_lrs(eta, inputs) if normalized_lr else [eta] * len(Ws)
+    Eds = [-e[..., None] * d for e, d in zip(etas, deltas, strict=True)]   # d_{i,t} = −η_{i,t} δ_{i,t}
 
     # 3. DGD on the key-multiplying weight: f_t = −ε_t W_{0,t−1} k_t
     Ef0 = None
     if rule == "dgd":
-        phi = -erase_rate(erase, eta, alpha, k_c)
+        phi = -erase_rate(erase, etas[0], alpha, k_c)
         Y = solve_prefix(Ws[0], Ss[0], k_c, dec, phi=phi, psi=None, delta=Eds[0])
         Ef0 = phi[..., None] * Y
     Efs = [Ef0] + [None] * (len(Ws) - 1)
@@ -155,7 +159,7 @@ def mlp_scan_chunked(
     q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: Tensor | None,
     momentum: Tensor | None, state: MemoryState, spec: MLPMemory, objective: Objective,
     rule: str, read: str, chunk_size: int, erase: str = "eta", norm: NormParams = None,
-    step=mlp_chunk_step, group: int | None = None,
+    step=mlp_chunk_step, group: int | None = None, normalized_lr: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Run an MLP memory over (B, H, T, ·) chunk by chunk (a Python loop over chunks, so a
     compiled ``step`` stays one chunk long whatever T is); `group`: see ``scan_blocks``. The
@@ -166,4 +170,4 @@ def mlp_scan_chunked(
     dec = block_decays(alpha, beta, chunk_size)     # over the step's flattened (B·H, …) gates
     return scan_blocks(step, state, chunk_size, (q, k, v, lr, retention, momentum, dec),
                        group=group, objective=objective, rule=rule, read=read, spec=spec,
-                       erase=erase, norm=norm)
+                       erase=erase, norm=norm, normalized_lr=normalized_lr)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .mlp import NLMS_EPS
 from .objectives import Objective
 
 __all__ = ["reference_scan"]
@@ -42,6 +43,7 @@ def reference_scan(
     weights: Sequence[Tensor],
     moms: Sequence[Tensor] | None,
     erase: str = "eta",
+    layer_inputs: Callable[[Sequence[Tensor], Tensor], list[Tensor]] | None = None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
     """Token-by-token scan.
 
@@ -50,6 +52,9 @@ def reference_scan(
         forward: ``(weights, x (B, H, N, Dk)) -> (B, H, N, Dv)``, the memory M(θ; x).
         lr, retention, momentum: (B, H, T) per-token η, α, β (``None``: α = 1 / no momentum).
         weights: θ_0, each (B, H, out, in). moms: S_0 (same shapes) or None.
+        layer_inputs: the per-layer normalised step (Eq. 57 per weight): ``(weights, x) ->
+            [a_0, a_1, …]``, each weight's input at θ_{c(t)}; W_i then steps with
+            η_t / (ε + ‖a_i‖²) (and DGD erases with W_0's). None: one η_t for every weight.
     Returns:
         (o (B, H, T, Dv), final weights, final momentum or None).
     """
@@ -67,6 +72,10 @@ def reference_scan(
             anchor = theta
         qt, kt, vt = q[:, :, t], k[:, :, t], v[:, :, t]
         eta = lr[:, :, t, None, None]
+        etas = [eta] * len(theta)
+        if layer_inputs is not None:                               # η_{i,t} = η_t/(ε + ‖a_i‖²)
+            etas = [eta / (NLMS_EPS + (a[:, :, 0] ** 2).sum(-1)[..., None, None])
+                    for a in layer_inputs(anchor, kt[:, :, None])]
         if read == "before":
             outs.append(forward(theta, qt[:, :, None])[:, :, 0])
         elif read == "chunk":
@@ -76,20 +85,21 @@ def reference_scan(
 
         if S is not None:                                          # S_t = β_t S_{t−1} − η_t g_t
             beta = momentum[:, :, t, None, None]
-            S = [beta * s - eta * gi for s, gi in zip(S, g, strict=True)]
+            S = [beta * s - e * gi for s, e, gi in zip(S, etas, g, strict=True)]
             step = S
         else:                                                      # S_t = −η_t g_t
-            step = [-eta * gi for gi in g]
+            step = [-e * gi for e, gi in zip(etas, g, strict=True)]
 
         alpha = torch.ones_like(eta) if retention is None else retention[:, :, t, None, None]
         kept = [alpha * w for w in theta]                          # θ_{t−1} α_t
         if rule == "dgd":                                          # − ε_t θ_{t−1} k_t k_tᵀ on W_0
+            eta0 = etas[0]
             if erase == "eta":
-                eps = eta
+                eps = eta0
             elif erase == "normalized":
-                eps = eta / (1 + eta * (kt * kt).sum(-1)[..., None, None])
+                eps = eta0 / (1 + eta0 * (kt * kt).sum(-1)[..., None, None])
             elif erase == "retained":
-                eps = alpha * eta
+                eps = alpha * eta0
             else:
                 raise ValueError(f"unknown erase {erase!r}")
             w0 = theta[0]

@@ -57,6 +57,8 @@ LAUNCHES = 0
 ACT_CODES = {"silu": 0, "gelu": 1, "relu": 2, "tanh": 3}
 READ_CODES = {"after": 0, "before": 1, "chunk": 2}
 ERASE_CODES = {"eta": 0, "normalized": 1, "retained": 2}
+#: why the kernel refuses the per-layer normalised step (the torch chunk step computes it)
+NO_NORMALIZED_LR = "normalized_lr: the kernel steps every weight with one η (no per-layer ‖a‖²)"
 
 
 def available() -> bool:
@@ -1018,12 +1020,14 @@ def triton_chunk_step(state: MemoryState, q_c: Tensor | None, k_c: Tensor, v_c: 
                       lr_c: Tensor | float, retention_c: Tensor | float | None,
                       momentum_c: Tensor | float | None, dec: Any = None, *, spec: MLPMemory,
                       objective: Objective, rule: str = "gd", read: str = "after",
-                      erase: str = "eta", norm: NormParams = None
+                      erase: str = "eta", norm: NormParams = None, normalized_lr: bool = False
                       ) -> tuple[Tensor | None, MemoryState]:
     """``mlp_chunk_step``'s contract on one chunk through the two kernels (Hope's joint loop,
     whose memories generate each other's inputs chunk by chunk). `dec` is unused (the kernel
     builds its decays); q_c None writes without reading. The chunk's length must satisfy
     ``supports`` (the caller falls back to the torch step otherwise)."""
+    if normalized_lr:
+        raise ValueError(NO_NORMALIZED_LR)
     B, H, L, _ = k_c.shape
     like = k_c[..., 0].to(torch.float32)
     ws = tuple(w.to(torch.float32).expand(B, H, *w.shape[-2:]).contiguous()

@@ -128,6 +128,12 @@ class Rule(Node):
         description="divide eta by the head dimension (TTT's eta/d; titans-pytorch's loss is a "
                     "mean over dimensions): the step stays bounded by scale/d whatever the width",
     )
+    normalized_lr: bool = Field(
+        default=False,
+        description="mlp memories: per-layer normalised step (NL Eq. 57 applied to each weight "
+                    "with its own input a): W_i steps with eta/(eps + |a_i|^2), so eta in (0, 1) is "
+                    "the fraction of the error each layer corrects, whatever the weights' scale",
+    )
     clip: float | None = Field(
         default=None, gt=0,
         description="soft-clip the surprise: the prediction error's norm is capped smoothly at "
@@ -171,6 +177,13 @@ class Memory(Node):
         default=None,
         description="inner LayerNorm on the memory's output before the residual, x + LN(MLP(x)) "
                     "(TTT, titans-pytorch); bounds predictions so deep memories stay finite",
+    )
+    norm_gain: float = Field(
+        default=1.0, gt=0,
+        description="initial gain of the inner LayerNorm (outer-learned afterwards): the memory "
+                    "branch's size in x + LN(MLP(x)) at init; LN rescales the MLP's output to norm "
+                    "~sqrt(d_head) x gain against |x| = 1, so gain 1 lets the memory's writes "
+                    "swamp the residual (see docs/hope-dynamics.md)",
     )
     init: Literal["zeros", "learned"] | None = Field(
         default=None,

@@ -23,7 +23,7 @@ def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 
               read: str = "chunk", adaptive: list[str] | None = None,
               mem_rule: dict[str, Any] | None = None, proj_rule: dict[str, Any] | None = None,
               conv: int = 4, mem_writes: str = "grad", v_norm: bool = False,
-              values: str = "self") -> dict[str, Any]:
+              values: str = "self", mem_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     mem_rule = mem_rule if mem_rule is not None else {
         "kind": "dgd", "lr": {"learned": "sigmoid", "scale": 0.5},
         "retention": {"learned": "sigmoid", "init": 0.9},
@@ -37,7 +37,8 @@ def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 
         "model": {"vocab": 16, "width": width, "depth": 1, "heads": heads, "pattern": ["b"]},
         "levels": {"cm": {"every": f"{c_mem} tokens"}, "co": {"every": f"{c_other} tokens"}},
         "memories": {
-            "titans": {**mlp, "rule": mem_rule, "level": "cm", "read": read, "writes": mem_writes},
+            "titans": {**mlp, "rule": mem_rule, "level": "cm", "read": read, "writes": mem_writes,
+                       **(mem_extra or {})},
             "projection": {**mlp, "rule": proj_rule, "level": "co", "read": "chunk"},
         },
         "blocks": {"b": {"layers": [{
@@ -72,16 +73,29 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
     rules = {n: (layer.mem_rule if n == "mem" else layer.proj_rule) for n in names}
     chunk = {n: (layer.c_mem if n == "mem" else layer.c_other) for n in names}
 
-    def M(ws: list[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
-        """Residual MLP memory, Eq. 89: M(u) = u + W_1 σ(W_2 u); ws = [W_2 (B,h,d), W_1 (B,d,h)]."""
+    def M(ws: list[torch.Tensor], u: torch.Tensor, n: str = "") -> torch.Tensor:
+        """Residual MLP memory, Eq. 89: M(u) = u + W_1 σ(W_2 u); ws = [W_2 (B,h,d), W_1 (B,d,h)];
+        with an inner norm (memory `n` has one): u + LN(W_1 σ(W_2 u)) with its gain and bias."""
         hidden = F.silu(torch.einsum("bhi,bi->bh", ws[0], u))
-        return u + torch.einsum("boh,bh->bo", ws[1], hidden)
+        branch = torch.einsum("boh,bh->bo", ws[1], hidden)
+        if n in layer.norms:
+            gain, bias = layer.norms[n]()
+            branch = F.layer_norm(branch, (branch.shape[-1],), gain[0], bias[0], eps=1e-5)
+        return u + branch
 
-    def inner_grad(ws: list[torch.Tensor], k: torch.Tensor, target: torch.Tensor) -> tuple:
+    def inner_grad(ws: list[torch.Tensor], k: torch.Tensor, target: torch.Tensor, n: str) -> tuple:
         """∇_θ ½‖M(θ; k) − v̂‖², v̂ a constant of the inner problem (Eq. 85)."""
         def loss(w: tuple) -> torch.Tensor:
-            return 0.5 * (M(list(w), k) - target).pow(2).sum()
+            return 0.5 * (M(list(w), k, n) - target).pow(2).sum()
         return torch.func.grad(loss)(tuple(ws))
+
+    def layer_etas(eta: torch.Tensor, ws: list[torch.Tensor], k: torch.Tensor, n: str) -> list:
+        """η per weight: η/(ε + ‖a_i‖²) with a_i the weight's input (k, then σ(W_2 k)) under the
+        per-layer normalised step (Eq. 57 per layer), else η for both."""
+        if not rules[n].normalized_lr:
+            return [eta, eta]
+        a = [k, F.silu(torch.einsum("bhi,bi->bh", ws[0], k))]
+        return [eta / (1e-6 + ai.pow(2).sum(-1)) for ai in a]
 
     theta = {n: [p[0].expand(B, *p.shape[1:]) for p in layer.theta0[n]] for n in names}
     S = {n: [torch.zeros_like(w) for w in theta[n]] for n in names}
@@ -121,32 +135,35 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
         q, k, v = F.normalize(qkv["q"], dim=-1), F.normalize(qkv["k"], dim=-1), qkv["v"]
         if layer.v_norm:                        # v_t / ‖v_t‖ (v_norm)
             v = F.normalize(v, dim=-1)
-        feats = {r: M(anchor[r], xt) for r in ("eta", "alpha") if r in layer.roles}
-        o_before = M(theta["mem"], q)
+        feats = {r: M(anchor[r], xt, r) for r in ("eta", "alpha") if r in layer.roles}
+        o_before = M(theta["mem"], q, "mem")
         for n in names:
             group = "mem" if n == "mem" else "proj"
             eta, alpha, beta = (gate(group, role, xt, feats) for role in ("lr", "retention", "momentum"))
             # v̂_{□,t} = M_□(v_t) (Eq. 84), or the shared v_t (Eq. 79)
-            target = M(anchor[n], v) if layer.values == "self" else v
-            g = inner_grad(anchor[n], k, target)                  # ∇ℓ at θ_{c(t)}
+            target = M(anchor[n], v, n) if layer.values == "self" else v
+            g = inner_grad(anchor[n], k, target, n)               # ∇ℓ at θ_{c(t)}
+            etas = layer_etas(eta, anchor[n], k, n)
             if beta is not None:                                  # S_t = β S_{t−1} − η g
-                S[n] = [beta[:, None, None] * s - eta[:, None, None] * gi for s, gi in zip(S[n], g, strict=True)]
+                S[n] = [beta[:, None, None] * s - e[:, None, None] * gi
+                        for s, gi, e in zip(S[n], g, etas, strict=True)]
                 step = S[n]
             else:
-                step = [-eta[:, None, None] * gi for gi in g]
+                step = [-e[:, None, None] * gi for gi, e in zip(g, etas, strict=True)]
             a = 1.0 if alpha is None else alpha[:, None, None]
             kept = [a * w for w in theta[n]]                      # α_t θ_{t−1}
             if rules[n].kind == "dgd":                            # Eq. 88: W_2(α I − η k kᵀ)
                 Wk = torch.einsum("bhi,bi->bh", theta[n][0], k)
-                kept[0] = kept[0] - eta[:, None, None] * Wk[:, :, None] * k[:, None, :]
+                # (η of W_2: η/‖k‖² under the normalised step, so α I − η k kᵀ/‖k‖²)
+                kept[0] = kept[0] - etas[0][:, None, None] * Wk[:, :, None] * k[:, None, :]
             theta[n] = [w + s for w, s in zip(kept, step, strict=True)]  # + S_t
         read = layer.mem_rule.read
         if read == "after":                                       # o_t = M(θ_t; q_t)
-            o = M(theta["mem"], q)
+            o = M(theta["mem"], q, "mem")
         elif read == "before":                                    # o_t = M(θ_{t−1}; q_t)
             o = o_before
         else:                                                     # o_t = M(θ_{c(t)}; q_t)
-            o = M(anchor["mem"], q)
+            o = M(anchor["mem"], q, "mem")
         outs.append(o)
     o = torch.stack(outs, dim=1)                                  # (B, T, d)
     if layer.output_gate:
@@ -178,6 +195,16 @@ CASES = [
     pytest.param(4, 2, "after", {"v_norm": True}, id="Cmem4-Cother2-after-v-norm"),
     pytest.param(1, 1, "chunk", {"v_norm": True, "conv": 0}, id="C1-chunk-v-norm-no-conv"),
     pytest.param(4, 2, "after", {"values": "shared"}, id="Cmem4-Cother2-after-shared-values"),
+    # the parameterisation choices of docs/hope-dynamics.md: inner norm with its gain init, and
+    # the per-layer normalised step
+    pytest.param(4, 2, "after", {"mem_extra": {"norm": True, "norm_gain": 0.1}},
+                 id="Cmem4-Cother2-after-inner-norm-gain"),
+    pytest.param(4, 2, "after", {"mem_extra": {"norm": True, "norm_gain": 0.1}, "mem_rule": {
+        "kind": "dgd", "lr": {"learned": "sigmoid", "scale": 0.5}, "normalized_lr": True,
+        "retention": {"learned": "sigmoid", "init": 0.9},
+        "momentum": {"learned": "sigmoid", "init": 0.5}}}, id="Cmem4-Cother2-after-normalized-lr"),
+    pytest.param(1, 1, "chunk", {"mem_rule": {"kind": "gd", "lr": 0.5, "normalized_lr": True}},
+                 id="C1-gd-normalized-lr-const"),
 ]
 
 

@@ -235,8 +235,8 @@ def test_block_decays_equal_per_block_decays(momentum, T):
         ref = decays(a[..., sl], None if b is None else b[..., sl])
         for f, r in zip(dec, ref, strict=True):
             assert (f is None) == (r is None)
-            if f is not None:
-                torch.testing.assert_close(f, r, atol=0, rtol=0)
+            if f is not None:   # the same products, batched: equal to the last ulp or two
+                torch.testing.assert_close(f, r, atol=0, rtol=1e-14)
         if weights is None:
             weights = [None if f is None else torch.randn_like(f) for f in dec]
 
@@ -252,3 +252,48 @@ def test_block_decays_equal_per_block_decays(momentum, T):
     g_ref = torch.autograd.grad(total(per_block), ins)
     for x, y in zip(g, g_ref, strict=True):
         torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
+
+
+# The per-layer normalised step (rule.normalized_lr): each MLP weight steps with
+# η / (ε + ‖its layer's input‖²). Every MLP memory, gd and DGD, constant and per-token gates.
+NORMALIZED = [(mem, "l2", rule, C, read, True, True, gates)
+              for mem in [m for m in MEMORIES if m != "linear"]
+              for rule in ("gd", "dgd") for C, read in ((1, "after"), (16, "after"), (3, "chunk"))
+              for gates in ("token", "const")]
+
+
+@pytest.mark.parametrize("case", NORMALIZED, ids=_id)
+def test_normalized_lr_chunked_matches_reference(case):
+    mem_name, objective, rule, C, read, use_mom, use_ret, gates = case
+    leaves, kw, ws = make_case(mem_name, gates, use_mom, use_ret, dtype=torch.float64)
+    kw.update(objective=objective, rule=rule, chunk_size=C, read=read, normalized_lr=True)
+    ref_out, ref_g = outputs_and_grads(leaves, kw, ws, "reference")
+    fast_out, fast_g = outputs_and_grads(leaves, kw, ws, "chunked")
+    plain_out, _ = outputs_and_grads(leaves, kw, ws, "reference", normalized_lr=False)
+    assert not torch.allclose(plain_out[0], ref_out[0])       # the field changes the recurrence
+    for i, (a, b) in enumerate(zip(ref_out, fast_out, strict=True)):
+        # float64: the two forms sum the same terms in another order (1e-9 on the 3-layer MLP)
+        torch.testing.assert_close(b, a, atol=1e-8 * max(1.0, a.abs().max().item()), rtol=1e-8,
+                                   msg=lambda m, i=i: f"out {i}: {m}")
+    for n in leaves:
+        a, b = ref_g[n], fast_g[n]
+        assert (a is None) == (b is None), n
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-8 * max(1.0, a.abs().max().item()),
+                                       rtol=1e-8, msg=lambda m, n=n: f"d{n}: {m}")
+
+
+def test_normalized_lr_step_is_the_fraction_of_the_error_corrected():
+    """One token, a linear-in-W layer: with η/‖a‖² a gd step on ½‖W a − v‖² moves W a by
+    η(v − W a) exactly (Eq. 57's NLMS): η = 1 solves the token."""
+    mem = MLPMemory(depth=1, hidden=4, residual=False)
+    g = torch.Generator().manual_seed(0)
+    (w,) = mem.init_weights(1, 4, 4, generator=g, dtype=torch.float64)
+    k = 3.0 * torch.randn(1, 1, 1, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 1, 1, 4, generator=g, dtype=torch.float64)
+    for eta in (0.3, 1.0):
+        _, st = memory_scan(k, k, v, memory=mem, objective="l2", lr=eta, chunk_size=1,
+                            state=MemoryState((w.unsqueeze(0),), None), impl="reference",
+                            normalized_lr=True)
+        before, after = k[0, 0] @ w[0].mT, k[0, 0] @ st.weights[0][0, 0].mT
+        torch.testing.assert_close(after - before, eta * (v[0, 0] - before), rtol=1e-5, atol=1e-9)

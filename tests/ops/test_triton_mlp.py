@@ -111,13 +111,17 @@ def test_triton_scan_matches_reference_and_chunked(case):
         scale = max(1.0, a.abs().max().item())
         torch.testing.assert_close(c, a, atol=tol * scale, rtol=tol, msg=lambda m, i=i: f"out {i}: {m}")
         torch.testing.assert_close(c, b, atol=tol * scale, rtol=tol, msg=lambda m, i=i: f"out {i}: {m}")
+    # Gradients sum T tokens' terms in three different orders; through the LayerNorm's 1/σ(z) the
+    # float32 rounding reached 4.4e-4 relative on one dk element of 4096 (the OMP_NUM_THREADS=1
+    # build's summation order): 6e-4 there; a wrong term in the kernel moves gradients by percents.
+    gtol = 6e-4 if norm else tol
     for n in leaves:
         a, b, c = ref_g[n], chk_g[n], tri_g[n]
         assert (a is None) == (c is None), n
         if a is not None:
             scale = max(1.0, a.abs().max().item())
-            torch.testing.assert_close(c, a, atol=tol * scale, rtol=tol, msg=lambda m, n=n: f"d{n}: {m}")
-            torch.testing.assert_close(c, b, atol=tol * scale, rtol=tol, msg=lambda m, n=n: f"d{n}: {m}")
+            torch.testing.assert_close(c, a, atol=gtol * scale, rtol=gtol, msg=lambda m, n=n: f"d{n}: {m}")
+            torch.testing.assert_close(c, b, atol=gtol * scale, rtol=gtol, msg=lambda m, n=n: f"d{n}: {m}")
 
 
 def test_triton_scan_without_grad_continues_a_stream():
