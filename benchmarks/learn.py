@@ -46,6 +46,9 @@ TASKS: dict[str, str] = {
     "niah2": "{task: niah, variant: 2, seq_len: 128, batch: 8}",
     "niah3": "{task: niah, variant: 3, seq_len: 128, batch: 8}",
     "default": "",   # the preset's own `data` and `train.steps`
+    # byte-level language modelling on a text file (NESTDSL_CORPUS, `--corpus`): scored in
+    # validation bits per byte instead of answer accuracy
+    "text": "{task: text, seq_len: 128, batch: 8, path: CORPUS}",
 }
 PRESETS = ["transformer", "deltanet", "titans-lmm", "titans-mal", "titans-mag", "hope",
            "hope-attention"]
@@ -69,7 +72,8 @@ def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> d
     path = spec_path(preset)
     if task == "default":
         steps = load_spec(path).train.steps
-    overrides = ([f"data={TASKS[task]}"] if TASKS[task] else []) + [
+    data = TASKS[task].replace("CORPUS", os.environ.get("NESTDSL_CORPUS", ""))
+    overrides = ([f"data={data}"] if data else []) + [
         f"train.seed={seed}", "train.compile=false", f"train.log_every={max(1, steps // 20)}",
         f"train.ckpt_every={steps}", *sets]
     spec = load_spec(path, overrides=overrides)
@@ -95,6 +99,13 @@ def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> d
         model = system.model.eval()
         data = make_task(spec.data, spec, run_dir)
         right = total = exact = seqs = 0
+        if task == "text":       # validation bits per byte (byte tokens: loss / ln 2)
+            with torch.no_grad():
+                losses = [float(model.loss(b.tokens, b.targets, b.loss_mask))
+                          for b in (data.batch(i, split="val") for i in range(EVAL_BATCHES))]
+            rec.update(bits_per_byte=sum(losses) / len(losses) / math.log(2),
+                       answer_acc=math.nan, exact_match=math.nan)
+            return rec
         with torch.no_grad():
             for i in range(EVAL_BATCHES):
                 b = data.batch(i, split="val")
@@ -130,6 +141,10 @@ def _table(records: list[dict[str, Any]]) -> str:
            f"{'tok/s':>7} {'nonfin':>6}"
     rows = [head, "-" * len(head)]
     for r in records:
+        if "bits_per_byte" in r:
+            rows.append(f"{r['preset']:16} {r['task']:7} {r['seed']:>4} bpb {r['bits_per_byte']:.3f} "
+                        f"{r['final_loss']:>7.3f} {r['tokens_per_s']:>7.0f} {r['nonfinite']!s:>6}")
+            continue
         rows.append(f"{r['preset']:16} {r['task']:7} {r['seed']:>4} {r['answer_acc']:>8.3f} "
                     f"{r['exact_match']:>7.3f} {r['final_loss']:>7.3f} {r['tokens_per_s']:>7.0f} "
                     f"{r['nonfinite']!s:>6}")
@@ -173,6 +188,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="spec override for every run, key.path=value")
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="text file for --tasks text (e.g. ../shared/data/tinyshakespeare.txt)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None)
     ap.add_argument("--one", nargs=3, metavar=("PRESET", "TASK", "SEED"), help=argparse.SUPPRESS)
@@ -182,6 +199,10 @@ def main() -> None:
         print(json.dumps(run_one(preset, task, int(seed), args.steps, args.sets)))
         return
 
+    if "text" in args.tasks:
+        if args.corpus is None:
+            ap.error("--tasks text needs --corpus FILE")
+        os.environ["NESTDSL_CORPUS"] = str(args.corpus.resolve())
     if args.presets == ["all"]:
         args.presets = sorted(p.stem for p in SPECS.glob("*.yaml"))
     grid = [(p, t, s) for p in args.presets for t in args.tasks for s in args.seeds]

@@ -63,6 +63,38 @@ def summary(label: str, rec: dict[str, Any]) -> str:
     return f"{label:<40} " + "  ".join(cells)
 
 
+def plot(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Layer 0's needle vs haystack sensitivity per point, coloured by verdict, with the
+    verdict thresholds (runtime/probe.py)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nestdsl.runtime.probe import CHAOTIC_FROM, DEAD_BELOW
+
+    colour = {"responsive": "tab:green", "chaotic": "tab:red", "dead": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    for rec in records:
+        if "error" in rec or not rec["layers"]:
+            continue
+        lp = rec["layers"][0]
+        ax.scatter(lp["haystack"], lp["needle"], c=colour[lp["verdict"]], s=22)
+        ax.annotate(rec["label"], (lp["haystack"], lp["needle"]), fontsize=6,
+                    xytext=(3, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.axhline(DEAD_BELOW, color="tab:orange", lw=0.8, ls="--")
+    ax.axvline(CHAOTIC_FROM, color="tab:red", lw=0.8, ls="--")
+    ax.axhline(CHAOTIC_FROM, color="tab:red", lw=0.8, ls="--")
+    ax.plot([1e-4, 3], [1e-4, 3], color="grey", lw=0.5)
+    ax.set_xlabel("haystack sensitivity (layer 0, isolated)")
+    ax.set_ylabel("needle sensitivity (layer 0, isolated)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("grid")
@@ -71,7 +103,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="run only these point labels")
     ap.add_argument("--out")
+    ap.add_argument("--png", help="draw layer 0's needle vs haystack per point")
+    ap.add_argument("--replot", help="only draw --png from this earlier --out JSON")
     args = ap.parse_args()
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+        plot(data["records"], Path(args.png), f"{data['spec']}: {Path(data['grid']).name}, "
+             f"steps {data['steps']}")
+        return
     grid = yaml.safe_load(Path(args.grid).read_text())
     todo = [(lbl, s) for lbl, s in points(grid) if not args.only or lbl in args.only]
     records: list[dict[str, Any]] = []
@@ -90,6 +129,8 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.png:
+        plot(records, Path(args.png), f"{grid['spec']}: {Path(args.grid).name}, steps {args.steps}")
 
 
 if __name__ == "__main__":

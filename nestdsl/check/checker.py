@@ -286,6 +286,11 @@ def _check_memories(ctx: _Ctx) -> None:
             ctx.add(base + ("residual",), f"`residual` on linear memory '{mname}' without `norm`",
                     "a linear memory's residual belongs to TTT-Linear's x + LN(W x): add "
                     "`norm: true`, or remove `residual`", "combination", key=True)
+        if mem.read_norm is not None and (mem.kind != "mlp" or mem.residual is False):
+            ctx.add(base + ("read_norm",), f"`read_norm` on memory '{mname}' without a residual",
+                    "`read_norm` normalises the branch M(q) - q of a residual mlp memory "
+                    "(x + W1 s(W2 x)); use `kind: mlp` with `residual: true`", "combination",
+                    key=True)
         if mem.kind != "mlp":
             for f in ("depth", "hidden", "activation") + (("residual",) if mem.kind != "linear" else ()):
                 if getattr(mem, f) is not None:

@@ -99,6 +99,27 @@ def _explain(system: Any, device: str, compiled: bool) -> None:
         out.print(f"[yellow]compile fallback[/yellow] {name}: {reason}")
 
 
+def _dynamics(spec_obj: Any, path: Path) -> None:
+    """The probe's verdicts at initialisation (runtime/probe.py): warn on dead or chaotic
+    memories, which train but do not learn to retrieve."""
+    from nestdsl.runtime.probe import probe
+
+    out.rule("memory dynamics at initialisation (nestdsl probe)")
+    if spec_obj.model.vocab < 128:
+        out.print("not probed: the probe feeds byte text and model.vocab < 128")
+        return
+    report = probe(spec_obj, sequences=8, source=str(path))
+    for lp in report.layers:
+        line = f"{lp.layer}: {lp.verdict} (needle {lp.needle:.3g}, haystack {lp.haystack:.3g})"
+        if lp.verdict == "responsive":
+            out.print(line, markup=False, highlight=False)
+        else:
+            why = ("nothing distant reaches its output: it cannot retrieve" if lp.verdict == "dead"
+                   else "its output moves by ~its own size with any distant change")
+            out.print(f"[yellow]warning[/yellow]: {line}: {why}; `nestdsl probe {path}` for the "
+                      "details, docs/probe.md")
+
+
 @app.command("compile")
 def compile_command(
     spec: Annotated[Path, typer.Argument(help="spec file")],
@@ -143,6 +164,7 @@ def compile_command(
             out.print(f"note: {n}")
         if explain:
             _explain(system, device, compiled=not no_compile)
+            _dynamics(spec_obj, spec)
             if system.model._compile_config.failures:   # show the fallbacks in the plan too
                 _print_wide(_plan_table(system))
         out.print(f"total parameters: {system.param_count:,}")

@@ -174,6 +174,8 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     else:
         text = f"{M} ← {kept} {step}"
     name = instance_name(mem, chunk)
+    if mem.norm and mem.norm_gain != 1.0:
+        name = ", ".join(x for x in (name, f"LN gain₀ = {mem.norm_gain:g}") if x)
     chunk_note = f"; {Mc} = state at chunk start (C = {chunk})" if chunk > 1 else ""
     return text + (f"  ({name})" if name else "") + chunk_note
 
@@ -181,6 +183,8 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
 def read_text(mem: ir.Memory) -> str:
     if mem.kind == "attention":
         return "softmax over cached k, v" + (f" (window {mem.window})" if mem.window else "")
+    if mem.read_norm is not None:   # the read's branch rescaled outside the inner loss
+        return READ_TEXT[mem.read] + f"; read q + g·RMSNorm(M(q) − q), g₀ = {mem.read_norm:g}"
     return READ_TEXT[mem.read]
 
 

@@ -92,7 +92,14 @@ from nestdsl.lower.common import (
     merge_heads,
     split_heads,
 )
-from nestdsl.lower.inner import NormParameters, erase_of, lr_divisor, memory_function, objective_of
+from nestdsl.lower.inner import (
+    NormParameters,
+    ReadNorm,
+    erase_of,
+    lr_divisor,
+    memory_function,
+    objective_of,
+)
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, kernels, mlp_chunk_step, mlp_forward
@@ -249,6 +256,9 @@ class SelfModifyingTitans(nn.Module):
             for r in self.roles:
                 self.norms[r] = NormParameters(H, d, gain["proj"])
 
+        # read-path normalisation of M_mem (memory.read_norm): q + g RMSNorm(M(q) − q)
+        self.read_norm = (ReadNorm(H, d, mem_ir.read_norm)
+                          if mem_ir is not None and mem_ir.read_norm is not None else None)
         # Static projections (not adaptive): q by default; k / v in the ablations.
         self.static = nn.ModuleDict({r: nn.Linear(width, width, bias=False)
                                      for r in ("q", "k", "v") if r not in self.roles})
@@ -553,6 +563,8 @@ class SelfModifyingTitans(nn.Module):
                                     rule=self.mem_rule.kind, read=self.mem_rule.read,
                                     erase=self.mem_rule.erase, norm=norm,
                                     normalized_lr=self.mem_rule.normalized_lr)
+            if self.read_norm is not None:
+                o = self.read_norm(o, q[:, :, sl])
             if record and telemetry.active():
                 with torch.no_grad():
                     kc, obj = k[:, :, sl], self.mem_rule.objective

@@ -16,7 +16,8 @@ from nestdsl.ops.objectives import Objective, get_objective, soft_clipped_l2
 from nestdsl.spec import ir
 from nestdsl.spec.resolve import DGD_ERASE
 
-__all__ = ["memory_function", "objective_of", "erase_of", "lr_divisor", "NormParameters"]
+__all__ = ["memory_function", "objective_of", "erase_of", "lr_divisor", "NormParameters",
+           "ReadNorm"]
 
 
 def memory_function(mem: ir.Memory, head_dim: int) -> str | MLPMemory:
@@ -71,3 +72,25 @@ class NormParameters(nn.Module):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.gain, self.bias
+
+
+class ReadNorm(nn.Module):
+    """Read-path normalisation of a residual memory: o = q + g ⊙ RMSNorm(M(q) − q), g per head
+    and dimension, initialised to the memory's ``read_norm`` (outer-learned).
+
+    Outside the inner loss: the writes fit x + M̃(x) as before; only what the layer reads is
+    rescaled, so the branch's size at initialisation is set by g, not by the MLP's small output
+    (NL paper Eq. 89 leaves the read's scale open). Applied to a read o = M(q) of any kernel.
+    """
+
+    eps = 1e-6
+
+    def __init__(self, heads: int, dim: int, gain: float) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.full((heads, dim), float(gain)))
+
+    def forward(self, o: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """o, q: (B, H, T, d)."""
+        branch = o - q
+        rms = torch.rsqrt(branch.pow(2).mean(-1, keepdim=True) + self.eps)
+        return q + branch * rms * self.gain.to(o.dtype)[:, None, :]

@@ -50,7 +50,14 @@ from nestdsl.lower.common import (
     split_heads,
 )
 from nestdsl.lower.equations import step_listing, update_equation
-from nestdsl.lower.inner import NormParameters, erase_of, lr_divisor, memory_function, objective_of
+from nestdsl.lower.inner import (
+    NormParameters,
+    ReadNorm,
+    erase_of,
+    lr_divisor,
+    memory_function,
+    objective_of,
+)
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, kernels, memory_scan, mlp_forward
@@ -104,6 +111,7 @@ class MemoryMixer(nn.Module):
         self.lr_divisor = lr_divisor(mem, d)
         fn = memory_function(mem, d)
         self.mlp: MLPMemory | None = None if fn == "linear" else fn
+        self.read_norm = ReadNorm(H, d, mem.read_norm) if mem.read_norm is not None else None
         self.norm = NormParameters(H, d, mem.norm_gain) if self.mlp is not None and self.mlp.norm else None
         self.init_weights = nn.ParameterList()
         if self.mlp is not None or mem.init == "learned":
@@ -180,6 +188,8 @@ class MemoryMixer(nn.Module):
         else:
             impl = "chunked" if kernel == "compiled" else kernel
             out = memory_scan(q, k, v, compile=False, impl=impl, **kw)
+        if self.read_norm is not None:      # memory.read_norm: q + g RMSNorm(M(q) − q)
+            out = (self.read_norm(out[0], q), out[1])
         self.probe.update(out[0])
         if telemetry.active():
             self._telemetry(q, k, v, kw, out[0])

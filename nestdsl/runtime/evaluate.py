@@ -18,10 +18,13 @@ from nestdsl.spec import ir
 
 @torch.no_grad()
 def _mean_loss_and_acc(
-    model: torch.nn.Module, task: Any, batches: int, device: str, split: str, *, accuracy: bool = True
+    model: torch.nn.Module, task: Any, batches: int, device: str, split: str, *, accuracy: bool = True,
+    token_acc: list[float] | None = None,
 ) -> tuple[float, float]:
-    """Token-weighted mean loss over the scored positions, and mean per-sample exact match."""
+    """Token-weighted mean loss over the scored positions, and mean per-sample exact match
+    (`token_acc`, if given, receives the answer-token accuracy)."""
     nll_sum, n_tok, accs = 0.0, 0.0, []
+    right = 0.0
     vocab = getattr(model, "vocab", None)
     if vocab is not None and task.vocab_size > vocab:
         raise DataError(f"the {task.name} task uses {task.vocab_size} token ids but the model's vocab is {vocab}")
@@ -35,6 +38,9 @@ def _mean_loss_and_acc(
         n_tok += float(m.sum())
         if accuracy:
             accs.append(float(task.accuracy(logits, targets, mask)))
+            right += float(((logits.argmax(-1) == targets).flatten().float() * m).sum())
+    if token_acc is not None:
+        token_acc.append(right / max(n_tok, 1.0))
     loss = nll_sum / max(n_tok, 1.0)
     return loss, (sum(accs) / len(accs) if accs else math.nan)
 
@@ -149,12 +155,16 @@ def evaluate(
         if task == "copy" and not isinstance(data, ir.CopyData):
             dspec = ir.CopyData(task="copy", seq_len=data.seq_len, batch=data.batch)
         t = make_task(dspec)
-        loss, acc = _mean_loss_and_acc(model, t, batches, device, "val")
-        result = {"loss": loss, "accuracy": acc}
-        table = Table(title=f"{dspec.task} · {spec.name}")
-        table.add_column("loss", justify="right")
-        table.add_column("accuracy", justify="right")
-        table.add_row(f"{loss:.4f}", f"{100 * acc:.1f}%")
+        per_token: list[float] = []
+        loss, acc = _mean_loss_and_acc(model, t, batches, device, "val", token_acc=per_token)
+        chance = getattr(t, "answer_chance", None)
+        result = {"loss": loss, "answer_accuracy": per_token[0], "exact_match": acc,
+                  "chance": chance}
+        table = Table(title=f"{dspec.task} · {spec.name} · {batches} held-out batches")
+        for col in ("loss", "answer accuracy", "exact match", "chance (per answer)"):
+            table.add_column(col, justify="right")
+        table.add_row(f"{loss:.4f}", f"{100 * per_token[0]:.1f}%", f"{100 * acc:.1f}%",
+                      "—" if chance is None else f"{100 * chance:.1f}%")
         console.print(table)
         return result
     raise AssertionError(task)  # pragma: no cover - checked above

@@ -185,6 +185,12 @@ class Memory(Node):
                     "~sqrt(d_head) x gain against |x| = 1, so gain 1 lets the memory's writes "
                     "swamp the residual (see docs/hope-dynamics.md)",
     )
+    read_norm: float | None = Field(
+        default=None, gt=0,
+        description="residual memories: the read becomes q + g * RMSNorm(M(q) - q), g an "
+                    "outer-learned gain per head and dimension initialised to this value; the "
+                    "inner loss still sees x + M~(x), so the writes are unchanged (None: off)",
+    )
     init: Literal["zeros", "learned"] | None = Field(
         default=None,
         description="initial state theta_0: learned (meta-learned; the only choice for mlp) or "

@@ -85,8 +85,8 @@ def test_hope_memory_attributes(hope: ir.Spec) -> None:
     assert "memory:titans" in owns and "state:titans" in owns
 
 
-def test_writes_stop_and_nested_cms(load_preset: Loader) -> None:
-    spec = load_preset(SPECS / "hope.yaml").model_copy(deep=True)
+def test_writes_stop_and_nested_cms(hope: ir.Spec) -> None:
+    spec = hope.model_copy(deep=True)
     spec.memories["titans"].writes = "stop"
     spec.cms["hope_cms"].mode = "nested"
     g = build_graph(spec)

@@ -206,7 +206,8 @@ def test_persistent_levels_and_classification():
 
 
 def test_hope_preset_levels():
-    spec = load_spec("specs/hope.yaml")
+    spec = load_spec("specs/hope.yaml", overrides=["data={task: niah, variant: 1, seq_len: 128, "
+                                                   "batch: 8}", "levels.cms_mid.every=64 tokens"])
     layer = CMSLayerModule.from_spec(spec.blocks["hope"].layers[1], BuildContext(spec, CompileConfig(enabled=False)))
     assert [(lv.kind, lv.tokens, lv.every_k, lv.signal) for lv in layer.levels] == [
         ("in-context", 16, 0, "task"), ("in-context", 64, 0, "task"), ("persistent", None, 4, "task")]

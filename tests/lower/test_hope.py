@@ -164,6 +164,9 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
             o = o_before
         else:                                                     # o_t = M(θ_{c(t)}; q_t)
             o = M(anchor["mem"], q, "mem")
+        if layer.read_norm is not None:                           # q + g RMSNorm(M(q) − q)
+            b = o - q
+            o = q + b * torch.rsqrt(b.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.read_norm.gain[0]
         outs.append(o)
     o = torch.stack(outs, dim=1)                                  # (B, T, d)
     if layer.output_gate:
@@ -205,6 +208,9 @@ CASES = [
         "momentum": {"learned": "sigmoid", "init": 0.5}}}, id="Cmem4-Cother2-after-normalized-lr"),
     pytest.param(1, 1, "chunk", {"mem_rule": {"kind": "gd", "lr": 0.5, "normalized_lr": True}},
                  id="C1-gd-normalized-lr-const"),
+    pytest.param(4, 2, "after", {"mem_extra": {"read_norm": 0.3}}, id="Cmem4-Cother2-after-read-norm"),
+    pytest.param(2, 2, "chunk", {"mem_extra": {"read_norm": 1.0, "norm": True}},
+                 id="C2-chunk-read-norm-and-inner-norm"),
 ]
 
 

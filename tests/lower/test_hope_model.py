@@ -98,7 +98,9 @@ def test_piecewise_task_sweep_equals_the_uncut_sweep(monkeypatch, dtype):
     whole number of lcm periods a piece holds."""
     from nestdsl.lower import sweep
 
-    spec = load_spec("specs/hope.yaml", overrides=["model.width=32", "model.heads=2"])
+    spec = load_spec("specs/hope.yaml", overrides=["model.width=32", "model.heads=2",
+                                                   "levels.cms_mid.every=64 tokens",
+                                                   "data={task: niah, variant: 1, seq_len: 128, batch: 8}"])
     torch.manual_seed(0)
     model = compile_spec(spec, compile=False).model.to(dtype)
     tokens = torch.randint(0, 256, (2, 256))

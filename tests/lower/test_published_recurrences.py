@@ -157,3 +157,25 @@ def test_ttt_presets_have_the_inner_norm_and_residual() -> None:
         mixer = _mixer(preset)
         assert mixer.mlp is not None and mixer.mlp.norm and mixer.mlp.residual, preset
         assert mixer.lr_divisor == mixer.d, preset
+
+
+def test_read_norm_rescales_only_the_read_branch() -> None:
+    """memory.read_norm: the read is q + g RMSNorm(M(q) − q) of the same memory, the state (the
+    writes) is untouched."""
+    torch.manual_seed(0)
+    spec = load_spec(SPECS / "titans-lmm.yaml", overrides=["memories.titans.residual=true",
+                                                           "memories.titans.read_norm=0.5"])
+    mixer = next(m for m in nestdsl.compile(spec, compile=False).model.modules()
+                 if isinstance(m, MemoryMixer))
+    mixer.double()
+    with torch.no_grad():
+        mixer.read_norm.gain.add_(0.1 * torch.randn_like(mixer.read_norm.gain))
+    q, k, v, gates = _inputs(mixer)
+    o, st = mixer.scan(q, k, v, gates, None)
+    rn, mixer.read_norm = mixer.read_norm, None
+    o_plain, st_plain = mixer.scan(q, k, v, gates, None)
+    b = o_plain - q
+    expected = q + b * torch.rsqrt(b.pow(2).mean(-1, keepdim=True) + 1e-6) * rn.gain[:, None, :]
+    torch.testing.assert_close(o, expected, rtol=1e-12, atol=1e-12)
+    for w, w_plain in zip(st.weights, st_plain.weights, strict=True):
+        torch.testing.assert_close(w, w_plain, rtol=0, atol=0)

@@ -149,3 +149,27 @@ def test_eval_niah_default_lengths_start_at_the_training_length(trained):
     assert r.exit_code == 0, r.output
     header = next(line for line in r.output.splitlines() if "variant" in line)
     assert re.findall(r"\d+", header) == ["32", "64", "128", "256"], header
+
+
+def test_recall_eval_reports_token_accuracy_exact_match_and_chance():
+    """The recall table's numbers, recomputed here from the model's predictions."""
+    import torch
+
+    import nestdsl
+    from nestdsl.runtime.evaluate import _mean_loss_and_acc
+    from nestdsl.runtime.tasks.copy import CopyTask
+    from nestdsl.spec import load_spec
+
+    torch.manual_seed(0)
+    model = nestdsl.compile(load_spec("specs/transformer.yaml"), compile=False).model.eval()
+    task = CopyTask(seq_len=32, batch=4, seed=0, length=8)
+    assert task.answer_chance == 1 / 254
+    per_token: list[float] = []
+    with torch.no_grad():
+        _, exact = _mean_loss_and_acc(model, task, 2, "cpu", "val", token_acc=per_token)
+        right = total = 0
+        for i in range(2):
+            b = task.batch(i, split="val")
+            ok = (model(b.tokens).argmax(-1) == b.targets) & b.loss_mask
+            right, total = right + int(ok.sum()), total + int(b.loss_mask.sum())
+    assert per_token[0] == right / total and 0 <= exact <= per_token[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ from nestdsl.lower import telemetry
 from nestdsl.runtime.probe import CHAOTIC_FROM, DEAD_BELOW, perturbed_niah, probe, verdict
 from nestdsl.spec import load_spec
 
-#: Hope's self-modifying layer as it was before the map: inner-norm gain 1 (the chaotic one)
-HOPE_GAIN_1 = ["memories.titans.norm_gain=1.0", "memories.titans.rule.normalized_lr=false",
+#: Hope's M_mem as it was before the map: inner LayerNorm at gain 1, no read norm (chaotic)
+HOPE_GAIN_1 = ["memories.titans.norm=true", "memories.titans.norm_gain=1.0",
+               "memories.titans.read_norm=null", "memories.titans.rule.normalized_lr=false",
                "memories.titans.rule.lr={learned: sigmoid, scale: 0.1}"]
 
 
@@ -46,6 +48,7 @@ def test_verdict_thresholds():
 @pytest.mark.parametrize("preset, overrides, expected", [
     ("titans-lmm", [], "responsive"),
     ("deltanet", [], "responsive"),
+    ("hope", [], "responsive"),
     ("hope", HOPE_GAIN_1, "chaotic"),
     ("hope", [*HOPE_GAIN_1, "memories.titans.rule.lr={learned: sigmoid, scale: 1.0e-6}"], "dead"),
 ])
@@ -92,3 +95,20 @@ def test_cli_probe_json_and_table():
     assert r.exit_code == 0 and "responsive" in r.output and "block 0.0 memory" in r.output
     r = runner.invoke(app, ["probe", "specs/titans-lmm.yaml", "--set", "model.vocab=64"])
     assert r.exit_code == 2 and "vocab 64" in r.output and "Traceback" not in r.output
+
+
+def test_compile_explain_warns_on_a_chaotic_memory(tmp_path):
+    """`compile --explain` runs the probe at initialisation and warns where a memory is chaotic."""
+    from nestdsl.spec import read_source
+
+    spec = tmp_path / "hope-gain-1.yaml"
+    text = read_source("specs/hope.yaml")
+    assert "    norm: false" in text and "    read_norm: 1.0" in text
+    spec.write_text(text.replace("    norm: false", "    norm: true").replace(
+        "    read_norm: 1.0", "    norm_gain: 1.0").replace(
+        "optimizer: optim/adamw.yaml", f"optimizer: {Path('specs/optim/adamw.yaml').resolve()}"))
+    r = CliRunner().invoke(app, ["compile", str(spec), "--explain", "--no-compile"])
+    assert r.exit_code == 0, r.output
+    assert "warning" in r.output and "chaotic" in r.output
+    r = CliRunner().invoke(app, ["compile", "specs/titans-lmm.yaml", "--explain", "--no-compile"])
+    assert r.exit_code == 0 and "responsive" in r.output and "warning" not in r.output

@@ -44,7 +44,10 @@ def test_metrics_record_every_memory_at_log_steps(tmp_path: Path) -> None:
 
 
 def test_hope_records_each_of_its_memories(tmp_path: Path) -> None:
-    _train(tmp_path, "hope", "data={task: copy, seq_len: 128, batch: 2, length: 8}", steps=2)
+    # the preset's own task (copy-8 at seq 32). At seq 128, where 111 identical PAD tokens follow
+    # the copy, the first M_mem (no inner norm since 2026-12-02) overshoots on the PADs instead:
+    # inner loss 23.6 before its writes, 39.3 after (docs/hope-dynamics.md)
+    _train(tmp_path, "hope", "data={task: copy, seq_len: 32, batch: 2, length: 8}", steps=2)
     mems = read_metrics(tmp_path / "run")[-1]["memories"]
     names = {n.rsplit(" ", 1)[-1] for n in mems}
     assert {"M_mem", "M_k", "M_v", "M_eta", "M_alpha"} <= names

@@ -50,7 +50,7 @@ def test_an_unset_residual_means_the_same_to_the_graph_and_the_compiler() -> Non
     _, spec = parse_text(_hope_without_residual(), "hope.yaml")
     # used by a self_modifying layer: Hope's residual MLP (Eq. 89), in the plan and in the graph
     graph = build_graph(spec)
-    assert "k + LN(MLP_θ_c(k))" in graph.nodes["memory:titans"]["update"]
+    assert "k + MLP_θ_c(k)" in graph.nodes["memory:titans"]["update"]
     layer = nestdsl.compile(spec, compile=False).model.blocks[0].slots[0].layer
     assert layer.mem_mlp.residual and layer.proj_mlp.residual
     # the same memory in a plain memory layer is a bare MLP (Titans), in both too

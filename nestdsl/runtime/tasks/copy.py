@@ -53,6 +53,11 @@ class CopyTask(Task):
                 f"(need seq_len >= {2 * self.length})"
             )
 
+    @property
+    def answer_chance(self) -> float:
+        """Accuracy of a uniform guess over the symbols, per answer token."""
+        return 1.0 / (self.vocab_size - _FIRST)
+
     def batch(self, step: int, split: str = "train") -> Batch:
         """Deterministic batch for ``(seed, step, split)``."""
         rng = make_rng(self.seed, step, split, "copy")

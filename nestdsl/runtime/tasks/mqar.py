@@ -71,6 +71,11 @@ class MQARTask(Task):
                 f"{self.num_queries} queries (need seq_len >= {need - 1})"
             )
 
+    @property
+    def answer_chance(self) -> float:
+        """Accuracy of a uniform guess over the values, per answer token."""
+        return 1.0 / self.n_values
+
     def batch(self, step: int, split: str = "train") -> Batch:
         """Deterministic batch for ``(seed, step, split)``."""
         rng = make_rng(self.seed, step, split, "mqar")
