@@ -286,6 +286,12 @@ def _check_memories(ctx: _Ctx) -> None:
             ctx.add(base + ("residual",), f"`residual` on linear memory '{mname}' without `norm`",
                     "a linear memory's residual belongs to TTT-Linear's x + LN(W x): add "
                     "`norm: true`, or remove `residual`", "combination", key=True)
+        if mem.rule is not None and mem.rule.normalized_lr and mem.kind == "linear" and not mem.norm:
+            ctx.add(base + ("rule", "normalized_lr"),
+                    f"`normalized_lr` on linear memory '{mname}' without `norm`",
+                    "the per-layer normalised step divides each MLP weight's step by its input's "
+                    "|a|^2; for a bare matrix use unit-norm keys or `erase: normalized` (dgd)",
+                    "combination", key=True)
         if mem.read_norm is not None and (mem.kind != "mlp" or mem.residual is False):
             ctx.add(base + ("read_norm",), f"`read_norm` on memory '{mname}' without a residual",
                     "`read_norm` normalises the branch M(q) - q of a residual mlp memory "

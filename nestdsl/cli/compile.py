@@ -99,16 +99,26 @@ def _explain(system: Any, device: str, compiled: bool) -> None:
         out.print(f"[yellow]compile fallback[/yellow] {name}: {reason}")
 
 
-def _dynamics(spec_obj: Any, path: Path) -> None:
+#: `--explain` probes models up to this size (a tiny preset takes ~4 s on one CPU thread; the
+#: paper-scale presets would take minutes: `nestdsl probe` runs it on purpose)
+EXPLAIN_PROBE_MAX_PARAMS = 20_000_000
+
+
+def _dynamics(spec_obj: Any, path: Path, params: int) -> None:
     """The probe's verdicts at initialisation (runtime/probe.py): warn on dead or chaotic
     memories, which train but do not learn to retrieve."""
     from nestdsl.runtime.probe import probe
 
     out.rule("memory dynamics at initialisation (nestdsl probe)")
-    if spec_obj.model.vocab < 128:
-        out.print("not probed: the probe feeds byte text and model.vocab < 128")
+    if params > EXPLAIN_PROBE_MAX_PARAMS:
+        out.print(f"not probed: {params:,} parameters (more than {EXPLAIN_PROBE_MAX_PARAMS:,}); "
+                  f"run `nestdsl probe {path}`")
         return
-    report = probe(spec_obj, sequences=8, source=str(path))
+    try:
+        report = probe(spec_obj, sequences=8, source=str(path))
+    except ValueError as e:          # a spec the probe cannot feed (e.g. not a byte vocabulary)
+        out.print(f"not probed: {e}", markup=False, highlight=False)
+        return
     for lp in report.layers:
         line = f"{lp.layer}: {lp.verdict} (needle {lp.needle:.3g}, haystack {lp.haystack:.3g})"
         if lp.verdict == "responsive":
@@ -164,7 +174,7 @@ def compile_command(
             out.print(f"note: {n}")
         if explain:
             _explain(system, device, compiled=not no_compile)
-            _dynamics(spec_obj, spec)
+            _dynamics(spec_obj, spec, system.param_count)
             if system.model._compile_config.failures:   # show the fallbacks in the plan too
                 _print_wide(_plan_table(system))
         out.print(f"total parameters: {system.param_count:,}")

@@ -139,7 +139,7 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     eta = _gate(rule.lr, "η")
     if rule.lr_per_dim:
         eta = f"{eta or '1'}/d"
-    if rule.normalized_lr and mem.kind == "mlp":   # per weight: η/‖a_i‖², a_i that layer's input
+    if rule.normalized_lr:   # per weight: η/‖a_i‖², a_i that layer's input (checker: not a bare matrix)
         eta = f"{eta or '1'}/‖a‖²"
     alpha = _gate(rule.retention, "α")
     beta = _gate(rule.momentum, "β") if rule.momentum is not None else None

@@ -176,7 +176,7 @@ class MemoryMixer(nn.Module):
                   chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
                   norm=self.norm() if self.norm is not None else None,
                   checkpoint_every=self._cfg.checkpoint_every,
-                  normalized_lr=self.rule.normalized_lr and self.mlp is not None)
+                  normalized_lr=self.rule.normalized_lr)
         kernel = kernels.choose(self.call(q, T=q.shape[2]), self.forced_kernel())
         step_name = f"{self.name}.step"
         if kernel == "compiled" and step_name not in self._cfg.failures:
@@ -214,7 +214,7 @@ class MemoryMixer(nn.Module):
             retention=self.rule.retention is not None, momentum=self.rule.momentum is not None,
             d_key=self.d, d_value=self.d, device=p.device if q is None else q.device,
             dtype=dtype, compile=self._cfg.enabled, training=torch.is_grad_enabled(), T=T,
-            normalized_lr=self.rule.normalized_lr and self.mlp is not None)
+            normalized_lr=self.rule.normalized_lr)
 
     def kernel_verdicts(self) -> tuple[str, list[tuple[str, str | None]]]:
         """(the kernel this layer runs, every candidate's verdict) for a planned call;

@@ -19,10 +19,9 @@ from nestdsl.spec import ir
 @torch.no_grad()
 def _mean_loss_and_acc(
     model: torch.nn.Module, task: Any, batches: int, device: str, split: str, *, accuracy: bool = True,
-    token_acc: list[float] | None = None,
-) -> tuple[float, float]:
-    """Token-weighted mean loss over the scored positions, and mean per-sample exact match
-    (`token_acc`, if given, receives the answer-token accuracy)."""
+) -> tuple[float, float, float]:
+    """Token-weighted mean loss over the scored positions, mean per-sample exact match, and the
+    answer-token accuracy (the accuracies are NaN with ``accuracy=False``)."""
     nll_sum, n_tok, accs = 0.0, 0.0, []
     right = 0.0
     vocab = getattr(model, "vocab", None)
@@ -39,10 +38,10 @@ def _mean_loss_and_acc(
         if accuracy:
             accs.append(float(task.accuracy(logits, targets, mask)))
             right += float(((logits.argmax(-1) == targets).flatten().float() * m).sum())
-    if token_acc is not None:
-        token_acc.append(right / max(n_tok, 1.0))
     loss = nll_sum / max(n_tok, 1.0)
-    return loss, (sum(accs) / len(accs) if accs else math.nan)
+    if not accs:
+        return loss, math.nan, math.nan
+    return loss, sum(accs) / len(accs), right / max(n_tok, 1.0)
 
 
 def load_model(spec: ir.Spec, spec_text: str, ckpt: Path, device: str) -> torch.nn.Module:
@@ -111,7 +110,7 @@ def evaluate(
                     skipped.append(f"S-NIAH-{v} needs length >= {lo}")
                     continue
                 t = niah.NIAHTask(seq_len=n, batch=data.batch, seed=data.seed + 1, variant=v)
-                _, acc = _mean_loss_and_acc(model, t, batches, device, "val")
+                _, acc, _ = _mean_loss_and_acc(model, t, batches, device, "val")
                 row[n] = acc
             grid[f"S-NIAH-{v}"] = row
             table.add_row(f"S-NIAH-{v}", *[f"{100 * row[n]:.1f}%" if n in row else "—" for n in lengths])
@@ -138,7 +137,7 @@ def evaluate(
             tspec = ir.TextData(task="text", path=str(path), seq_len=data.seq_len, batch=data.batch, seed=data.seed)
         t = _make_task(tspec, spec, _run_folder(ckpt))
         split = "val" if t.split_size("train") < t.num_tokens else "train"
-        loss, _ = _mean_loss_and_acc(model, t, batches, device, split, accuracy=False)
+        loss, _, _ = _mean_loss_and_acc(model, t, batches, device, split, accuracy=False)
         bpt = getattr(t, "bytes_per_token", 1.0)
         result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bpt}
         table = Table(title=f"text · {spec.name} · {path} ({split} split)")
@@ -155,15 +154,13 @@ def evaluate(
         if task == "copy" and not isinstance(data, ir.CopyData):
             dspec = ir.CopyData(task="copy", seq_len=data.seq_len, batch=data.batch)
         t = make_task(dspec)
-        per_token: list[float] = []
-        loss, acc = _mean_loss_and_acc(model, t, batches, device, "val", token_acc=per_token)
+        loss, acc, per_token = _mean_loss_and_acc(model, t, batches, device, "val")
         chance = getattr(t, "answer_chance", None)
-        result = {"loss": loss, "answer_accuracy": per_token[0], "exact_match": acc,
-                  "chance": chance}
+        result = {"loss": loss, "answer_accuracy": per_token, "exact_match": acc, "chance": chance}
         table = Table(title=f"{dspec.task} · {spec.name} · {batches} held-out batches")
         for col in ("loss", "answer accuracy", "exact match", "chance (per answer)"):
             table.add_column(col, justify="right")
-        table.add_row(f"{loss:.4f}", f"{100 * per_token[0]:.1f}%", f"{100 * acc:.1f}%",
+        table.add_row(f"{loss:.4f}", f"{100 * per_token:.1f}%", f"{100 * acc:.1f}%",
                       "—" if chance is None else f"{100 * chance:.1f}%")
         console.print(table)
         return result

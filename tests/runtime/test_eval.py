@@ -164,12 +164,11 @@ def test_recall_eval_reports_token_accuracy_exact_match_and_chance():
     model = nestdsl.compile(load_spec("specs/transformer.yaml"), compile=False).model.eval()
     task = CopyTask(seq_len=32, batch=4, seed=0, length=8)
     assert task.answer_chance == 1 / 254
-    per_token: list[float] = []
     with torch.no_grad():
-        _, exact = _mean_loss_and_acc(model, task, 2, "cpu", "val", token_acc=per_token)
+        _, exact, per_token = _mean_loss_and_acc(model, task, 2, "cpu", "val")
         right = total = 0
         for i in range(2):
             b = task.batch(i, split="val")
             ok = (model(b.tokens).argmax(-1) == b.targets) & b.loss_mask
             right, total = right + int(ok.sum()), total + int(b.loss_mask.sum())
-    assert per_token[0] == right / total and 0 <= exact <= per_token[0]
+    assert per_token == right / total and 0 <= exact <= per_token
