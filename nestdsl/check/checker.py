@@ -292,6 +292,12 @@ def _check_memories(ctx: _Ctx) -> None:
                     "the per-layer normalised step divides each MLP weight's step by its input's "
                     "|a|^2; for a bare matrix use unit-norm keys or `erase: normalized` (dgd)",
                     "combination", key=True)
+        if mem.renorm and mem.kind != "mlp":
+            ctx.add(base + ("renorm",), f"`renorm` on {mem.kind} memory '{mname}'",
+                    "`renorm` rescales an mlp memory's weight rows to their initial norms after "
+                    "each chunk; a linear memory starts from zeros (its rows' norms are 0) and "
+                    "attention has no weights: use `kind: mlp`, or remove `renorm`",
+                    "combination", key=True)
         if mem.read_norm is not None and (mem.kind != "mlp" or mem.residual is False):
             ctx.add(base + ("read_norm",), f"`read_norm` on memory '{mname}' without a residual",
                     "`read_norm` normalises the branch M(q) - q of a residual mlp memory "

@@ -97,6 +97,7 @@ from nestdsl.lower.inner import (
     ReadNorm,
     erase_of,
     lr_divisor,
+    lr_warmup_of,
     memory_function,
     objective_of,
 )
@@ -256,6 +257,9 @@ class SelfModifyingTitans(nn.Module):
             for r in self.roles:
                 self.norms[r] = NormParameters(H, d, gain["proj"])
 
+        # inner-lr warm-ups (rule.lr_warmup): η · min(1, (s + 1)/N) at outer step s
+        self.lr_warmups = nn.ModuleDict({g: w for g, m in (("mem", mem_ir), ("proj", proj_ir))
+                                         if m is not None and (w := lr_warmup_of(m)) is not None})
         # read-path normalisation of M_mem (memory.read_norm): q + g RMSNorm(M(q) − q)
         self.read_norm = (ReadNorm(H, d, mem_ir.read_norm)
                           if mem_ir is not None and mem_ir.read_norm is not None else None)
@@ -416,12 +420,17 @@ class SelfModifyingTitans(nn.Module):
         if g is None:
             return None
         div = rule.lr_divisor if role == "lr" else 1.0        # η / d_head (lr_per_dim)
+        warm = self.lr_warmups[group].factor if role == "lr" and group in self.lr_warmups else None
         key = f"{group}_{role}"
         if key not in self.gates:
-            return float(g) / div
+            if warm is None:
+                return float(g) / div
+            # a (B, H, l) gate, like a learned one: the chunk loop slices and concatenates it
+            return warm.expand(xs.shape[0], self.heads, xs.shape[1]) * (float(g) / div)
         mod = self.gates[key]
         out = mod(feats[GATE_SOURCE[role]]) if isinstance(mod, GeneratedGate) else mod(xs)
-        return out / div if div != 1.0 else out
+        out = out / div if div != 1.0 else out
+        return out if warm is None else out * warm
 
     def _target(self, v: Tensor, weights: tuple[Tensor, ...], mlp: MLPMemory, name: str) -> Tensor:
         """Memory `name`'s inner-loss target: v̂ = M(θ_c; v_t) (Eq. 84) or the shared v_t (Eq. 79)."""

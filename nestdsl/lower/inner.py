@@ -17,7 +17,7 @@ from nestdsl.spec import ir
 from nestdsl.spec.resolve import DGD_ERASE
 
 __all__ = ["memory_function", "objective_of", "erase_of", "lr_divisor", "NormParameters",
-           "ReadNorm"]
+           "ReadNorm", "LrWarmup", "lr_warmup_of", "set_outer_step"]
 
 
 def memory_function(mem: ir.Memory, head_dim: int) -> str | MLPMemory:
@@ -33,7 +33,7 @@ def memory_function(mem: ir.Memory, head_dim: int) -> str | MLPMemory:
         return MLPMemory(depth=1, hidden=head_dim, residual=mem.residual, norm=True)
     assert mem.depth and mem.hidden and mem.activation
     return MLPMemory(depth=mem.depth, hidden=mem.hidden * head_dim, activation=mem.activation,
-                     residual=mem.residual, norm=mem.norm)
+                     residual=mem.residual, norm=mem.norm, renorm=mem.renorm)
 
 
 def objective_of(mem: ir.Memory) -> Objective:
@@ -94,3 +94,38 @@ class ReadNorm(nn.Module):
         branch = o - q
         rms = torch.rsqrt(branch.pow(2).mean(-1, keepdim=True) + self.eps)
         return q + branch * rms * self.gain.to(o.dtype)[:, None, :]
+
+
+class LrWarmup(nn.Module):
+    """The inner-lr warm-up of ``rule.lr_warmup``: η is multiplied by ``factor``
+    = min(1, (s + 1)/N) at outer step s (set by the train loop through ``set_outer_step``).
+
+    ``factor`` is a persistent buffer: a checkpoint carries the value its model was trained
+    with, and a fresh model starts at step 0's 1/N. A tensor (not a Python float), so a compiled
+    graph reads it as an input instead of recompiling at every step.
+    """
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = int(steps)
+        self.register_buffer("factor", torch.tensor(min(1.0, 1.0 / self.steps)))
+
+    def set_step(self, step: int) -> None:
+        self.factor.fill_(min(1.0, (step + 1) / self.steps))
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}"
+
+
+def lr_warmup_of(mem: ir.Memory) -> LrWarmup | None:
+    """The memory's η warm-up module, or None without ``rule.lr_warmup``."""
+    rule = mem.rule or ir.Rule()
+    return LrWarmup(rule.lr_warmup) if rule.lr_warmup is not None else None
+
+
+@torch.no_grad()
+def set_outer_step(model: nn.Module, step: int) -> None:
+    """Tell every memory with an inner-lr warm-up the outer step about to be taken."""
+    for m in model.modules():
+        if isinstance(m, LrWarmup):
+            m.set_step(step)

@@ -55,6 +55,7 @@ from nestdsl.lower.inner import (
     ReadNorm,
     erase_of,
     lr_divisor,
+    lr_warmup_of,
     memory_function,
     objective_of,
 )
@@ -109,6 +110,7 @@ class MemoryMixer(nn.Module):
 
         self.erase = erase_of(mem)
         self.lr_divisor = lr_divisor(mem, d)
+        self.lr_warmup = lr_warmup_of(mem)        # η · min(1, (s + 1)/N) (rule.lr_warmup)
         fn = memory_function(mem, d)
         self.mlp: MLPMemory | None = None if fn == "linear" else fn
         self.read_norm = ReadNorm(H, d, mem.read_norm) if mem.read_norm is not None else None
@@ -171,6 +173,8 @@ class MemoryMixer(nn.Module):
         lr = g["lr"] if g["lr"] is not None else 1.0
         if self.lr_divisor != 1.0:
             lr = lr / self.lr_divisor
+        if self.lr_warmup is not None:
+            lr = lr * self.lr_warmup.factor
         kw = dict(memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
                   rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
                   chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
@@ -305,7 +309,9 @@ class MemoryMixer(nn.Module):
         if self.mlp is not None:
             notes.append(f"memory function: depth {self.mlp.depth}, hidden {self.mlp.hidden}, "
                          f"{self.mlp.activation}, inner norm {self.mlp.norm}, residual "
-                         f"{self.mlp.residual}; θ_0 meta-learned")
+                         f"{self.mlp.residual}; θ_0 meta-learned"
+                         + ("; rows renormalised to θ_0's norms after each chunk (renorm)"
+                            if self.mlp.renorm else ""))
         elif len(self.init_weights):
             notes.append("θ_0 meta-learned (init: learned)")
         if self.rule.kind == "dgd":
@@ -315,6 +321,8 @@ class MemoryMixer(nn.Module):
                      "backward" if G else "training saves every chunk's intermediates")
         if self.lr_divisor != 1.0:
             notes.append(f"η divided by d_head = {self.lr_divisor:g} (lr_per_dim)")
+        if self.lr_warmup is not None:
+            notes.append(f"η warmed up over {self.lr_warmup.steps} outer steps (lr_warmup)")
         if self.writes == "stop":
             notes.append("writes: stop — k, v, η, α, β detached on the write path; reads (q, θ_0) "
                          "differentiable" + ("; W_k, W_v get no gradient (θ_0 = 0)" if self.mlp is None else ""))

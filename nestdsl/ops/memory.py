@@ -253,7 +253,8 @@ def memory_scan(
         o, w_out, s_out = reference_scan(
             qc, kc, vc, forward=fwd, objective=obj, rule=rule, lr=lr_t, retention=ret_t,
             momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms,
-            erase=erase, layer_inputs=_layer_inputs(memory) if normalized_lr else None)
+            erase=erase, layer_inputs=_layer_inputs(memory) if normalized_lr else None,
+            renorm=memory != "linear" and memory.renorm)
         new_state = MemoryState(tuple(w_out), None if s_out is None else tuple(s_out))
     else:
         if compile:

@@ -26,7 +26,7 @@ from torch import Tensor
 from .blockform import _mm
 
 __all__ = ["MLPMemory", "ACTIVATIONS", "NormParams", "mlp_forward", "mlp_forward_cached",
-           "mlp_backward", "output_grad", "normalized_lrs", "NLMS_EPS"]
+           "mlp_backward", "output_grad", "normalized_lrs", "NLMS_EPS", "renorm_rows"]
 
 #: (gain, bias) of the inner LayerNorm per head: each (…, Dv), broadcastable to the leading dims
 #: of the input without its token axis, e.g. (H, Dv) for x (B, H, N, Dk). None = (1, 0).
@@ -41,6 +41,8 @@ def _per_token(norm: NormParams) -> NormParams:
 LN_EPS = 1e-5
 #: ε of the per-layer normalised step η/(ε + ‖a‖²): keeps a (near-)zero layer input finite
 NLMS_EPS = 1e-6
+#: ε² under the square root of the row renormalisation: a zero row stays finite (and zero)
+RENORM_EPS = 1e-24
 
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh")
 
@@ -56,6 +58,9 @@ class MLPMemory:
         activation: one of ``silu``, ``gelu`` (exact, erf), ``relu``, ``tanh``.
         residual: ``M(x) = x + …`` as in Hope (Eq. 89) and TTT; requires Dk == Dv.
         norm: inner LayerNorm on the MLP output, before the residual (TTT, titans-pytorch).
+        renorm: after each chunk, every weight's rows are rescaled to the norms they had at the
+            chunk start — hence, by induction, to θ_0's (``renorm_rows``): the writes turn the
+            fast weights but cannot grow them.
     """
 
     depth: int = 2
@@ -63,6 +68,7 @@ class MLPMemory:
     activation: str = "silu"
     residual: bool = False
     norm: bool = False
+    renorm: bool = False
 
     def __post_init__(self) -> None:
         if self.depth < 1:
@@ -217,3 +223,10 @@ def normalized_lrs(eta: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     scale, so η ∈ (0, 1) is the fraction of the error each layer corrects (DeltaNet's β).
     """
     return [eta / (NLMS_EPS + (a * a).sum(-1)) for a in inputs]
+
+
+def renorm_rows(w: Tensor, like: Tensor) -> Tensor:
+    """w with each row (last dim) rescaled to the norm of the same row of `like`:
+    w_r · ‖like_r‖ / ‖w_r‖ (fast-weight norm control, ``MLPMemory.renorm``)."""
+    target = like.pow(2).sum(-1, keepdim=True).sqrt()
+    return w * (target * torch.rsqrt(w.pow(2).sum(-1, keepdim=True) + RENORM_EPS))

@@ -42,6 +42,7 @@ from .mlp import (
     mlp_forward_cached,
     normalized_lrs,
     output_grad,
+    renorm_rows,
 )
 from .objectives import Objective, get_objective
 from .state import MemoryState
@@ -82,6 +83,7 @@ def mlp_chunk_step(
         norm: (gain, bias) of the inner norm when ``spec.norm``, each (H, Dv) (None: 1, 0).
         normalized_lr: each weight W_i steps with its own η_{i,t} = η_t / (ε + ‖a_{i,t}‖²), a_i
             its layer's input (``mlp.normalized_lrs``); DGD's erase uses W_0's η_{0,t}.
+        ``spec.renorm``: the end-of-chunk weights' rows are rescaled to their chunk-start norms.
     Returns:
         (o_c (B, H, L, Dv) or None, state at the end of the chunk, weights (B, H, out, in)).
     """
@@ -148,6 +150,8 @@ def mlp_chunk_step(
     new_w, new_s = [], []
     for i in range(len(Ws)):
         w, s = end_state(Ws[i], Ss[i], inputs[i], Efs[i], Eds[i], dec)
+        if spec.renorm:       # rows back to their chunk-start norms (= θ_0's, by induction)
+            w = renorm_rows(w, Ws[i])
         new_w.append(w.reshape(B, H, *w.shape[-2:]))
         new_s.append(None if s is None else s.reshape(B, H, *s.shape[-2:]))
     if o is not None:

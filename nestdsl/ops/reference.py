@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .mlp import NLMS_EPS
+from .mlp import NLMS_EPS, RENORM_EPS
 from .objectives import Objective
 
 __all__ = ["reference_scan"]
@@ -44,6 +44,7 @@ def reference_scan(
     moms: Sequence[Tensor] | None,
     erase: str = "eta",
     layer_inputs: Callable[[Sequence[Tensor], Tensor], list[Tensor]] | None = None,
+    renorm: bool = False,
 ) -> tuple[Tensor, list[Tensor], list[Tensor] | None]:
     """Token-by-token scan.
 
@@ -55,6 +56,8 @@ def reference_scan(
         layer_inputs: the per-layer normalised step (Eq. 57 per weight): ``(weights, x) ->
             [a_0, a_1, …]``, each weight's input at θ_{c(t)}; W_i then steps with
             η_t / (ε + ‖a_i‖²) (and DGD erases with W_0's). None: one η_t for every weight.
+        renorm: after every chunk (the last, partial one included), each weight's rows are
+            rescaled to the row norms of θ_0.
     Returns:
         (o (B, H, T, Dv), final weights, final momentum or None).
     """
@@ -62,6 +65,11 @@ def reference_scan(
     theta = list(weights)
     S = list(moms) if momentum is not None else None
     anchor = theta  # θ_{c(t)}
+    norms0 = [w.norm(dim=-1, keepdim=True) for w in theta]      # ‖θ_0's rows‖ (renorm)
+
+    def renormed(ws: list[Tensor]) -> list[Tensor]:
+        return [w * n / (w.pow(2).sum(-1, keepdim=True) + RENORM_EPS).sqrt()
+                for w, n in zip(ws, norms0, strict=True)]
 
     def loss(ws: tuple[Tensor, ...], kt: Tensor, vt: Tensor) -> Tensor:
         return objective.loss(forward(ws, kt[:, :, None]), vt[:, :, None]).sum()
@@ -69,6 +77,8 @@ def reference_scan(
     outs = []
     for t in range(T):
         if t % chunk_size == 0:
+            if renorm and t > 0:                                   # end of the previous chunk
+                theta = renormed(theta)
             anchor = theta
         qt, kt, vt = q[:, :, t], k[:, :, t], v[:, :, t]
         eta = lr[:, :, t, None, None]
@@ -108,4 +118,6 @@ def reference_scan(
         if read == "after":
             outs.append(forward(theta, qt[:, :, None])[:, :, 0])
 
+    if renorm:                                                     # end of the last chunk
+        theta = renormed(theta)
     return torch.stack(outs, dim=2), theta, S

@@ -105,6 +105,8 @@ def supports(*, spec: MLPMemory, objective: Objective, d_key: int, d_value: int,
         return f"needs a CUDA device (got {device.type}); TRITON_INTERPRET=1 runs it on CPU"
     if spec.depth != 2:
         return f"MLP depth {spec.depth}: the kernel holds exactly two weight matrices"
+    if spec.renorm:
+        return "renorm: the kernel does not rescale the weights' rows after a chunk"
     if objective_code(objective) is None:
         return f"objective {objective.name!r} has no closed form in the kernel"
     if dtype == torch.float64:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from nestdsl.check.periods import LevelKind
+from nestdsl.lower.inner import set_outer_step
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
@@ -394,6 +395,7 @@ def train(
 
     step = start_step
     for step in range(start_step, total_steps):
+        set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
         batch = task.batch(step)
         tokens, targets, mask = (t.to(device) for t in (batch.tokens, batch.targets, batch.loss_mask))
         scale: float | None = None

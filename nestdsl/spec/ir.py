@@ -134,6 +134,12 @@ class Rule(Node):
                     "with its own input a): W_i steps with eta/(eps + |a_i|^2), so eta in (0, 1) is "
                     "the fraction of the error each layer corrects, whatever the weights' scale",
     )
+    lr_warmup: int | None = Field(
+        default=None, ge=1,
+        description="outer steps N over which eta ramps up linearly: at outer step s the inner "
+                    "step is eta * min(1, (s + 1) / N); the factor reached is saved with the "
+                    "model, so evaluation uses the eta the model was last trained with (None: off)",
+    )
     clip: float | None = Field(
         default=None, gt=0,
         description="soft-clip the surprise: the prediction error's norm is capped smoothly at "
@@ -190,6 +196,12 @@ class Memory(Node):
         description="residual memories: the read becomes q + g * RMSNorm(M(q) - q), g an "
                     "outer-learned gain per head and dimension initialised to this value; the "
                     "inner loss still sees x + M~(x), so the writes are unchanged (None: off)",
+    )
+    renorm: bool = Field(
+        default=False,
+        description="mlp memories: fast-weight norm control. After every chunk each weight's "
+                    "rows are rescaled to their initial norms (those of theta_0), so the writes "
+                    "turn the weights without growing them",
     )
     init: Literal["zeros", "learned"] | None = Field(
         default=None,

@@ -23,7 +23,8 @@ def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 
               read: str = "chunk", adaptive: list[str] | None = None,
               mem_rule: dict[str, Any] | None = None, proj_rule: dict[str, Any] | None = None,
               conv: int = 4, mem_writes: str = "grad", v_norm: bool = False,
-              values: str = "self", mem_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              values: str = "self", mem_extra: dict[str, Any] | None = None,
+              proj_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     mem_rule = mem_rule if mem_rule is not None else {
         "kind": "dgd", "lr": {"learned": "sigmoid", "scale": 0.5},
         "retention": {"learned": "sigmoid", "init": 0.9},
@@ -39,7 +40,8 @@ def spec_dict(*, width: int = 8, heads: int = 1, c_mem: int = 4, c_other: int = 
         "memories": {
             "titans": {**mlp, "rule": mem_rule, "level": "cm", "read": read, "writes": mem_writes,
                        **(mem_extra or {})},
-            "projection": {**mlp, "rule": proj_rule, "level": "co", "read": "chunk"},
+            "projection": {**mlp, "rule": proj_rule, "level": "co", "read": "chunk",
+                           **(proj_extra or {})},
         },
         "blocks": {"b": {"layers": [{
             "type": "self_modifying", "memory": "titans", "projections": "projection", "conv": conv,
@@ -65,8 +67,10 @@ def build(d: dict[str, Any], *, seed: int = 0, perturb: float = 0.2,
 # the reference: one head, token by token, written from the equations
 
 
-def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
-    """y for one head (H = 1), token by token. Nothing from nestdsl.ops is used."""
+def reference(layer: SelfModifyingTitans, x: torch.Tensor,
+              eta_factor: dict[str, float] | None = None) -> torch.Tensor:
+    """y for one head (H = 1), token by token. Nothing from nestdsl.ops is used.
+    `eta_factor`: η multiplied per group ("mem", "proj"), the inner-lr warm-up's min(1, (s+1)/N)."""
     assert layer.heads == 1
     B, T, D = x.shape
     names = ["mem"] + layer.roles
@@ -118,10 +122,16 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
             z = xt @ mod.proj.weight[0] + mod.proj.bias[0]
         return (torch.sigmoid(z) if mod.squash == "sigmoid" else F.softplus(z)) * mod.scale
 
+    renorm = {n: (layer.mem_mlp if n == "mem" else layer.proj_mlp).renorm for n in names}
+    norms0 = {n: [w.norm(dim=-1, keepdim=True) for w in theta[n]] for n in names}
+
     outs = []
     for t in range(T):
         for n in names:                         # θ_{c(t)}: state at the chunk start
             if t % chunk[n] == 0:
+                if renorm[n] and t > 0:         # memory.renorm: rows back to ‖θ_0's rows‖
+                    theta[n] = [w * n0 / w.norm(dim=-1, keepdim=True)
+                                for w, n0 in zip(theta[n], norms0[n], strict=True)]
                 anchor[n] = list(theta[n])
         xt = x[:, t]
         qkv = {}
@@ -140,6 +150,7 @@ def reference(layer: SelfModifyingTitans, x: torch.Tensor) -> torch.Tensor:
         for n in names:
             group = "mem" if n == "mem" else "proj"
             eta, alpha, beta = (gate(group, role, xt, feats) for role in ("lr", "retention", "momentum"))
+            eta = eta * (eta_factor or {}).get(group, 1.0)
             # v̂_{□,t} = M_□(v_t) (Eq. 84), or the shared v_t (Eq. 79)
             target = M(anchor[n], v, n) if layer.values == "self" else v
             g = inner_grad(anchor[n], k, target, n)               # ∇ℓ at θ_{c(t)}
@@ -209,6 +220,10 @@ CASES = [
     pytest.param(1, 1, "chunk", {"mem_rule": {"kind": "gd", "lr": 0.5, "normalized_lr": True}},
                  id="C1-gd-normalized-lr-const"),
     pytest.param(4, 2, "after", {"mem_extra": {"read_norm": 0.3}}, id="Cmem4-Cother2-after-read-norm"),
+    pytest.param(2, 4, "after", {"mem_extra": {"renorm": True}, "proj_extra": {"renorm": True}},
+                 id="Cmem2-Cother4-after-renorm"),
+    pytest.param(3, 1, "before", {"mem_extra": {"renorm": True, "norm": True}},
+                 id="Cmem3-Cother1-before-renorm-inner-norm"),
     pytest.param(2, 2, "chunk", {"mem_extra": {"read_norm": 1.0, "norm": True}},
                  id="C2-chunk-read-norm-and-inner-norm"),
 ]
@@ -224,6 +239,30 @@ def test_matches_token_by_token_reference_float64(c_mem, c_other, read, extra):
     assert g.keys() == g_ref.keys()
     for n in g:
         torch.testing.assert_close(g[n], g_ref[n], atol=1e-10, rtol=1e-8, msg=n)
+
+
+@pytest.mark.parametrize("mem_lr", [0.4, {"learned": "sigmoid", "scale": 0.5}])
+def test_inner_lr_warmup_matches_the_reference(mem_lr):
+    """rule.lr_warmup: at outer step s both groups step with η·min(1, (s + 1)/N)."""
+    from nestdsl.lower.inner import set_outer_step
+
+    d = spec_dict(c_mem=4, c_other=2, read="after",
+                  mem_rule={"kind": "dgd", "lr": mem_lr, "lr_warmup": 4,
+                            "momentum": {"learned": "sigmoid", "init": 0.5}},
+                  proj_rule={"kind": "gd", "lr": 0.3, "lr_warmup": 8, "retention": 0.95})
+    layer = build(d, dtype=torch.float64)
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    for step in (0, 2, 9):
+        set_outer_step(layer, step)
+        factor = {"mem": min(1.0, (step + 1) / 4), "proj": min(1.0, (step + 1) / 8)}
+        y, g = _grads(layer, x, lambda x: layer(x)[0])
+        y_ref, g_ref = _grads(layer, x, lambda x, f=factor: reference(layer, x, f))
+        torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-9)
+        for n in g:
+            torch.testing.assert_close(g[n], g_ref[n], atol=1e-10, rtol=1e-8, msg=n)
+    y_full = reference(layer, x)            # the factor matters at step 0
+    set_outer_step(layer, 0)
+    assert not torch.allclose(layer(x)[0], y_full, atol=1e-6)
 
 
 @pytest.mark.parametrize("c", [1, 4])

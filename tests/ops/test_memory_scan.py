@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -297,3 +298,48 @@ def test_normalized_lr_step_is_the_fraction_of_the_error_corrected():
                             normalized_lr=True)
         before, after = k[0, 0] @ w[0].mT, k[0, 0] @ st.weights[0][0, 0].mT
         torch.testing.assert_close(after - before, eta * (v[0, 0] - before), rtol=1e-5, atol=1e-9)
+
+
+# Fast-weight norm control (memory.renorm): after every chunk each weight's rows are rescaled
+# to θ_0's row norms. The oracle rescales to θ_0's norms; the chunked form to the chunk-start
+# norms — equal by induction, which is what this holds.
+RENORMED = [(mem, rule, C, read, gates)
+            for mem in ("mlp2", "mlp3res", "mlp2norm", "linnorm")
+            for rule in ("gd", "dgd") for C, read in ((1, "after"), (5, "after"), (4, "before"),
+                                                        (3, "chunk"))
+            for gates in ("token", "const")]
+
+
+@pytest.mark.parametrize("case", RENORMED, ids=_id)
+def test_renorm_chunked_matches_reference(case):
+    mem_name, rule, C, read, gates = case
+    leaves, kw, ws = make_case(mem_name, gates, True, True, dtype=torch.float64)
+    renormed = dataclasses.replace(MEMORIES[mem_name], renorm=True)
+    kw.update(objective="l2", rule=rule, chunk_size=C, read=read, memory=renormed)
+    ref_out, ref_g = outputs_and_grads(leaves, kw, ws, "reference")
+    fast_out, fast_g = outputs_and_grads(leaves, kw, ws, "chunked")
+    plain_out, _ = outputs_and_grads(leaves, kw, ws, "reference", memory=MEMORIES[mem_name])
+    assert not torch.allclose(plain_out[1], ref_out[1])       # the field changes the state
+    for i, (a, b) in enumerate(zip(ref_out, fast_out, strict=True)):
+        torch.testing.assert_close(b, a, atol=1e-9 * max(1.0, a.abs().max().item()), rtol=1e-9,
+                                   msg=lambda m, i=i: f"out {i}: {m}")
+    for n in leaves:
+        a, b = ref_g[n], fast_g[n]
+        assert (a is None) == (b is None), n
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-9 * max(1.0, a.abs().max().item()),
+                                       rtol=1e-9, msg=lambda m, n=n: f"d{n}: {m}")
+
+
+def test_renorm_keeps_every_row_at_its_initial_norm():
+    """Whatever the writes do, the final weights' rows have θ_0's norms (to rounding)."""
+    leaves, kw, ws = make_case("mlp2", "token", True, True, dtype=torch.float64)
+    leaves["lr"] = leaves["lr"].detach() * 10          # big writes: rows would grow without it
+    kw.update(objective="l2", rule="gd", chunk_size=4, read="after",
+              memory=dataclasses.replace(MEMORIES["mlp2"], renorm=True))
+    _, st = run(leaves, kw, ws, "chunked")
+    _, free = run(leaves, kw, ws, "chunked", memory=MEMORIES["mlp2"])
+    for name, w, w_free in zip(ws, st.weights, free.weights, strict=True):
+        n0 = leaves[name].detach().norm(dim=-1).expand(B, *leaves[name].shape[:-1])
+        torch.testing.assert_close(w.detach().norm(dim=-1), n0, rtol=1e-12, atol=0)
+        assert not torch.allclose(w_free.detach().norm(dim=-1), n0, rtol=1e-3)
