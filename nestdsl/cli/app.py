@@ -17,6 +17,22 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+def _print_version(value: bool) -> None:
+    if value:
+        from nestdsl import __version__
+
+        out.print(f"nestdsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """A declarative language and compiler for Nested Learning systems."""
+
+
 TracebackOpt = Annotated[bool, typer.Option("--traceback", help="show Python tracebacks (debugging)")]
 
 

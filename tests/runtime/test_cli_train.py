@@ -267,3 +267,11 @@ def test_progress_display_and_summary(tmp_path, monkeypatch):
     assert "done 4 steps" in r.output
     rec = read_metrics(tmp_path / "run")
     assert len(rec) == 2 and all(math.isfinite(x["loss"]) for x in rec)
+
+
+def test_version_prints_the_package_version():
+    import nestdsl
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0
+    assert res.output.strip() == f"nestdsl {nestdsl.__version__}"
