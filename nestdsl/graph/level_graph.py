@@ -176,10 +176,9 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     name = instance_name(mem, chunk)
     if mem.norm and mem.norm_gain != 1.0:
         name = ", ".join(x for x in (name, f"LN gain₀ = {mem.norm_gain:g}") if x)
-    if mem.renorm:     # rows rescaled to θ_0's norms after each chunk
-        text += f"; rows of {M} rescaled to ‖θ₀‖ after each chunk"
     chunk_note = f"; {Mc} = state at chunk start (C = {chunk})" if chunk > 1 else ""
-    return text + (f"  ({name})" if name else "") + chunk_note
+    renorm_note = "; rows rescaled to their θ₀ norms after each chunk" if mem.renorm else ""
+    return text + (f"  ({name})" if name else "") + chunk_note + renorm_note
 
 
 def read_text(mem: ir.Memory) -> str:
