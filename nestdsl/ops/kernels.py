@@ -79,7 +79,8 @@ def _refuse_triton(c: MemoryCall) -> str | None:
         return triton_mlp.NO_NORMALIZED_LR
     return triton_mlp.supports(spec=c.memory, objective=c.objective, d_key=c.d_key,  # type: ignore[arg-type]
                                d_value=c.d_value, T=c.T if c.T is not None else c.chunk_size,
-                               chunk_size=c.chunk_size, dtype=c.dtype, device=c.device)
+                               chunk_size=c.chunk_size, dtype=c.dtype, device=c.device,
+                               one_chunk=c.joint)
 
 
 def _refuse_fla(c: MemoryCall) -> str | None:

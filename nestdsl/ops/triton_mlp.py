@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .mlp import MLPMemory, NormParams
+from .mlp import MLPMemory, NormParams, renorm_rows
 from .objectives import Objective
 from .state import MemoryState
 
@@ -97,16 +97,19 @@ def _pow2(n: int) -> bool:
 
 
 def supports(*, spec: MLPMemory, objective: Objective, d_key: int, d_value: int, T: int,
-             chunk_size: int, dtype: torch.dtype, device: torch.device) -> str | None:
-    """None if the kernel computes this memory exactly, else why not (shown by ``--explain``)."""
+             chunk_size: int, dtype: torch.dtype, device: torch.device,
+             one_chunk: bool = False) -> str | None:
+    """None if the kernel computes this memory exactly, else why not (shown by ``--explain``).
+    `one_chunk`: called one chunk at a time (``triton_chunk_step``), where the rows'
+    renormalisation of ``spec.renorm`` is applied to the kernel's end state in torch."""
     if triton is None:
         return "triton is not installed (pip install triton)"
     if device.type != "cuda" and not interpreted():
         return f"needs a CUDA device (got {device.type}); TRITON_INTERPRET=1 runs it on CPU"
     if spec.depth != 2:
         return f"MLP depth {spec.depth}: the kernel holds exactly two weight matrices"
-    if spec.renorm:
-        return "renorm: the kernel does not rescale the weights' rows after a chunk"
+    if spec.renorm and not one_chunk:
+        return "renorm: the kernel does not rescale the weights' rows between chunks"
     if objective_code(objective) is None:
         return f"objective {objective.name!r} has no closed form in the kernel"
     if dtype == torch.float64:
@@ -1047,4 +1050,7 @@ def triton_chunk_step(state: MemoryState, q_c: Tensor | None, k_c: Tensor, v_c: 
                              retention=_as_gate(retention_c, like), momentum=beta,
                              state=MemoryState(ws, moms), spec=spec, objective=objective,
                              rule=rule, read=read, chunk_size=L, erase=erase, norm=nrm, group=1)
+    if spec.renorm:       # rows back to their chunk-start norms, as mlp_chunk_step does
+        new = MemoryState(tuple(renorm_rows(w, w0) for w, w0 in zip(new.weights, ws, strict=True)),
+                          new.momentum)
     return (o if q_c is not None else None), new
