@@ -17,6 +17,7 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+
 def _print_version(value: bool) -> None:
     if value:
         from nestdsl import __version__

@@ -255,6 +255,19 @@ def test_block_decays_equal_per_block_decays(momentum, T):
         torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
 
 
+def _assert_same_outputs_and_grads(ref_out, ref_g, fast_out, fast_g, *, tol: float) -> None:
+    """Outputs/states and every leaf's gradient equal to `tol`, relative to each tensor's scale."""
+    for i, (a, b) in enumerate(zip(ref_out, fast_out, strict=True)):
+        torch.testing.assert_close(b, a, atol=tol * max(1.0, a.abs().max().item()), rtol=tol,
+                                   msg=lambda m, i=i: f"out {i}: {m}")
+    for n, a in ref_g.items():
+        b = fast_g[n]
+        assert (a is None) == (b is None), n
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=tol * max(1.0, a.abs().max().item()), rtol=tol,
+                                       msg=lambda m, n=n: f"d{n}: {m}")
+
+
 # The per-layer normalised step (rule.normalized_lr): each MLP weight steps with
 # η / (ε + ‖its layer's input‖²). Every MLP memory, gd and DGD, constant and per-token gates.
 NORMALIZED = [(mem, "l2", rule, C, read, True, True, gates)
@@ -272,16 +285,8 @@ def test_normalized_lr_chunked_matches_reference(case):
     fast_out, fast_g = outputs_and_grads(leaves, kw, ws, "chunked")
     plain_out, _ = outputs_and_grads(leaves, kw, ws, "reference", normalized_lr=False)
     assert not torch.allclose(plain_out[0], ref_out[0])       # the field changes the recurrence
-    for i, (a, b) in enumerate(zip(ref_out, fast_out, strict=True)):
-        # float64: the two forms sum the same terms in another order (1e-9 on the 3-layer MLP)
-        torch.testing.assert_close(b, a, atol=1e-8 * max(1.0, a.abs().max().item()), rtol=1e-8,
-                                   msg=lambda m, i=i: f"out {i}: {m}")
-    for n in leaves:
-        a, b = ref_g[n], fast_g[n]
-        assert (a is None) == (b is None), n
-        if a is not None:
-            torch.testing.assert_close(b, a, atol=1e-8 * max(1.0, a.abs().max().item()),
-                                       rtol=1e-8, msg=lambda m, n=n: f"d{n}: {m}")
+    # float64: the two forms sum the same terms in another order (1e-9 on the 3-layer MLP)
+    _assert_same_outputs_and_grads(ref_out, ref_g, fast_out, fast_g, tol=1e-8)
 
 
 def test_normalized_lr_step_is_the_fraction_of_the_error_corrected():
@@ -320,15 +325,7 @@ def test_renorm_chunked_matches_reference(case):
     fast_out, fast_g = outputs_and_grads(leaves, kw, ws, "chunked")
     plain_out, _ = outputs_and_grads(leaves, kw, ws, "reference", memory=MEMORIES[mem_name])
     assert not torch.allclose(plain_out[1], ref_out[1])       # the field changes the state
-    for i, (a, b) in enumerate(zip(ref_out, fast_out, strict=True)):
-        torch.testing.assert_close(b, a, atol=1e-9 * max(1.0, a.abs().max().item()), rtol=1e-9,
-                                   msg=lambda m, i=i: f"out {i}: {m}")
-    for n in leaves:
-        a, b = ref_g[n], fast_g[n]
-        assert (a is None) == (b is None), n
-        if a is not None:
-            torch.testing.assert_close(b, a, atol=1e-9 * max(1.0, a.abs().max().item()),
-                                       rtol=1e-9, msg=lambda m, n=n: f"d{n}: {m}")
+    _assert_same_outputs_and_grads(ref_out, ref_g, fast_out, fast_g, tol=1e-9)
 
 
 def test_renorm_keeps_every_row_at_its_initial_norm():
