@@ -95,7 +95,9 @@ def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> d
         from nestdsl.runtime import checkpoint as ck
 
         system = nestdsl.compile(spec, compile=False)
-        ck.load_checkpoint(run_dir, model=system.model, spec_text=spec.model_dump_json())
+        from nestdsl.spec.identity import identity
+
+        ck.load_checkpoint(run_dir, model=system.model, identity=identity(spec))
         model = system.model.eval()
         data = make_task(spec.data, spec, run_dir)
         right = total = exact = seqs = 0

@@ -1,17 +1,17 @@
 """A nestdsl optimizer spec on any PyTorch model.
 
-`nestdsl.optim.build` takes an optimizer spec file (here M3, the NL paper's multi-scale momentum
-Muon, Algorithm 1) and a model's named parameters, routes matrices, vectors and embeddings to
-the spec's groups, and returns a `torch.optim.Optimizer`. The model knows nothing of nestdsl.
+`nestdsl.optim.build` takes an optimizer spec (a file, or a shipped one by name: here `m3`, the NL
+paper's multi-scale momentum Muon, Algorithm 1) and a model's named parameters, routes matrices,
+vectors and embeddings to the spec's groups, and returns a `torch.optim.Optimizer`. The model
+knows nothing of nestdsl.
 
-    python examples/optimizer_on_any_model.py [--spec specs/optim/m3.yaml] [--steps 200]
+    python examples/optimizer_on_any_model.py [--spec m3] [--steps 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +19,10 @@ from torch import nn
 
 from nestdsl.optim import build, describe_levels, optimizer_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--spec", default=str(ROOT / "specs" / "optim" / "m3.yaml"))
+    ap.add_argument("--spec", default="m3", help="a shipped optimizer spec's name or a spec file")
     ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
 

@@ -87,6 +87,15 @@ class SpecError(Exception):
         return json.dumps([d.to_json() for d in self.diagnostics], indent=2)
 
 
+class SpecWarning(UserWarning):
+    """A valid spec that is likely not what its author wants (e.g. one that diverges): positioned
+    like an error (`file:line:col: warning: ...`, the line, a hint), and it stops nothing."""
+
+    def __init__(self, diagnostic: Diagnostic, source: str | None = None) -> None:
+        self.diagnostic = diagnostic
+        super().__init__(diagnostic.render(source))
+
+
 def did_you_mean(word: str, candidates: Sequence[str]) -> str | None:
     """A 'did you mean ...?' hint for a misspelled name, or None."""
     names = [str(c) for c in candidates]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from nestdsl.spec import load_spec
+from nestdsl.spec.shipped import OPTIMIZER_DIR, optimizer_names
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -18,21 +19,41 @@ REQUIRED_MODELS = [
 REQUIRED_SCALE = [f"{m}-{s}" for m in ("hope", "titans-lmm", "transformer") for s in ("340m", "760m", "1.3b")]
 REQUIRED_OPTIM = ["sgd-momentum", "adamw", "delta-momentum", "dmgd", "muon", "m3"]
 
-ALL_SPECS = sorted(p for p in SPECS.rglob("*") if p.suffix in {".yaml", ".yml", ".nest"})
+# The model presets, and the optimizer specs shipped in the package (`optimizer: adamw`).
+ALL_SPECS = sorted(p for p in SPECS.rglob("*") if p.suffix in {".yaml", ".yml", ".nest"}) + sorted(
+    p for p in OPTIMIZER_DIR.iterdir() if p.suffix in {".yaml", ".nest"})
 
 
 def _id(p: Path) -> str:
-    return str(p.relative_to(SPECS))
+    return str(p.relative_to(SPECS)) if p.is_relative_to(SPECS) else f"optim/{p.name}"
 
 
 @pytest.mark.parametrize(
     "rel",
     [f"{n}.yaml" for n in REQUIRED_MODELS]
-    + [f"scale/{n}.yaml" for n in REQUIRED_SCALE]
-    + [f"optim/{n}.yaml" for n in REQUIRED_OPTIM],
+    + [f"scale/{n}.yaml" for n in REQUIRED_SCALE],
 )
 def test_required_preset_exists(rel: str) -> None:
     assert (SPECS / rel).is_file(), f"missing preset specs/{rel}"
+
+
+@pytest.mark.parametrize("name", REQUIRED_OPTIM)
+def test_required_optimizer_is_shipped_by_name(name: str) -> None:
+    assert name in optimizer_names(), f"missing shipped optimizer spec nestdsl/optim/specs/{name}.yaml"
+    assert (OPTIMIZER_DIR / f"{name}.nest").is_file(), f"{name}.yaml has no .nest twin"
+
+
+def test_optimizer_specs_are_not_duplicated_in_specs() -> None:
+    # One copy of each shipped optimizer spec: in the package, referenced by name.
+    assert not (SPECS / "optim").exists()
+
+
+def test_model_presets_reference_optimizers_portably() -> None:
+    # A preset copied anywhere still loads: its optimizer is inline or a shipped spec's name.
+    for path in ALL_SPECS:
+        spec = load_spec(path)
+        if isinstance(spec.optimizer, str):
+            assert spec.optimizer in optimizer_names(), f"{_id(path)}: optimizer: {spec.optimizer}"
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=_id)

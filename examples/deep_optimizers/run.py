@@ -58,7 +58,8 @@ def run(path: Path, quick: bool = False) -> dict[str, Any]:
     seeds = exp["seeds"][:1] if quick else exp["seeds"]
     out: dict[str, Any] = {}
     for name, entry in exp["optimizers"].items():
-        base = optimizer_spec(path.parent / entry["spec"])
+        local = path.parent / entry["spec"]  # a file beside the experiment, else a shipped name
+        base = optimizer_spec(local if local.is_file() else entry["spec"])
         grid = entry["lr"][:2] if quick else entry["lr"]
         scores = {lr: final_loss(base.model_copy(update={"lr": lr}), exp["problem"], steps,
                                  exp["reference_noise"], seed=0) for lr in grid}

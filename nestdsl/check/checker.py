@@ -19,7 +19,7 @@ from typing import Any
 
 from nestdsl.check.periods import DataShape, LevelClass, LevelKind, classify, divisors_near
 from nestdsl.check.registry import objective_names
-from nestdsl.diagnostics import Diagnostic, SpecError, did_you_mean
+from nestdsl.diagnostics import Diagnostic, SpecError, SpecWarning, choices_hint, did_you_mean
 from nestdsl.spec import ir
 from nestdsl.spec.source import Document, Path
 
@@ -30,13 +30,16 @@ _ABSENT = object()  # sentinel: `Document.find` found nothing
 
 
 def collect_diagnostics(
-    spec: ir.Spec, doc: Document, *, broken: dict[str, set[str]] | None = None
+    spec: ir.Spec, doc: Document, *, broken: dict[str, set[str]] | None = None,
+    include_warnings: bool = False,
 ) -> list[Diagnostic]:
     """All semantic problems of `spec` (parsed from `doc`), sorted by position.
 
     `broken` names what validation already rejected and removed ({"memories": {"x"}, "data":
     set()}): references to those are not reported again, and checks that would see a
     misleadingly incomplete spec (unused entries, periods without the data shape) are skipped.
+    Warnings (severity "warning": valid, but likely not what the author wants) only with
+    `include_warnings`.
     """
     ctx = _Ctx(spec, doc, broken=dict(broken or {}))
     for check in _CHECKS:
@@ -44,17 +47,24 @@ def collect_diagnostics(
     # One diagnostic per position and message: two checks may reach the same fact.
     unique: dict[tuple[Any, ...], Diagnostic] = {}
     for d in ctx.diags:
-        unique.setdefault((d.span.file, d.span.line, d.span.col, d.message), d)
+        if include_warnings or d.severity != "warning":
+            unique.setdefault((d.span.file, d.span.line, d.span.col, d.message), d)
     return sorted(unique.values(), key=Diagnostic.sort_key)
 
 
 def check_spec(spec: ir.Spec, doc: Document) -> None:
-    """Raise SpecError with every semantic problem of `spec` (no-op when there is none)."""
-    diags = collect_diagnostics(spec, doc)
-    if diags:
+    """Raise SpecError with every semantic problem of `spec` (no-op when there is none); a
+    valid spec's warnings are issued as `SpecWarning`s (the CLI prints them like errors)."""
+    import warnings
+
+    diags = collect_diagnostics(spec, doc, include_warnings=True)
+    errors = [d for d in diags if d.severity != "warning"]
+    if errors:
         sources = {doc.file: doc.text}
-        sources.update(_extra_sources(diags, doc))
-        raise SpecError(diags, sources)
+        sources.update(_extra_sources(errors, doc))
+        raise SpecError(errors, sources)
+    for d in diags:
+        warnings.warn(SpecWarning(d, doc.text if d.span.file == doc.file else None), stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,8 +104,10 @@ class _Ctx:
             self._used = used
         return self._used
 
-    def add(self, path: Path, message: str, hint: str | None, code: str, *, key: bool = False) -> None:
-        self.diags.append(Diagnostic(self.doc.position(path, key=key), message, hint, code=code))
+    def add(self, path: Path, message: str, hint: str | None, code: str, *, key: bool = False,
+            severity: str = "error") -> None:
+        self.diags.append(Diagnostic(self.doc.position(path, key=key), message, hint, code=code,
+                                     severity=severity))
 
     def given(self, path: Path) -> bool:
         """Was this field written in the source (as opposed to filled in by a default)?"""
@@ -322,6 +334,44 @@ def _check_memories(ctx: _Ctx) -> None:
                 ctx.add(base + ("rule", "erase"),
                         f"memory '{mname}': `erase` is the erase rate of dgd, but the rule is "
                         f"'{mem.rule.kind}'", "use `kind: dgd`, or remove `erase`", "combination")
+
+
+# Beyond this inner step an unclipped mlp memory's state blew up within the first step
+# (titans-lmm-tiny without `clip`: 0.75 -> inf in 7 chunks; a user's Titans with the defaults,
+# lr scale 1 and no clip: non-finite at step 1; with clip 1 only: state norm 1e7).
+_STABLE_INNER_LR = 0.1
+
+
+def _check_memory_stability(ctx: _Ctx) -> None:
+    """Warn when a parametric mlp memory regresses (l2) with an unclipped or unscaled inner
+    step: the library defaults (rule.lr 1, no clip) are not the ones the presets train with."""
+    for mname, mem in ctx.spec.memories.items():
+        rule = mem.rule
+        if mem.kind != "mlp" or rule is None or mem.objective not in (None, "l2"):
+            continue
+        base: Path = ("memories", mname, "rule")
+        lr = rule.lr
+        step = lr.scale if isinstance(lr, ir.LearnedGate) else float(lr)
+        unclipped = rule.clip is None and not mem.norm          # `norm` bounds the predictions
+        unscaled = step > _STABLE_INNER_LR and not (rule.lr_per_dim or rule.normalized_lr)
+        if not (unclipped or unscaled):
+            continue
+        fix: list[str] = []
+        if unscaled:
+            fix.append(f"rule.lr.scale: {_STABLE_INNER_LR:g}" if isinstance(lr, ir.LearnedGate)
+                       else f"rule.lr: {_STABLE_INNER_LR:g}")
+        if unclipped:
+            fix.append("rule.clip: 1.0")
+        what = " and ".join(
+            ([f"inner step {'rule.lr.scale' if isinstance(lr, ir.LearnedGate) else 'rule.lr'} = "
+              f"{step:g}"] if unscaled else []) + (["no rule.clip"] if unclipped else []))
+        path = base + (("lr",) if unscaled and ctx.given(base + ("lr",)) else ())
+        ctx.add(path if ctx.given(path) else ("memories", mname),
+                f"mlp memory '{mname}' may diverge at the first step: {what}",
+                f"set {' and '.join(fix)} (the Titans presets' `rule: {{lr: {{learned: sigmoid, "
+                f"scale: 0.1}}, clip: 1.0}}`, specs/titans-lmm.yaml); `norm: true` bounds the "
+                f"predictions instead of the clip, `rule.lr_per_dim: true` the step instead of "
+                f"the scale", "stability", severity="warning")
 
 
 def _divisors(n: int) -> str:
@@ -746,8 +796,8 @@ def _check_train(ctx: _Ctx) -> None:
     if spec.train is not None and spec.optimizer is None and not ctx.is_broken("optimizer"):
         # No silent default: the outer optimizer is part of the experiment (design.md §4).
         ctx.add(("train",), "`train` needs an outer `optimizer`",
-                "add `optimizer: optim/adamw.yaml` (a path relative to this file) or an inline "
-                "`optimizer: {type: adamw, lr: 3e-3}`", "missing", key=True)
+                "add `optimizer: adamw` (a shipped optimizer spec), a path to an optimizer spec "
+                "file or an inline `optimizer: {type: adamw, lr: 3e-3}`", "missing", key=True)
     if spec.train is not None and spec.train.warmup > spec.train.steps:
         ctx.add(("train", "warmup"), f"warmup {spec.train.warmup} is longer than the run ({spec.train.steps} steps)",
                 "use warmup < train.steps", "range")
@@ -804,14 +854,7 @@ def _check_optimizer_ref(ctx: _Ctx) -> None:
                     "an optimizer reference must name a file with an inline `optimizer:` mapping", "cycle")
             return
     if not path.is_file():
-        hint = f"looked for {path}; give a path relative to this spec file"
-        base = FsPath(spec.source_file).parent if spec.source_file else FsPath(".")
-        # Spec files next to this one and one folder down (e.g. optim/*.yaml): enough for a
-        # did-you-mean without walking a large tree.
-        siblings = [str(p.relative_to(base)) for pat in ("*.y*ml", "*/*.y*ml") for p in base.glob(pat)]
-        dym = did_you_mean(str(spec.optimizer), siblings)
-        ctx.add(("optimizer",), f"optimizer spec '{spec.optimizer}' not found",
-                f"{dym} {hint}" if dym else hint, "unknown-ref")
+        _optimizer_not_found(ctx, str(spec.optimizer), path)
         return
     here = FsPath(spec.source_file).resolve() if spec.source_file else None
     if here is not None:
@@ -837,6 +880,33 @@ def _check_optimizer_ref(ctx: _Ctx) -> None:
     # The referenced file's own semantic problems (e.g. duplicate groups) count too.
     ctx.diags.extend(collect_diagnostics(opt_spec, opt_doc))
     spec._resolved_optimizer = opt_spec.outer_optimizer
+    spec._optimizer_file = str(path)
+
+
+def _optimizer_not_found(ctx: _Ctx, ref: str, path: FsPath) -> None:
+    """`optimizer: adamx` (no such shipped name) or `optimizer: my/opt.yaml` (no such file)."""
+    from nestdsl.spec.shipped import is_bare_name, optimizer_names
+
+    names = list(optimizer_names())
+    shipped = "shipped optimizer specs: " + ", ".join(names)
+    if is_bare_name(ref):
+        ctx.add(("optimizer",), f"unknown optimizer '{ref}': not a shipped optimizer spec nor a file",
+                f"{choices_hint(ref, names)} (or give the path of an optimizer spec file, relative "
+                "to this spec file)", "unknown-ref")
+        return
+    base = FsPath(ctx.spec.source_file).parent if ctx.spec.source_file else FsPath(".")
+    stem = FsPath(ref).stem
+    if stem in names:
+        # `optim/adamw.yaml`, the reference presets used before the specs moved into the package
+        dym = f"did you mean '{stem}' (the shipped optimizer spec, by name)?"
+    else:
+        # Spec files next to this one and one folder down (e.g. optim/*.yaml): enough for a
+        # did-you-mean without walking a large tree.
+        siblings = [str(p.relative_to(base)) for pat in ("*.y*ml", "*/*.y*ml") for p in base.glob(pat)]
+        dym = did_you_mean(ref, siblings + names)
+    hint = f"looked for {path}; a path is relative to this spec file; {shipped}"
+    ctx.add(("optimizer",), f"optimizer spec '{ref}' not found", f"{dym} {hint}" if dym else hint,
+            "unknown-ref")
 
 
 # Spec files whose optimizer reference is being followed (innermost last): a referenced file that
@@ -848,6 +918,7 @@ _CHECKS = (
     _check_level_names,
     _check_references,
     _check_memories,
+    _check_memory_stability,
     _check_model,
     _check_layers,
     _check_cycles,

@@ -1,5 +1,5 @@
-"""The `nestdsl` command line: check | fmt | graph | schema | compile | train | eval | plot
-| probe.
+"""The `nestdsl` command line: check | fmt | graph | schema | compile | train | eval |
+generate | plot | probe.
 
 One module per command, each registering on the app (`cli/app.py`); `cli/errors.py` maps
 exceptions to messages and exit codes. Spec problems print compiler-style diagnostics and exit 2;
@@ -13,6 +13,7 @@ from nestdsl.cli import (  # noqa: F401
     compile,
     evaluate,
     fmt,
+    generate,
     graph,
     plot,
     probe,

@@ -58,8 +58,13 @@ def guard(traceback: bool, *, as_json: bool = False) -> Iterator[None]:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(EXIT_SPEC) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except (typer.Exit, typer.Abort):
         raise
+    except KeyboardInterrupt:
+        if traceback:
+            raise
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if traceback:
             raise

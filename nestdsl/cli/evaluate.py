@@ -9,13 +9,14 @@ import typer
 
 from nestdsl.cli.app import TracebackOpt, app, out
 from nestdsl.cli.errors import UserError, guard
-from nestdsl.cli.runtime_options import ThreadsOpt, _check_device, _load, _set_threads
+from nestdsl.cli.runtime_options import ForceOpt, ThreadsOpt, _check_device, _run_spec, _set_threads
 
 
 @app.command("eval")
 def eval_(
-    spec: Annotated[Path, typer.Argument(help="spec file")],
     ckpt: Annotated[Path, typer.Option(help="checkpoint folder or run folder (uses its latest)")],
+    spec: Annotated[Path | None, typer.Argument(
+        help="spec file (default: the spec the checkpoint stores)")] = None,
     task: Annotated[str, typer.Option(help="niah | text | mqar | copy | spec (the spec's own data)")] = "spec",
     lengths: Annotated[str | None, typer.Option(
         help="comma-separated sequence lengths (niah; default: the training length, 2x, 4x, 8x)")] = None,
@@ -24,20 +25,21 @@ def eval_(
     batches: Annotated[int, typer.Option(help="evaluation batches per cell")] = 4,
     device: Annotated[str, typer.Option()] = "cpu",
     out_png: Annotated[Path | None, typer.Option("--png", help="heatmap output (niah)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="the overrides the run was trained with")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value (without a spec file: on top of the stored spec)")] = None,
     threads: ThreadsOpt = None,
+    force: ForceOpt = False,
     traceback: TracebackOpt = False,
 ) -> None:
     """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb."""
     with guard(traceback):
-        spec_obj, spec_text = _load(spec, list(set_ or []))
+        spec_obj = _run_spec(spec, list(set_ or []), ckpt, what="eval").spec
         _check_device(device)
         _set_threads(device, threads)
         from nestdsl.runtime.evaluate import evaluate
 
         lens = _int_list(lengths, "--lengths") if lengths else None
         evaluate(
-            spec_obj, spec_text=spec_text, ckpt=ckpt, task=task, lengths=lens,
+            spec_obj, ckpt=ckpt, task=task, lengths=lens, force=force,
             variants=_int_list(variants, "--variants"), text_path=path, batches=batches,
             device=device, out_png=out_png, console=out,
         )

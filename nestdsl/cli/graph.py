@@ -25,14 +25,20 @@ class GraphFormat(str, Enum):
 def graph(
     path: Annotated[Path, typer.Argument(help="spec file")],
     format: Annotated[GraphFormat, typer.Option("--format", "-f")] = GraphFormat.text,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="output file (png/svg: default <spec>.png/.svg)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=(
+        "output file (default: text formats to stdout; png/svg into the spec's run folder, "
+        "runs/<spec file stem>/graph.png|svg)"))] = None,
     seq_len: Annotated[int | None, typer.Option(help="sequence length for the schedule")] = None,
     traceback: TracebackOpt = False,
 ) -> None:
-    """Show the level graph: levels by frequency, edges (kind, grad/stop), read modes, timeline."""
+    """Show the level graph: levels by frequency, edges (kind, grad/stop), read modes, timeline.
+
+    Text formats print to stdout; a picture goes to the run folder `train` uses (never beside
+    the spec), or to `-o`."""
+    from nestdsl.cli.runtime_options import _run_dir
     from nestdsl.graph.render import render_graph
     from nestdsl.spec import load_spec
 
     with guard(traceback):
         spec = load_spec(path)
-        render_graph(spec, format.value, output=output, seq_len=seq_len, console=out, default_png=path.with_suffix(".png"))
+        render_graph(spec, format.value, output=output, seq_len=seq_len, console=out, default_png=_run_dir(path, None) / "graph.png")

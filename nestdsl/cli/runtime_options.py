@@ -26,6 +26,26 @@ def _load(spec: Path, sets: list[str]) -> tuple[object, str]:
     return spec_obj, read_source(spec) + "".join(f"\n# --set {s}" for s in sets)
 
 
+def _run_spec(spec: Path | None, sets: list[str], ckpt: Path | None, *, what: str) -> object:
+    """The spec a command runs with (`runtime.run_spec.RunSpec`): the file when given, else the
+    one stored in the checkpoint at `ckpt` (a run folder or a step folder)."""
+    from nestdsl.runtime.run_spec import RunSpec, from_checkpoint
+
+    if spec is not None:
+        spec_obj, text = _load(spec, sets)
+        return RunSpec(spec_obj, text, "file")
+    if ckpt is None:
+        raise UserError(f"{what} needs a spec file, or a run folder whose checkpoint stores one")
+    run = from_checkpoint(ckpt, sets)
+    if run.spec.model is None:
+        raise UserError(f"{ckpt}: the stored spec has no `model:` section")
+    return run
+
+
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="load a checkpoint even if its spec means something else than the given one")]
+
+
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(

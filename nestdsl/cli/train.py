@@ -7,38 +7,45 @@ from typing import Annotated
 
 import typer
 
-from nestdsl.cli.app import TracebackOpt, app, out
-from nestdsl.cli.errors import guard
+from nestdsl.cli.app import TracebackOpt, app, err, out
+from nestdsl.cli.errors import UserError, guard
 from nestdsl.cli.runtime_options import (
+    ForceOpt,
     KernelOpt,
     ThreadsOpt,
     _check_device,
     _kernels,
-    _load,
     _run_dir,
+    _run_spec,
     _set_threads,
 )
 
 
 @app.command()
 def train(
-    spec: Annotated[Path, typer.Argument(help="spec file")],
+    spec: Annotated[Path | None, typer.Argument(
+        help="spec file (with --resume: optional, default the spec the run's checkpoint stores)")] = None,
     steps: Annotated[int | None, typer.Option(help="override train.steps")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: train.compile)")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<spec name>)")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: train.compile if the spec sets it, else on for CUDA, off for CPU)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<spec file stem>: runs/hope for specs/hope.yaml)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last good checkpoint")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     threads: ThreadsOpt = None,
     kernel: KernelOpt = None,
+    force: ForceOpt = False,
     traceback: TracebackOpt = False,
 ) -> None:
     """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume."""
     with guard(traceback):
         sets = list(set_ or [])
         forced = _kernels(kernel)
-        spec_obj, spec_text = _load(spec, sets)
+        if spec is None and not (resume and out_dir is not None):
+            raise UserError("train needs a spec file (or --resume --out RUN to continue a run "
+                            "with the spec its checkpoint stores)")
+        run_spec = _run_spec(spec, sets, out_dir, what="train")
+        spec_obj, spec_text = run_spec.spec, run_spec.text
         _check_device(device)
         _set_threads(device, threads)
         from nestdsl.runtime.distributed import from_env
@@ -46,28 +53,40 @@ def train(
         from nestdsl.runtime.train import train as run_train
 
         dist = from_env(device)
+        run_dir = out_dir if spec is None else _run_dir(spec, out_dir)
         ok = False
         try:
             if dist is not None:
                 device = dist.device
-            run_dir = _run_dir(spec, out_dir)
             total = steps if steps is not None else (spec_obj.train.steps if spec_obj.train else 200)
             show = not quiet and (dist is None or dist.rank == 0)
             with Progress(total, enabled=show, title=f"{spec_obj.name} → {run_dir}") as progress:
                 result = run_train(
                     spec_obj, spec_text=spec_text, run_dir=run_dir, steps=steps, device=device,
                     compile=compile, resume=resume, on_log=progress.update, distributed=dist,
-                    kernels=forced,
+                    kernels=forced, force=force, on_status=progress.status,
+                    say=(lambda msg: err.print(msg, highlight=False)) if show else None,
                 )
             if show:
                 if result.start_step >= result.steps:
                     out.print(f"[bold]nothing to do[/bold]: {run_dir} is already at step {result.start_step}")
                 else:
+                    # tok/s leaves out this process's first step (torch.compile, warm-up)
+                    first = (f" (first step {result.first_step_s:.1f} s with compile)"
+                             if result.compiled else "")
                     out.print(
                         f"[bold]done[/bold] {result.steps} steps · loss {result.first_loss:.3f} → "
-                        f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s · {run_dir}"
+                        f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s{first} · {run_dir}"
                     )
             ok = True
+        except KeyboardInterrupt:
+            from nestdsl.runtime.checkpoint import find_latest
+
+            last = find_latest(run_dir)
+            kept = (f"the last checkpoint {last} is kept; `nestdsl train --resume --out {run_dir}` "
+                    "continues from it" if last is not None else "no checkpoint was written yet")
+            err.print(f"interrupted: {kept}", highlight=False)
+            raise typer.Exit(130) from None
         finally:
             if dist is not None:
                 dist.close(ok=ok)

@@ -204,11 +204,12 @@ class Schedule:
             return step is not None and step % lv.steps_every == 0
         return False  # "between": never fires (the checker reports it)
 
-    def firing_tokens(self, level: str | Level) -> list[int]:
+    def firing_tokens(self, level: str | Level) -> range:
+        """The tokens (1-based) a level fires at: a lazy range, any sequence length costs O(1)."""
         lv = self.level(level)
         if lv.tokens_every is None or self.seq_len is None:
-            return []
-        return list(range(lv.tokens_every, self.seq_len + 1, lv.tokens_every))
+            return range(0)
+        return range(lv.tokens_every, self.seq_len + 1, lv.tokens_every)
 
     def firing_steps(self, level: str | Level, steps: int | None = None) -> list[int]:
         n = steps if steps is not None else self.steps
@@ -246,9 +247,10 @@ class Schedule:
             unit = "token" if g == 1 else f"{g} tokens"
             tok_head = f"tokens 1..{self.seq_len} (1 column = {unit})"
             for lv in in_ctx:
-                fired = set(self.firing_tokens(lv))
+                e = lv.tokens_every
+                # column c covers tokens c·g+1 .. min((c+1)·g, T): it fires iff a multiple of e is in it
                 row = "".join(
-                    "|" if any(t in fired for t in range(c * g + 1, min((c + 1) * g, self.seq_len) + 1)) else "."
+                    "|" if min((c + 1) * g, self.seq_len) // e * e >= c * g + 1 else "."
                     for c in range(cols)
                 )
                 tok_rows.append((lv.name, row))
@@ -290,7 +292,7 @@ class Schedule:
         }
 
 
-def _series(xs: list[int]) -> str:
+def _series(xs: list[int] | range) -> str:
     if len(xs) <= 4:
         return ", ".join(map(str, xs))
     return ", ".join(map(str, xs[:3])) + ", …, " + str(xs[-1])

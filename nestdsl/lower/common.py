@@ -306,8 +306,9 @@ class LearnedGateModule(nn.Module):
                     raise ctx.error(gate, f"{role} gate init {init} must be > 0 for a softplus gate")
                 b = r + math.log(-math.expm1(-r))          # softplus⁻¹(r), stable
         nn.init.constant_(self.proj.bias, b)
-        self.init_value = self.scale * (torch.sigmoid(torch.tensor(b)).item() if self.squash == "sigmoid"
-                                        else F.softplus(torch.tensor(b)).item())
+        # in floats, not tensors: a model built on the meta device (size estimates) has no values
+        self.init_value = self.scale * (1 / (1 + math.exp(-b)) if self.squash == "sigmoid"
+                                        else math.log1p(math.exp(b)))
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, T, D) → (B, H, T)."""

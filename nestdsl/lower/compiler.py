@@ -21,6 +21,7 @@ from nestdsl.graph.schedule import Level, Schedule
 from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.model import NestModel
+from nestdsl.lower.size import check_size
 from nestdsl.spec import ir
 
 
@@ -172,6 +173,7 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
                          "this looks like an optimizer spec; use it from a model spec's `optimizer:`")
     forced = _check_kernels(spec, kernels or {})
     ctx = BuildContext(spec=spec, compile=CompileConfig(enabled=compile, kernels=forced))
+    check_size(spec, ctx, device=device)          # before allocating: a typo'd width or depth
     model = NestModel(ctx)
     notes: list[str] = []
     if model.uses_task_sweep:

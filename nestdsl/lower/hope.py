@@ -217,6 +217,7 @@ class SelfModifyingTitans(nn.Module):
         self.mem_rule, self.proj_rule = mem_rule, proj_rule
         self.c_mem, self.c_other = c_mem, c_other
         self.window = max(c_mem, c_other)
+        self.stream_chunk = self.window    # a stream continues from window-boundary states only
         self.qk_norm, self.v_norm, self.output_gate = qk_norm, v_norm, output_gate
         self.values = values
         self.conv_width = conv
@@ -356,7 +357,8 @@ class SelfModifyingTitans(nn.Module):
         elif state["pos"] % self.window:
             raise ValueError(f"{self.name}: cannot continue a stream {state['pos']} tokens in, in the "
                              f"middle of a chunk of {self.window}; split segments at multiples of "
-                             f"max(C_mem, C_other) = {self.window}")
+                             f"max(C_mem, C_other) = {self.window} (the model's forward_incremental "
+                             "continues anywhere)")
         st = {"mems": state["mems"], "conv": state["conv"]}
         self._inner_losses, self._dynamics = [], []
         windows = x.split(self.window, dim=1)   # one concatenation in backward (not T-long zeros)

@@ -91,6 +91,7 @@ class MemoryMixer(nn.Module):
         D = ctx.width
         self.H, self.d = H, d
         self.chunk = ctx.chunk_size(mem)
+        self.stream_chunk = self.chunk     # a stream continues from chunk-boundary states only
         self.conv_width, self.qk_norm, self.output_gate = conv, qk_norm, output_gate
         self.writes = mem.writes
 

@@ -4,13 +4,24 @@ final RMSNorm → head (tied to the embedding when `tie_embeddings`).
 A block applies its layers in order, each as a pre-norm residual `x = x + layer(norm(x))`
 (`residual: false` drops the `x +`; a layer with `owns_residual = True`, like MAL, gets the raw x
 and adds its own). The streaming state is a list (blocks) of lists (layers) of layer states.
+
+Two ways to carry a sequence across calls:
+* `forward_stream(tokens, state)` — the layers' own states; a chunked memory continues only
+  from a chunk boundary (its state is the chunk-start θ; a call must end on a boundary);
+* `forward_incremental(tokens, state)` — any split, one token at a time included (generation):
+  a layer whose memory learns per chunk of C tokens keeps its state at the last chunk boundary
+  plus the < C inputs received since, and re-runs those with each call. Every position sees
+  what the whole-sequence forward computes there (reads within a chunk are causal: gradients
+  come from the chunk-start state); memory per token is bounded by C, never by the length.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,12 +43,33 @@ class LayerSlot(nn.Module):
         self.owns_residual = bool(getattr(self.layer, "owns_residual", False))
         self.norm = nn.Identity() if self.owns_residual else make_norm(node.norm, ctx.width)
         self.residual = node.residual
+        # the lcm of the chunk sizes the layer's memories learn at (1: continues anywhere)
+        self.stream_chunk = math.lcm(1, *(int(c) for m in self.layer.modules()
+                                          if isinstance(c := getattr(m, "stream_chunk", None), int)))
 
     def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         if self.owns_residual:
             return self.layer(x, state)
         y, state = self.layer(self.norm(x), state)
         return (x + y if self.residual else y), state
+
+    def incremental(self, x: Tensor, state: tuple[Any, Tensor] | None) -> tuple[Tensor, Any]:
+        """`forward` continuing at any position: `state` = (the layer state at the last chunk
+        boundary, the inputs received since), see the module docstring."""
+        G = self.stream_chunk
+        if G == 1:
+            return self(x, state)
+        boundary, pending = state if state is not None else (None, x[:, :0])
+        xx = torch.cat([pending, x], dim=1)
+        n_full = xx.shape[1] // G * G
+        ys = []
+        if n_full:
+            y, boundary = self(xx[:, :n_full], boundary)
+            ys.append(y)
+        rest = xx[:, n_full:]
+        if rest.shape[1]:
+            ys.append(self(rest, boundary)[0])   # the mid-chunk state is recomputed next call
+        return torch.cat(ys, dim=1)[:, pending.shape[1]:], (boundary, rest)
 
     def plan(self) -> list[PlanRow]:
         if hasattr(self.layer, "plan"):
@@ -118,6 +150,22 @@ class NestModel(nn.Module):
         """Run a segment continuing from `state` (None: start of a sequence)."""
         h, state = self.hidden(tokens, state)
         return self.logits(h), state
+
+    def forward_incremental(self, tokens: Tensor, state: ModelState | None = None
+                            ) -> tuple[Tensor, ModelState]:
+        """Like `forward_stream`, but a segment may end anywhere (one token at a time for
+        generation): chunked layers keep their boundary state plus the inputs since."""
+        x = self.embed(tokens)
+        state = state if state is not None else [[None] * len(b.slots) for b in self.blocks]
+        new: ModelState = []
+        with compile_scope(self._compile_config):
+            for block, block_state in zip(self.blocks, state, strict=True):
+                states = []
+                for slot, s in zip(block.slots, block_state, strict=True):
+                    x, s = slot.incremental(x, s)
+                    states.append(s)
+                new.append(states)
+        return self.logits(x), new
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.forward_stream(tokens, None)[0]

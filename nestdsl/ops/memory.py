@@ -204,7 +204,8 @@ def memory_scan(
     if state is not None and state.offset != 0 and chunk_size > 1:
         raise ValueError(
             f"cannot continue from this state: the previous call ended {state.offset} tokens "
-            f"into a chunk of size {chunk_size}. Split streams at multiples of chunk_size.")
+            f"into a chunk of size {chunk_size}. Split streams at multiples of chunk_size "
+            "(a model's forward_incremental continues anywhere, e.g. token by token).")
     if state is not None and momentum is None and state.momentum is not None:
         raise ValueError("state carries momentum buffers but momentum=None")
     if normalized_lr and not isinstance(memory, MLPMemory):

@@ -114,8 +114,8 @@ def build(
 ) -> torch.optim.Optimizer:
     """A `torch.optim.Optimizer` for `spec` over the given parameters.
 
-    `spec`: the path of an optimizer spec file (e.g. ``"specs/optim/m3.yaml"``), a loaded
-    `ir.Spec` (its outer optimizer) or an IR `Optimizer` node.
+    `spec`: the name of a shipped optimizer spec (e.g. ``"m3"``), the path of an optimizer spec
+    file, a loaded `ir.Spec` (its outer optimizer) or an IR `Optimizer` node.
 
     Accepts an `nn.Module`, an iterable of `(name, tensor)` pairs (e.g. `model.named_parameters()`)
     or of tensors. Parameters with `requires_grad=False` and duplicates (tied weights) are

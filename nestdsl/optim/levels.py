@@ -263,12 +263,15 @@ def _memory_levels(kind: str, spec: Any) -> list[dict[str, Any]]:
 
 
 def optimizer_spec(spec: Any) -> Any:
-    """The IR `Optimizer` of an optimizer spec file path, a loaded `ir.Spec` or an `Optimizer`
-    node (returned as is)."""
+    """The IR `Optimizer` of an optimizer spec file path, the name of a shipped optimizer spec
+    (`"m3"`: `nestdsl/optim/specs/`, used when no such file exists), a loaded `ir.Spec` or an
+    `Optimizer` node (returned as is)."""
     from nestdsl.spec import ir, load_spec
+    from nestdsl.spec.shipped import shipped_optimizer
 
     if isinstance(spec, (str, os.PathLike)):
-        spec = load_spec(spec)
+        shipped = shipped_optimizer(str(spec)) if isinstance(spec, str) else None
+        spec = load_spec(shipped if shipped is not None and not os.path.isfile(spec) else spec)
     if isinstance(spec, ir.Spec):
         if spec.outer_optimizer is None:
             raise ValueError(f"{spec.source_file or spec.name}: has no `optimizer:` section")

@@ -8,7 +8,8 @@ Layout of a run folder::
         model.safetensors     # model state dict (tied/aliased tensors stored once)
         optim.safetensors     # every tensor of the optimizer state(s), keyed by path
         state.safetensors     # RNG states (torch CPU / CUDA as uint8) and ``extra`` tensors
-        meta.json             # spec text + sha256, step, data position, the non-tensor
+        meta.json             # spec text, its canonical form and identity (spec/identity.py),
+                              # step, data position, the non-tensor
                               # structure of model/optimizer/extra, Python and numpy RNG
                               # states, and the size and sha256 of every file
       step_000200/ ...
@@ -52,6 +53,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "SpecMismatch",
     "UnreadableCheckpoint",
     "capture_rng_state",
     "find_latest",
@@ -84,9 +86,19 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 class CheckpointError(Exception):
     """A checkpoint cannot be written or read; the message is one line for the user."""
 
+    user_error = True
+
 
 class UnreadableCheckpoint(CheckpointError):
     """A checkpoint folder's files are missing, truncated or corrupt (not: from another spec)."""
+
+
+class SpecMismatch(CheckpointError):
+    """The checkpoint was trained with a spec that computes something else (`differences`)."""
+
+    def __init__(self, message: str, differences: list[Any]) -> None:
+        super().__init__(message)
+        self.differences = differences
 
 
 #: Prefix of a checkpoint folder moved aside because it did not verify (kept, never pruned).
@@ -287,7 +299,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file(tensors, str(path))
+    try:
+        save_file(tensors, str(path))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors wraps I/O errors in its own type
+        # e.g. 'IoError(Os { code: 28, kind: StorageFull, ... })': the OS error it stands for
+        code = re.search(r"\bcode: (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
     _fsync_file(path)
 
 
@@ -480,6 +501,7 @@ def save_checkpoint(
     *,
     model: Any,
     spec_text: str,
+    spec_record: dict[str, Any] | None = None,
     optimizer: Any = None,
     data_position: int | None = None,
     extra: Any = None,
@@ -492,6 +514,8 @@ def save_checkpoint(
     optimizers, or any nested state (tensors + scalars). ``extra``: any nested structure of
     tensors and JSON-able values (e.g. persistent-level gradient accumulators). ``rng``: save
     the current Python/numpy/torch(/CUDA) RNG states. ``data_position`` defaults to ``step``.
+    ``spec_record`` (`spec.identity.record`) makes the spec's identity, not its text, what a
+    later load checks.
     Keeps the last ``keep`` checkpoints. Raises :class:`CheckpointError` (disk full, unwritable
     folder, unsupported value); the previous checkpoint is left intact.
     """
@@ -518,6 +542,8 @@ def save_checkpoint(
             for i, t in enumerate(r["cuda"]):
                 state_t[f"rng.cuda.{i}"] = t.cpu()
         tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=run))
+        os.umask(umask := os.umask(0o077))  # read the umask (and put it back): mkdtemp's 0700
+        tmp.chmod(0o777 & ~umask)            # becomes what the run folder and metrics get
         files: dict[str, dict[str, Any]] = {}
         for fname, tensors in ((MODEL_FILE, model_t), (OPTIM_FILE, optim_t), (STATE_FILE, state_t)):
             _save_tensors(tensors, tmp / fname)
@@ -528,8 +554,9 @@ def save_checkpoint(
             "complete": True,
             "step": int(step),
             "data_position": int(step if data_position is None else data_position),
-            "spec_hash": spec_hash(spec_text),
+            "spec_hash": spec_record["identity_hash"] if spec_record else spec_hash(spec_text),
             "spec_text": spec_text,
+            "spec": spec_record,
             "created": time.time(),
             "torch_version": torch.__version__,
             "model": model_skel,
@@ -541,6 +568,8 @@ def save_checkpoint(
         }
         text = json.dumps(meta, allow_nan=False, indent=1)
         _write_bytes(tmp / META_FILE, text.encode("utf-8"))
+        for f in tmp.iterdir():              # safetensors writes 0600; meta.json gets the umask's
+            f.chmod(0o666 & ~umask)
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. after a resume)
             trash = run / f"{TMP_PREFIX}old-{name}-{os.getpid()}"
@@ -656,6 +685,18 @@ def _move_aside(p: Path) -> Path:
     raise CheckpointError(f"cannot move the unreadable checkpoint {p} aside: too many copies")
 
 
+def _check_identity(p: Path, stored: dict[str, Any], current: dict[str, Any], force: bool) -> None:
+    from nestdsl.spec.identity import differences
+
+    diffs = differences(stored, current)
+    if diffs and not force:
+        shown = "; ".join(str(d) for d in diffs[:6]) + (f"; … {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise SpecMismatch(
+            f"checkpoint {p} was trained with a spec that differs in {len(diffs)} field"
+            f"{'s' if len(diffs) != 1 else ''} (stored → given): {shown}. Leave out the spec to "
+            "use the stored one, undo the change, or pass --force to load it anyway", diffs)
+
+
 def _load_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=device)
@@ -670,6 +711,8 @@ def load_checkpoint(
     optimizer: Any = None,
     spec_text: str | None = None,
     expected_hash: str | None = None,
+    identity: dict[str, Any] | None = None,
+    force: bool = False,
     restore_rng: bool = False,
     device: str = "cpu",
     strict: bool = True,
@@ -677,8 +720,10 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load a checkpoint folder, or the newest complete one of a run folder.
 
-    With ``spec_text`` (or ``expected_hash``) the stored spec hash must match, else
-    :class:`CheckpointError` says the checkpoint comes from another spec. With ``model`` /
+    With ``identity`` (`spec.identity.identity`) the stored spec must mean the same, else
+    :class:`SpecMismatch` lists what differs (``force``: load anyway). A checkpoint written
+    before identities were stored is compared by ``spec_text`` hash. With ``spec_text`` (or
+    ``expected_hash``) alone the stored hash must match. With ``model`` /
     ``optimizer`` the states are loaded into them (``strict`` for the model). ``restore_rng``
     sets the process RNGs. ``verify`` checks the files' sha256. Never unpickles anything.
     """
@@ -686,6 +731,8 @@ def load_checkpoint(
     if not p.exists():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.is_dir() and not (p / META_FILE).exists():
+        if _step_of(p) is not None:       # a step folder whose meta.json is gone: damaged
+            raise UnreadableCheckpoint(f"checkpoint {p} has no {META_FILE}")
         latest = find_latest(p)
         if latest is None:
             raise CheckpointError(f"no complete checkpoint in {p}")
@@ -694,11 +741,21 @@ def load_checkpoint(
     want = expected_hash if expected_hash is not None else (
         spec_hash(spec_text) if spec_text is not None else None
     )
+    stored_identity = (meta.get("spec") or {}).get("identity")
+    if identity is not None and stored_identity is not None:
+        _check_identity(p, stored_identity, identity, force)
+        want = None
+    elif identity is not None:
+        if not force:
+            raise CheckpointError(
+                f"checkpoint {p} was written by an older nestdsl that did not store its spec's "
+                "identity; pass --force to load it with this spec")
+        want = None
     if want is not None and meta.get("spec_hash") != want:
         raise CheckpointError(
             f"checkpoint {p} was written by a different spec (spec hash "
             f"{str(meta.get('spec_hash'))[:12]}, this spec {want[:12]}); use the spec it was "
-            "trained with, or a new output folder"
+            "trained with, or a new output folder (--force loads it anyway)"
         )
     if meta.get("complete") is not True:
         raise UnreadableCheckpoint(f"checkpoint {p} is incomplete")

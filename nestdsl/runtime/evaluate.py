@@ -44,16 +44,26 @@ def _mean_loss_and_acc(
     return loss, sum(accs) / len(accs), right / max(n_tok, 1.0)
 
 
-def load_model(spec: ir.Spec, spec_text: str, ckpt: Path, device: str) -> torch.nn.Module:
+def load_model(spec: ir.Spec, ckpt: Path, device: str, *, force: bool = False,
+               console: Console | None = None) -> torch.nn.Module:
     """The spec's model with the weights of `ckpt` (a checkpoint folder, or a run folder: its
-    latest complete checkpoint). The checkpoint must come from this spec (hash check)."""
+    latest complete checkpoint). The checkpoint's spec must mean the same (`spec.identity`;
+    `force`: load anyway); `console` hears which checkpoint is used."""
     import nestdsl
     from nestdsl.runtime import checkpoint as ck
+    from nestdsl.runtime.run_spec import checkpoint_folder
+    from nestdsl.spec.identity import identity
 
-    if not Path(ckpt).exists():
-        raise ck.CheckpointError(f"checkpoint not found: {ckpt}")
+    folder = checkpoint_folder(ckpt)
     system = nestdsl.compile(spec, device=device, compile=False)
-    ck.load_checkpoint(ckpt, model=system.model, spec_text=spec_text, device=device)
+    loaded = ck.load_checkpoint(folder, model=system.model, identity=identity(spec), force=force,
+                                device=device)
+    if console is not None:
+        newer = [p.name for p in ck.step_folders(folder.parent)
+                 if int(p.name.removeprefix("step_")) > loaded.step]
+        skipped = f"; newer {', '.join(newer)} incomplete or damaged" if newer else ""
+        console.print(f"evaluating {loaded.path.name} (step {loaded.step}) of {folder.parent}"
+                      f"{skipped}", highlight=False)
     system.model.eval()
     return system.model
 
@@ -65,7 +75,6 @@ def _run_folder(ckpt: Path) -> Path:
 def evaluate(
     spec: ir.Spec,
     *,
-    spec_text: str,
     ckpt: Path,
     task: str = "spec",
     lengths: list[int] | None = None,
@@ -75,6 +84,7 @@ def evaluate(
     device: str = "cpu",
     out_png: Path | None = None,
     console: Console | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run one evaluation and print a table; returns the numbers (for tests and scripts)."""
     from nestdsl.runtime.tasks import make_task, niah
@@ -90,7 +100,7 @@ def evaluate(
         data = data.tasks[0]
     if task == "spec" and isinstance(data, ir.TextData):
         task = "text"
-    model = load_model(spec, spec_text, ckpt, device)
+    model = load_model(spec, ckpt, device, force=force, console=console)
 
     if task == "niah":
         # the training length first (how well it learned), then 2x, 4x, 8x (how far it extrapolates)
@@ -102,18 +112,26 @@ def evaluate(
         for n in lengths:
             table.add_column(str(n), justify="right")
         skipped: list[str] = []
-        for v in variants:
-            lo = niah.min_seq_len(v)  # also validates the variant
-            row: dict[int, float] = {}
-            for n in lengths:
-                if n < lo:  # too short for this needle: a blank cell, not an error
-                    skipped.append(f"S-NIAH-{v} needs length >= {lo}")
-                    continue
-                t = niah.NIAHTask(seq_len=n, batch=data.batch, seed=data.seed + 1, variant=v)
-                _, acc, _ = _mean_loss_and_acc(model, t, batches, device, "val")
-                row[n] = acc
-            grid[f"S-NIAH-{v}"] = row
-            table.add_row(f"S-NIAH-{v}", *[f"{100 * row[n]:.1f}%" if n in row else "—" for n in lengths])
+        from nestdsl.runtime.progress import counter
+
+        min_len = {v: niah.min_seq_len(v) for v in variants}  # also validates the variants
+        cells = sum(n >= min_len[v] for v in variants for n in lengths)
+        # a cell at 8x the training length takes a while: count them on a terminal
+        with counter(console, cells, "S-NIAH cells") as progress:
+            for v in variants:
+                lo = min_len[v]
+                row: dict[int, float] = {}
+                for n in lengths:
+                    if n < lo:  # too short for this needle: a blank cell, not an error
+                        skipped.append(f"S-NIAH-{v} needs length >= {lo}")
+                        continue
+                    progress.working_on(f"S-NIAH-{v} at length {n}")
+                    t = niah.NIAHTask(seq_len=n, batch=data.batch, seed=data.seed + 1, variant=v)
+                    _, acc, _ = _mean_loss_and_acc(model, t, batches, device, "val")
+                    row[n] = acc
+                    progress.advance()
+                grid[f"S-NIAH-{v}"] = row
+                table.add_row(f"S-NIAH-{v}", *[f"{100 * row[n]:.1f}%" if n in row else "—" for n in lengths])
         if not any(grid.values()):
             raise DataError(f"every length in {lengths} is too short for the chosen S-NIAH variants "
                             f"(minimum {min(niah.min_seq_len(v) for v in variants)})")

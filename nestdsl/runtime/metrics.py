@@ -74,7 +74,9 @@ class MetricsWriter:
     ``tensorboard``: ``None`` uses it if ``torch.utils.tensorboard`` and ``tensorboard`` are
     importable (silently skipped otherwise), ``False`` never, ``True`` requires it.
     ``truncate_after``: first rewrite the file (atomically) keeping only records with
-    ``step <= truncate_after`` (use the resumed checkpoint's step).
+    ``step <= truncate_after`` (use the resumed checkpoint's step). ``history``: the records
+    the checkpoint carries; a record missing from the file (a damaged or deleted line, or the
+    whole file) is restored from it.
     """
 
     def __init__(
@@ -85,12 +87,18 @@ class MetricsWriter:
         tensorboard: bool | None = None,
         truncate_after: int | None = None,
         start_elapsed: float = 0.0,
+        history: list[dict[str, Any]] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / filename
-        if truncate_after is not None and self.path.exists():
-            kept = [r for r in _parse_lines(self.path) if int(r.get("step", 0)) <= truncate_after]
+        if truncate_after is not None and (self.path.exists() or history):
+            lines = _parse_lines(self.path) if self.path.exists() else []
+            kept = [r for r in lines if int(r.get("step", 0)) <= truncate_after]
+            have = {int(r.get("step", 0)) for r in kept}
+            kept += [dict(r) for r in history or []
+                     if int(r["step"]) <= truncate_after and int(r["step"]) not in have]
+            kept.sort(key=lambda r: int(r.get("step", 0)))
             tmp = self.path.with_name(self.path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f:
                 for r in kept:

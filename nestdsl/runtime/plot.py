@@ -20,6 +20,8 @@ __all__ = ["PlotError", "plot_heatmap", "plot_runs"]
 class PlotError(Exception):
     """Nothing to plot (no metrics, unknown key, empty table); one-line message."""
 
+    user_error = True
+
 
 def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -157,7 +157,9 @@ def probe(spec: ir.Spec, *, spec_text: str | None = None, steps: int = 0, sequen
             if progress:
                 progress(f"training {steps} steps")
             train(quiet, spec_text=text, run_dir=run, steps=steps)
-            ck.load_checkpoint(run, model=model, spec_text=text)
+            from nestdsl.spec.identity import identity
+
+            ck.load_checkpoint(run, model=model, identity=identity(spec))
     model.eval()
     drawn, needle, hay = perturbed_niah(sequences, seed=seed)
     at = drawn.shape[1] - 7          # the input position whose target is the first answer digit

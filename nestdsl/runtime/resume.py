@@ -4,6 +4,7 @@ gradients persistent levels have accumulated since their last update."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,22 +40,35 @@ def extra_of(state: LoopState, level_opts: list[Any]) -> dict[str, Any]:
             "n_acc": state.n_acc}
 
 
-def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], spec_text: str,
-            device: str, rank: int) -> LoopState:
+def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], record: dict[str, Any],
+            device: str, rank: int, force: bool = False,
+            say: Callable[[str], None] | None = None) -> LoopState:
     """Load the newest checkpoint that verifies into model and optimizers (RNG states too) and
     return the loop state; a fresh `LoopState` when the run has none. Unreadable newer
-    checkpoints are set aside with a warning (`checkpoint.resume_latest`)."""
+    checkpoints are set aside with a warning (`checkpoint.resume_latest`). The checkpoint's spec
+    must mean the same as `record`'s (`spec.identity`; `force`: any); `say` (rank 0) hears which
+    step resumes and which run fields (steps, logging) changed."""
     loaded, skipped = ckpt.resume_latest(
         run_dir, model=model, optimizer=[lo.optimizer for lo in level_opts],
-        spec_text=spec_text, restore_rng=True, device=device, move_aside=rank == 0)
+        identity=record["identity"], force=force, restore_rng=True, device=device,
+        move_aside=rank == 0)
     state = LoopState.fresh(device)
+    say = say if rank == 0 else None
     if loaded is None:
+        if say is not None:
+            say(f"no checkpoint in {run_dir}: starting fresh")
         return state
     if skipped and rank == 0:
         import warnings
 
         for note in skipped:
             warnings.warn(f"{note}; resuming from {loaded.path.name}", stacklevel=3)
+    if say is not None:
+        changes = _run_changes(loaded.meta, record)
+        forced = _forced_changes(loaded.meta, record) if force else []
+        say(f"resuming from step {loaded.step} ({loaded.path.name})"
+            + (f"; changed: {', '.join(changes)}" if changes else "")
+            + (f"; loaded with --force despite: {', '.join(forced)}" if forced else ""))
     extra = loaded.extra or {}
     state.step = loaded.step
     state.history = list(extra.get("history", []))
@@ -68,3 +82,21 @@ def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], spe
             if key in accum:
                 p.grad = accum[key].to(device=p.device, dtype=p.dtype).clone()
     return state
+
+
+def _run_changes(meta: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """The run fields (steps, logging) that differ from the checkpoint's, as 'a: x → y'."""
+    from nestdsl.spec.identity import differences
+
+    stored = (meta.get("spec") or {}).get("run")
+    if stored is None:
+        return []
+    return [str(d) for d in differences(stored, record["run"]) if d.path not in ("name", "doc")]
+
+
+def _forced_changes(meta: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """The identity fields that differ from the checkpoint's (what --force let through)."""
+    from nestdsl.spec.identity import differences
+
+    stored = (meta.get("spec") or {}).get("identity")
+    return [] if stored is None else [str(d) for d in differences(stored, record["identity"])]

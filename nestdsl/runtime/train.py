@@ -96,6 +96,10 @@ class TrainResult:
     tokens_per_s: float
     history: list[dict[str, float]]
     start_step: int = 0
+    # The first step of this process alone (torch.compile included when `compiled`), seconds;
+    # `tokens_per_s` counts the steps after it. NaN when no step ran.
+    first_step_s: float = math.nan
+    compiled: bool = False
 
 
 class LossModule(torch.nn.Module):
@@ -118,6 +122,22 @@ def default_data(spec: ir.Spec) -> ir.Data:
     if spec.data is not None:
         return spec.data
     return ir.MQARData(task="mqar", seq_len=128, batch=8, num_pairs=8)
+
+
+def resolve_compile(train_cfg: ir.Train | None, device: str, override: bool | None = None) -> bool:
+    """Whether the run uses torch.compile: `override` (the `compile=` argument, `--compile`)
+    when given; else `train.compile` when the spec writes it; else on for CUDA, off for CPU.
+
+    `train.compile` defaults to true, but on CPU a cold compile costs about a minute (hope-tiny
+    57-59 s, titans-lmm-tiny 50 s) and then wins nothing on the tiny models (titans-lmm-tiny, one
+    thread: 9.3k tok/s compiled, 12k eager), so an unwritten `compile` means "auto". Written or
+    not is pydantic's `model_fields_set`, which the loader, `--set`, the `.nest` parser and the
+    checkpoint's canonical form (`exclude_unset`) all preserve."""
+    if override is not None:
+        return override
+    if train_cfg is not None and "compile" in train_cfg.model_fields_set:
+        return train_cfg.compile
+    return torch.device(device).type == "cuda"
 
 
 def _level_groups(system: CompiledSystem) -> list[tuple[str, list[torch.nn.Parameter], int]]:
@@ -261,7 +281,7 @@ def _check_vocab(spec: ir.Spec, task: Any) -> None:
 def train(
     spec: ir.Spec,
     *,
-    spec_text: str,
+    spec_text: str | None = None,
     run_dir: Path,
     steps: int | None = None,
     device: str = "cpu",
@@ -270,12 +290,21 @@ def train(
     on_log: Callable[[dict[str, float]], None] | None = None,
     distributed: Any = None,
     kernels: dict[str, str] | None = None,
+    force: bool = False,
+    say: Callable[[str], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train `spec` into `run_dir`; see the module docstring for the guarantees.
 
     `kernels` forces memory kernels (``compile_spec``). `steps` overrides `train.steps` (the
     length of the learning-rate schedule too). Without
     `resume`, a run folder that already holds a checkpoint is refused (never overwrite work).
+    A checkpoint records the spec's canonical form and identity (`spec/identity.py`; `spec_text`,
+    when given, is kept beside them for people); `resume` loads only a checkpoint whose spec
+    means the same (`force`: any), and `say` hears what it did ("resuming from step 20").
+    `compile`: an explicit torch.compile switch (None: `resolve_compile`). `on_status` hears
+    what the loop is doing between log steps: "compiling" before a compiled run's first step,
+    "" once that step is done.
     """
     import nestdsl
     from nestdsl.runtime import checkpoint as ckpt
@@ -286,10 +315,18 @@ def train(
     if total_steps < 1:
         raise TrainConfigError(f"--steps must be >= 1, got {total_steps}")
     train_cfg = train_cfg.model_copy(update={"steps": total_steps})
+    from nestdsl.spec.identity import record as spec_record
+
+    spec_rec = spec_record(spec)
+    spec_rec["run"]["train.steps"] = total_steps
+    if spec_text is None:
+        import yaml
+
+        spec_text = yaml.safe_dump(spec_rec["canonical"], sort_keys=False, allow_unicode=True)
     data_spec = default_data(spec)
     if spec.data is None:  # lower with the same data the loop will use (level classification)
         spec = spec.model_copy(update={"data": data_spec})
-    use_compile = train_cfg.compile if compile is None else compile
+    use_compile = resolve_compile(train_cfg, device, compile)
     rank = distributed.rank if distributed else 0
     world = distributed.world_size if distributed else 1
 
@@ -307,6 +344,11 @@ def train(
     task = _make_task(data_spec, spec, run_dir)
     _check_vocab(spec, task)
 
+    from nestdsl.lower.common import BuildContext, CompileConfig
+    from nestdsl.lower.size import check_size
+
+    check_size(spec, BuildContext(spec=spec, compile=CompileConfig(enabled=False)), device=device,
+               training=True)
     seed_everything(train_cfg.seed)
     try:
         system = nestdsl.compile(spec, device=device, compile=use_compile, kernels=kernels)
@@ -330,14 +372,15 @@ def train(
     )
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    loop = (resume_from(run_dir, model=model, level_opts=level_opts, spec_text=spec_text,
-                        device=device, rank=rank)
+    loop = (resume_from(run_dir, model=model, level_opts=level_opts, record=spec_rec,
+                        device=device, rank=rank, force=force, say=say)
             if resume else LoopState.fresh(device))
     start_step, history, loss_acc, n_acc = loop.step, loop.history, loop.loss_acc, loop.n_acc
     if start_step == 0:
         for lo in level_opts:
             lo.optimizer.zero_grad(set_to_none=True)
-    metrics = MetricsWriter(run_dir, truncate_after=start_step) if rank == 0 else None
+    metrics = (MetricsWriter(run_dir, truncate_after=start_step, history=history)
+               if rank == 0 else None)
 
     grad_clip = train_cfg.grad_clip
     from nestdsl.lower import telemetry
@@ -350,6 +393,18 @@ def train(
     warned: set[str] = set()
     t_start = time.perf_counter()
     tokens_seen = 0
+    # Throughput is measured from the end of this process's first step: that step compiles
+    # (torch.compile), allocates and warms caches, and would dominate a short run's tok/s.
+    t_warm: float | None = None
+    tokens_warm = 0
+    first_step_s = math.nan
+
+    def throughput(now: float) -> float:
+        """Tokens/s since the first step ended (over the first step alone until there is more)."""
+        if t_warm is not None and tokens_seen > tokens_warm and now > t_warm:
+            return (tokens_seen - tokens_warm) / (now - t_warm)
+        return tokens_seen / max(now - t_start, 1e-9)
+
     first_loss = history[0]["loss"] if history else math.nan
     last_loss = history[-1]["loss"] if history else math.nan
     no_bad = total_steps + 1  # "no non-finite step yet" (a min-reduction sentinel)
@@ -367,10 +422,11 @@ def train(
 
     def stop_if_diverged(bad: int) -> None:
         if bad != no_bad:
+            where = _bad_memory(probes, bad_snapshot)
             raise TrainingDiverged(
                 f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
-                f"stopped. The last good checkpoint in {run_dir} is kept (lower the learning "
-                "rate or the memories' step sizes, or enable train.grad_clip)."
+                f"stopped. {_checkpoint_note(run_dir)} To stabilise it: "
+                f"{_stability_advice(spec, opt_spec, grad_clip, where)}."
             )
 
     def save(step: int) -> None:
@@ -383,6 +439,7 @@ def train(
                     model=model,
                     optimizer=[lo.optimizer for lo in level_opts],
                     spec_text=spec_text,
+                    spec_record=spec_rec,
                     data_position=step,
                     extra=extra_of(LoopState(step, history, loss_acc, n_acc), level_opts),
                 )
@@ -394,6 +451,8 @@ def train(
             raise TrainConfigError(f"rank 0 could not write the checkpoint of step {step}; stopped")
 
     step = start_step
+    if use_compile and on_status is not None and rank == 0:
+        on_status("compiling")
     for step in range(start_step, total_steps):
         set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
         batch = task.batch(step)
@@ -429,6 +488,13 @@ def train(
         factor = lr_factor(train_cfg, step)
         for lo in level_opts:
             lo.step(step, factor, grad_clip)
+        if t_warm is None:                    # this process's first step (compiled, if on)
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)    # once: the first step's kernels end here
+            t_warm = time.perf_counter()
+            tokens_warm, first_step_s = tokens_seen, t_warm - t_start
+            if use_compile and on_status is not None and rank == 0:
+                on_status("")
 
         done = step + 1
         is_log = done % train_cfg.log_every == 0 or done == total_steps
@@ -448,13 +514,15 @@ def train(
             if math.isnan(first_loss):
                 first_loss = mean_loss
             last_loss = mean_loss
-            elapsed = time.perf_counter() - t_start
+            now = time.perf_counter()
+            elapsed = now - t_start
             record = {
                 "step": done,
                 "loss": mean_loss,
                 "lr": _main_lr(level_opts) * factor,
-                "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                "tokens_per_s": throughput(now),      # without the first step (compile)
                 "elapsed": elapsed,
+                "first_step_s": first_step_s,         # the first step alone, compile included
             }
             if inner_stats:
                 record["memories"] = {name: {k: float(v) for k, v in st.items()}
@@ -479,22 +547,23 @@ def train(
                 since = f"after step {ckpt.read_meta(last)['step']}" if last is not None else "since the start"
                 raise TrainingDiverged(
                     f"parameters became non-finite by step {done} ({since}; the loss was still "
-                    f"finite); stopped. The last good checkpoint in {run_dir} is kept (lower the "
-                    "learning rate or enable train.grad_clip)."
+                    f"finite); stopped. {_checkpoint_note(run_dir)} To stabilise it: "
+                    f"{_stability_advice(spec, opt_spec, grad_clip, None, memories=False)}."
                 )
             save(done)
 
     if metrics is not None:
         metrics.close()
-    elapsed = time.perf_counter() - t_start
     return TrainResult(
         run_dir=run_dir,
         steps=max(total_steps, start_step),
         final_loss=last_loss,
         first_loss=first_loss,
-        tokens_per_s=tokens_seen / max(elapsed, 1e-9),
+        tokens_per_s=throughput(time.perf_counter()),
         history=history,
         start_step=start_step,
+        first_step_s=first_step_s,
+        compiled=use_compile,
     )
 
 
@@ -512,6 +581,59 @@ def _culprit(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) -> st
             return (f": the first non-finite memory output was in '{label}' (module {name}) at "
                     f"token {t}, chunk {t // max(chunk, 1)} of {chunk} tokens")
     return ": every memory's output was finite (the divergence is outside the memories)"
+
+
+def _bad_memory(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) -> str | None:
+    """The label of the memory whose output went non-finite first (as `_culprit` names it);
+    "" when every memory's output was finite; None when the probes cannot tell."""
+    if snapshot is None or not probes:
+        return None
+    for (name, mod), t in zip(probes, snapshot.tolist(), strict=True):
+        if 0 <= t < mod.probe.length:
+            return str(getattr(mod, "name", name))
+    return ""
+
+
+def _checkpoint_note(run_dir: Path) -> str:
+    """Whether a checkpoint survives the divergence, and which (never claims one that is not)."""
+    from nestdsl.runtime import checkpoint as ckpt
+
+    latest = ckpt.find_latest(run_dir)
+    if latest is None:
+        return "No checkpoint was written yet (nothing to resume)."
+    return f"The last good checkpoint (step {ckpt.read_meta(latest)['step']}) is kept in {latest}."
+
+
+def _stability_advice(spec: ir.Spec, opt: ir.Optimizer, grad_clip: float | None,
+                      where: str | None, *, memories: bool = True) -> str:
+    """The spec fields that set the run's step sizes, with their values: the memories' inner
+    `rule.lr` (its gate's `scale`) and `rule.clip` (the one that diverged, if the probes know;
+    none when the divergence is outside the memories), the outer `optimizer.lr`, and
+    `train.grad_clip` only if it is off."""
+    parts: list[str] = []
+    if memories and where != "":
+        mems = [(n, m) for n, m in spec.memories.items() if m.kind != "attention"]
+        if where:
+            mems = [(n, m) for n, m in mems if where == n or where.endswith(f" {n}")] or mems
+        for n, m in mems:
+            rule = m.rule or ir.Rule()
+            preset = "; the presets use 0.1" if m.kind == "mlp" else ""
+            if isinstance(rule.lr, ir.LearnedGate):
+                parts.append(f"lower memories.{n}.rule.lr.scale (now {rule.lr.scale:g}"
+                             f"{preset if rule.lr.scale > 0.1 else ''})")
+            else:
+                parts.append(f"lower memories.{n}.rule.lr (now {rule.lr:g}{preset if rule.lr > 0.1 else ''})")
+            if rule.clip is None and m.objective in (None, "l2") and not m.norm:
+                parts.append(f"set memories.{n}.rule.clip (unset; the presets use 1.0)")
+    if isinstance(spec.optimizer, str):
+        parts.append(f"lower the outer lr (now {opt.lr:g}, from optimizer '{spec.optimizer}')")
+    elif spec.optimizer is None:
+        parts.append(f"set optimizer.lr (the default optimizer's is {opt.lr:g})")
+    else:
+        parts.append(f"lower optimizer.lr (now {opt.lr:g})")
+    if not grad_clip:
+        parts.append("set train.grad_clip (off; the default is 1.0)")
+    return "; ".join(parts[:-1]) + (" or " if len(parts) > 1 else "") + parts[-1]
 
 
 def _warn_state_norms(stats: dict[str, dict[str, float]], bound: float | None, step: int,

@@ -108,7 +108,7 @@ def apply_override(doc: Document, pair: str) -> None:
     if "=" not in pair:
         raise SpecError([Diagnostic(origin, "--set expects key=value", "e.g. --set train.steps=100", code="override")])
     key, raw = pair.split("=", 1)
-    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".") if p]
+    parts = _key_parts(doc.data, [p for p in key.strip().split(".") if p])
     if not parts:
         raise SpecError([Diagnostic(origin, "--set needs a key before '='", code="override")])
     try:
@@ -137,23 +137,56 @@ def apply_override(doc: Document, pair: str) -> None:
     doc.key_positions[full] = origin
 
 
+def _key_parts(data: object, words: list[str]) -> list[str | int]:
+    """`a.b.0.c` → ['a', 'b', 0, 'c']; a name with dots that the document has (a level named
+    `titans.level`, as inline levels are) is kept whole: `levels.titans.level.every`."""
+    parts: list[str | int] = []
+    node, i = data, 0
+    while i < len(words):
+        j = i + 1
+        if isinstance(node, dict):
+            j = next((k for k in range(len(words), i + 1, -1) if ".".join(words[i:k]) in node), j)
+        word = ".".join(words[i:j])
+        part: str | int = int(word) if word.isdigit() and j == i + 1 else word
+        parts.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+        i = j
+    return parts
+
+
 def resolve_optimizer_path(spec: ir.Spec) -> FsPath | None:
-    """Where a string `optimizer:` reference points (relative to the spec's folder)."""
+    """The file a string `optimizer:` reference names (None when `optimizer` is not a string).
+
+    In order: a file at that path relative to the spec's folder; a shipped optimizer spec of
+    that name (`adamw`, `muon`, ...: `nestdsl.spec.shipped`); a file relative to the current
+    folder. When none exists, the path relative to the spec's folder (not a file).
+    """
     if not isinstance(spec.optimizer, str):
         return None
+    from nestdsl.spec.shipped import shipped_optimizer
+
     base = FsPath(spec.source_file).parent if spec.source_file else FsPath(".")
     ref = FsPath(spec.optimizer)
-    for candidate in (base / ref, ref):
-        if candidate.is_file():
-            return candidate
+    if (base / ref).is_file():
+        return base / ref
+    shipped = shipped_optimizer(spec.optimizer)
+    if shipped is not None:
+        return shipped
+    if ref.is_file():
+        return ref
     return base / ref
 
 
 def load_spec(path: str | FsPath, *, check: bool = True, overrides: list[str] | None = None) -> ir.Spec:
     """Parse, validate and (by default) semantically check a spec file.
 
-    An `optimizer: path/to/optim.yaml` reference is loaded and checked too; the result is
-    available as `spec.outer_optimizer`.
+    An `optimizer: adamw` (a shipped optimizer spec) or `optimizer: path/to/optim.yaml`
+    reference is loaded and checked too; the result is available as `spec.outer_optimizer`.
     """
     doc, spec = parse_file(path, overrides)
     if check:

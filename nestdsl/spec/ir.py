@@ -148,6 +148,34 @@ class Rule(Node):
 
 
 # ---------------------------------------------------------------------------------------------
+# Level references: a level's name, or (in the source) an inline level `{every: 16 tokens}`,
+# which validation lifts into `levels:` under a generated name (nestdsl/spec/validate.py), so the
+# IR only ever holds names.
+
+_PERIOD_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*\d+\s*(tokens?|steps?)?\s*$"},
+        {"type": "integer", "minimum": 1},
+    ],
+    "description": "period, e.g. '16 tokens' or '4 steps' (a bare integer is tokens)",
+}
+
+LevelRef = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "the name of a level (declared or built-in)"},
+                {"type": "object", "description": "an inline (anonymous) level",
+                 "properties": {"every": _PERIOD_SCHEMA, "doc": {"type": "string"}},
+                 "required": ["every"], "additionalProperties": False},
+            ],
+            "description": "a level name, or an inline level like {every: 16 tokens}",
+        }
+    ),
+]
+
+# ---------------------------------------------------------------------------------------------
 # Memories
 
 MemoryKind = Literal["linear", "mlp", "attention"]
@@ -169,8 +197,10 @@ class Memory(Node):
         default=None, description="inner objective (registry: dot, l2, ...); parametric only"
     )
     rule: Rule | None = Field(default=None, description="inner update rule; parametric only")
-    level: str | None = Field(
-        default=None, description="level whose period is the chunk size C (default: 1 token)"
+    level: LevelRef | None = Field(
+        default=None,
+        description="level whose period is the chunk size C: a name, or an inline level "
+                    "(`{every: 16 tokens}`; .nest: `level every 16 tokens`) (default: 1 token)",
     )
     read: ReadMode = Field(default="after", description="read after/before the write, or at chunk start")
     writes: WriteGrad = Field(default="grad", description="back-propagate through writes or not")
@@ -216,19 +246,7 @@ class Memory(Node):
 # Levels and CMS
 
 
-PeriodField = Annotated[
-    Period,
-    BeforeValidator(_period),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\s*\d+\s*(tokens?|steps?)?\s*$"},
-                {"type": "integer", "minimum": 1},
-            ],
-            "description": "period, e.g. '16 tokens' or '4 steps' (a bare integer is tokens)",
-        }
-    ),
-]
+PeriodField = Annotated[Period, BeforeValidator(_period), WithJsonSchema(_PERIOD_SCHEMA)]
 
 
 class Level(Node):
@@ -241,7 +259,9 @@ class Level(Node):
 class CMSStage(Node):
     """One MLP block of a Continuum Memory System with its own level (design.md §3.3)."""
 
-    level: str = Field(description="level that sets this stage's period")
+    level: LevelRef = Field(
+        description="level that sets this stage's period: a name, or an inline level "
+                    "(`{every: 4 steps}`; .nest: `stage every 4 steps`)")
     hidden: int = Field(default=4, ge=1, description="hidden multiple of the width")
     activation: Activation = "silu"
     signal: Literal["task", "local"] = Field(
@@ -521,14 +541,19 @@ class Spec(Node):
     cms: dict[str, CMS] = Field(default_factory=dict)
     blocks: dict[str, Block] = Field(default_factory=dict)
     optimizer: Optimizer | str | None = Field(
-        default=None, description="inline optimizer, or a path to an optimizer spec file"
+        default=None,
+        description="inline optimizer, the name of a shipped optimizer spec (adamw, muon, m3, "
+                    "dmgd, delta-momentum, sgd-momentum), or a path to an optimizer spec file "
+                    "(relative to this spec's folder)",
     )
     data: Data | None = None
     train: Train | None = None
 
-    # Set by the loader: the file the spec came from, and `optimizer` resolved when it is a path.
+    # Set by the loader: the file the spec came from, and `optimizer` resolved when it is a name
+    # or a path (the optimizer and the file it was read from).
     _source_file: str | None = PrivateAttr(default=None)
     _resolved_optimizer: Optimizer | None = PrivateAttr(default=None)
+    _optimizer_file: str | None = PrivateAttr(default=None)
 
     @property
     def source_file(self) -> str | None:
@@ -540,6 +565,11 @@ class Spec(Node):
         if isinstance(self.optimizer, Optimizer):
             return self.optimizer
         return self._resolved_optimizer
+
+    @property
+    def optimizer_file(self) -> str | None:
+        """The file a string `optimizer:` reference was read from (set by the checker)."""
+        return self._optimizer_file
 
     def level_period(self, name: str | None) -> Period:
         """The period of a named level (built-ins `token` and `step` included; None = 1 token)."""

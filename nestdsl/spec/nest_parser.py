@@ -478,7 +478,11 @@ class _Builder:
             entry: dict[str, Any] = {}
             self.doc.positions[spath] = self.span(stage)
             items.append(entry)
-            level, level_span = self.name(stage.children[0])
+            head = stage.children[0]
+            if head.data == "inline_level":  # `stage every 4 steps`: an anonymous level
+                level, level_span = self.value(head, spath + ("level",))
+            else:
+                level, level_span = self.name(head)
             self.put(entry, spath, "level", level, level_span)
             for e in stage.children[1:]:
                 if isinstance(e, Tree):
@@ -652,6 +656,14 @@ class _Builder:
                 v, v_span = self.value(opt.children[1], path + (str(key_tok),))
                 self.put(gate, path, str(key_tok), v, v_span, self.span(key_tok))
             return gate, span
+        if kind == "inline_level":  # `every 16 tokens ["doc"]`: {every: ..., doc: ...}
+            period, doc_tok = tree.children
+            level: dict[str, Any] = {}
+            every, every_span = self.period(period)
+            self.put(level, path, "every", every, every_span)
+            if isinstance(doc_tok, Token):
+                self.put(level, path, "doc", self.string(doc_tok), self.span(doc_tok))
+            return level, span
         raise AssertionError(f"unknown value node {kind}")  # pragma: no cover
 
     def period(self, tree: Tree) -> tuple[Any, Span]:

@@ -2,7 +2,8 @@
 
 Canonical means: deterministic, fields in IR declaration order with the discriminator first
 (`kind`, `type`, `task`, `params`), fields equal to their default omitted (required fields and
-discriminators are always printed), small leaf records on one line.  Printing works from the IR,
+discriminators are always printed), small leaf records on one line. `full=True` (what
+`nestdsl fmt --resolved` prints) writes the defaults out too.  Printing works from the IR,
 not from the source text, so **comments and formatting of the input are not preserved**; the
 guarantee is semantic: parsing the printed text gives an IR equal to the one printed
 (`parse(print(ir)) == ir`, tested for every preset and for generated specs).
@@ -35,12 +36,18 @@ _LAYER_REFS = ("memory", "cms", "attention", "projections")
 _MEMORY_ARGS = ("depth", "hidden", "activation", "residual", "window", "heads")
 
 
-def print_spec(spec: ir.Spec, syntax: str) -> str:
-    """The spec as canonical text in `syntax` ("yaml" or "nest"); ends with a newline."""
+def print_spec(spec: ir.Spec, syntax: str, *, full: bool = False) -> str:
+    """The spec as canonical text in `syntax` ("yaml" or "nest"); ends with a newline.
+
+    `full` (`nestdsl fmt --resolved`): every field is printed with its value, defaults included,
+    except fields that are empty (`null`, `[]`, `{}`) by default and are still empty (absent and
+    empty mean the same) and the defaults nothing reads, which the checker rejects once written
+    out: an optimizer's hyper-parameters its types do not read, a persistent CMS stage's
+    in-context settings and a continual sub-task's shape (`_plain_spec`)."""
     if syntax == "yaml":
-        return _print_yaml(spec)
+        return _print_yaml(spec, full)
     if syntax == "nest":
-        return _print_nest(spec)
+        return _print_nest(spec, full)
     raise ValueError(f"unknown syntax {syntax!r}; expected 'yaml' or 'nest'")
 
 
@@ -60,8 +67,21 @@ def _is_default(field: Any, value: Any) -> bool:
     return bool(value == default)
 
 
-def to_plain(node: Any) -> Any:
-    """IR → dicts/lists/scalars in canonical order, without fields equal to their defaults."""
+def _is_empty_default(field: Any, value: Any) -> bool:
+    """An empty value (`None`, `[]`, `{}`) that is also the field's default: nothing to show."""
+    empty = value is None or (isinstance(value, (list, dict)) and not value)
+    return empty and _is_default(field, value)
+
+
+def _optimizer_reads(opt: ir.Optimizer) -> set[str]:
+    """The fields of an optimizer its type and its groups' types read (`ir.OPTIMIZER_FIELDS`)."""
+    kinds = [opt.type] + [g.type for g in opt.groups if g.type]
+    return set(ir.OPTIMIZER_COMMON) | {f for k in kinds for f in ir.OPTIMIZER_FIELDS[k]}
+
+
+def to_plain(node: Any, full: bool = False) -> Any:
+    """IR → dicts/lists/scalars in canonical order, without fields equal to their defaults
+    (`full`: with them, see `print_spec`)."""
     if isinstance(node, ir.Period):
         return str(node)
     if isinstance(node, ir.Node):
@@ -74,19 +94,23 @@ def to_plain(node: Any) -> Any:
         if isinstance(node, ir.Memory):
             first += list(_MEMORY_ARGS)  # architecture right after the kind, as people write it
         ordered = first + [n for n in names if n not in first]
+        reads = _optimizer_reads(node) if full and isinstance(node, ir.Optimizer) else None
         for name in ordered:
             value = getattr(node, name)
             field = fields[name]
             # Required fields and discriminators always print (a rule's `kind` has a default).
             if field.is_required() or (name == "kind" and isinstance(node, ir.Rule)):
-                out[name] = to_plain(value)
+                out[name] = to_plain(value, full)
+            elif full:
+                if not _is_empty_default(field, value) and (reads is None or name in reads):
+                    out[name] = to_plain(value, full)
             elif not _is_default(field, value):
-                out[name] = to_plain(value)
+                out[name] = to_plain(value, full)
         return out
     if isinstance(node, dict):
-        return {k: to_plain(v) for k, v in node.items()}
+        return {k: to_plain(v, full) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
-        return [to_plain(v) for v in node]
+        return [to_plain(v, full) for v in node]
     return node
 
 
@@ -96,7 +120,8 @@ def to_plain(node: Any) -> Any:
 _YAML_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_./\-]*( [A-Za-z0-9_./\-]+)*\Z")
 _PERIOD_TEXT = re.compile(r"^\d+ (tokens?|steps?)\Z")
 _NEST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*\Z")
-_NEST_VALUE_KEYWORDS = frozenset({"true", "false", "null", "learned"})
+# `every` starts an inline level (`level every 16 tokens`) where a value or a stage's level goes
+_NEST_VALUE_KEYWORDS = frozenset({"true", "false", "null", "learned", "every"})
 _SIMPLE_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
@@ -263,8 +288,34 @@ def _yaml_list(items: list[Any], indent: int) -> list[str]:
     return lines
 
 
-def _print_yaml(spec: ir.Spec) -> str:
-    plain = to_plain(spec)
+def _plain_spec(spec: ir.Spec, full: bool) -> dict[str, Any]:
+    """`to_plain(spec)`; with `full`, less the defaults that nothing reads and that the checker
+    rejects once written: `signal`/`scope`/`lr` of a persistent CMS stage (the outer optimizer
+    updates it) and a continual sub-task's `seq_len`/`batch` (the run's shape is `data`'s)."""
+    plain = to_plain(spec, full)
+    if not full:
+        return plain
+    from nestdsl.check.periods import DataShape, LevelKind, classify
+
+    shape = DataShape.of(spec)
+    for cname, cms in spec.cms.items():
+        for i, stage in enumerate(cms.stages):
+            if stage.level not in spec.levels and stage.level not in ir.BUILTIN_LEVELS:
+                continue
+            if classify(spec.level_period(stage.level), shape).kind == LevelKind.PERSISTENT:
+                for name in ("signal", "scope", "lr"):
+                    if name not in stage.model_fields_set:
+                        plain["cms"][cname]["stages"][i].pop(name, None)
+    if isinstance(spec.data, ir.ContinualData):
+        for i, task in enumerate(spec.data.tasks):
+            for name in ("seq_len", "batch"):
+                if name not in task.model_fields_set:
+                    plain["data"]["tasks"][i].pop(name, None)
+    return plain
+
+
+def _print_yaml(spec: ir.Spec, full: bool = False) -> str:
+    plain = _plain_spec(spec, full)
     plain["nestdsl"] = spec.nestdsl  # the version line is always printed
     header = {k: plain.pop(k) for k in ("nestdsl", "name", "doc") if k in plain}
     chunks = ["\n".join(_yaml_block(header, 0))]
@@ -285,6 +336,9 @@ def _nest_value(v: Any) -> str:
             parts = [f"learned {_nest_name(v['learned'])}"]
             parts += [f"{k} {_nest_value(x)}" for k, x in v.items() if k != "learned"]
             return " ".join(parts)
+        if "every" in v and set(v) <= {"every", "doc"}:  # an inline level (document data)
+            doc = f" {_escape(v['doc'])}" if v.get("doc") is not None else ""
+            return f"every {v['every']}{doc}"
         raise ValueError(f"no .nest syntax for a nested record here: {v!r}")
     return _nest_scalar(v)
 
@@ -311,8 +365,8 @@ def _aligned(entries: list[str]) -> list[str]:
     return [f"{k.ljust(width)}  {e.split(' ', 1)[1]}" if " " in e else e for k, e in zip(keys, entries, strict=True)]
 
 
-def _print_nest(spec: ir.Spec) -> str:
-    plain = to_plain(spec)
+def _print_nest(spec: ir.Spec, full: bool = False) -> str:
+    plain = _plain_spec(spec, full)
     plain["nestdsl"] = spec.nestdsl
     return nest_from_plain(plain)
 
@@ -354,10 +408,13 @@ def nest_from_plain(plain: dict[str, Any]) -> str:
     for name, cms in plain.get("cms", {}).items():
         mode = cms.get("mode", "chain")
         lines = [f"cms {_nest_name(name)} {mode} {{"]
-        width = max(len(_nest_name(stage["level"])) for stage in cms["stages"])
-        for stage in cms["stages"]:
+        heads = [_nest_value(st["level"]) if isinstance(st["level"], dict)
+                 else _nest_scalar(st["level"]) if st["level"] == "every" else _nest_name(st["level"])
+                 for st in cms["stages"]]
+        width = max(len(h) for h in heads)
+        for stage, level in zip(cms["stages"], heads, strict=True):
             rest = {k: v for k, v in stage.items() if k != "level"}
-            head = f"stage {_nest_name(stage['level']).ljust(width)}"
+            head = f"stage {level.ljust(width)}"
             lines.append(("  " + "  ".join([head, *_entries(rest)])).rstrip())
         lines.append("}")
         chunks.append(lines)
@@ -365,7 +422,7 @@ def nest_from_plain(plain: dict[str, Any]) -> str:
     for name, block in plain.get("blocks", {}).items():
         lines = [f"block {_nest_name(name)} {{"]
         for layer in block["layers"]:
-            lines.append("  " + _nest_layer(layer))
+            lines.extend("  " + line for line in _nest_layer(layer))
         lines.append("}")
         chunks.append(lines)
 
@@ -414,16 +471,30 @@ def _nest_rule(rule: dict[str, Any]) -> list[str]:
     return _braced(prefix, entries, 2, align=gates)
 
 
-def _nest_layer(layer: dict[str, Any]) -> str:
+def _nest_layer(layer: dict[str, Any]) -> list[str]:
+    """A layer on one line, or (wider than `WIDTH` in its block) its fields continued on lines
+    indented under it: newlines are not significant in `.nest`."""
     type_ = layer["type"]
-    parts = [type_]
     rest = dict(layer)
     del rest["type"]
     ref = {"memory": "memory", "mal": "memory", "mag": "memory", "self_modifying": "memory", "cms": "cms"}.get(type_)
+    entries = _entries(rest) if ref is None else None
     if ref is None:  # `mlp hidden 4`: no reference to set apart
-        return " ".join(parts + ["  ".join(_entries(rest))]).rstrip()
-    parts[0] += " " + _nest_name(rest.pop(ref))
-    return "  ".join(parts + _entries(rest))
+        head, sep = type_, " "
+    else:
+        head, sep = f"{type_} {_nest_name(rest.pop(ref))}", "  "
+        entries = _entries(rest)
+    one = (head + sep + "  ".join(entries)).rstrip() if entries else head
+    if len(one) + 2 <= WIDTH or not entries:
+        return [one]
+    lines, current = [], head
+    for entry in entries:
+        if len(current) + 2 + len(entry) + 2 > WIDTH and current.strip():
+            lines.append(current)
+            current = "    " + entry
+        else:
+            current = f"{current}{sep if current == head else '  '}{entry}"
+    return [*lines, current]
 
 
 def _nest_with_items(

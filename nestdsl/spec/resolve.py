@@ -14,7 +14,16 @@ one place such a default is decided:
   reach them) and zeros for a matrix.
 * a `dgd` rule's erase rate `eta` (Eq. 88 as written); `None` for gd (it has no erase).
 
-`nestdsl fmt --resolved` prints the result. The resolution is idempotent.
+Two spec-level values are decided here too:
+
+* a referenced outer optimizer (`optimizer: adamw`, or a path) is replaced by the optimizer the
+  checker read from that file, so the resolved spec stands alone;
+* a model spec with an outer optimizer but no `train:` section trains with the `train` defaults:
+  they are filled in.
+
+Inline levels (`level: {every: 16 tokens}`) need nothing here: validation already lifts them into
+`levels:` (nestdsl/spec/validate.py). `nestdsl fmt --resolved` prints the result with every
+default written out. The resolution is idempotent.
 """
 
 from __future__ import annotations
@@ -55,13 +64,20 @@ def _memory(mem: ir.Memory, hope: bool, projection: bool) -> ir.Memory:
 
 
 def resolve(spec: ir.Spec) -> ir.Spec:
-    """A copy of `spec` with every memory default filled in (see the module docstring)."""
+    """A copy of `spec` with every memory default filled in, a referenced optimizer inlined and
+    the `train` defaults of a trainable spec filled in (see the module docstring)."""
     layers = _self_modifying(spec)
     hope = {name for layer in layers for name in (layer.memory, layer.projections)}
     projections = {layer.projections for layer in layers}
     memories = {name: _memory(m, name in hope, name in projections) for name, m in spec.memories.items()}
-    out = spec.model_copy(update={"memories": memories})
-    # private attributes (source file, resolved optimizer file) are not copied by model_copy
+    update: dict[str, object] = {"memories": memories}
+    if isinstance(spec.optimizer, str) and spec.outer_optimizer is not None:
+        update["optimizer"] = spec.outer_optimizer
+    if spec.train is None and spec.model is not None and spec.outer_optimizer is not None:
+        update["train"] = ir.Train()   # what the runtime trains with (`spec.train or Train()`)
+    out = spec.model_copy(update=update)
+    # private attributes (source file, resolved optimizer and its file) are not copied by model_copy
     out._source_file = spec._source_file
     out._resolved_optimizer = spec._resolved_optimizer
+    out._optimizer_file = spec._optimizer_file
     return out

@@ -24,6 +24,7 @@ class Document:
 
     `positions[path]` is where the node's value starts; `key_positions[path]` is where the key
     naming it was written (for mapping entries), which is where "unknown field" errors point.
+    A node that validation moves keeps its positions under its new path too (see `moved`).
     """
 
     file: str
@@ -32,6 +33,16 @@ class Document:
     positions: dict[Path, Span] = field(default_factory=dict)
     key_positions: dict[Path, Span] = field(default_factory=dict)
     syntax: str = "yaml"
+    # Nodes validation moved (an inline level lifted into `levels:`): new path → written path.
+    moved: dict[Path, Path] = field(default_factory=dict)
+
+    def written(self, path: Path) -> Path:
+        """Where the node at `path` was written (differs for a node validation moved)."""
+        p = tuple(path)
+        for new, old in self.moved.items():
+            if p[: len(new)] == new:
+                return old + p[len(new):]
+        return p
 
     def position(self, path: Path, *, key: bool = False) -> Span:
         """The closest known position for `path` (walks up to the nearest recorded ancestor)."""

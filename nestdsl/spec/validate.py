@@ -34,6 +34,7 @@ def validate_document(doc: Document) -> ir.Spec:
                         "start with `name: my-model` and a `model:` or `optimizer:` section", code="type")],
             {doc.file: doc.text},
         )
+    lift_inline_levels(doc)
     try:
         spec = ir.Spec.model_validate(doc.data)
     except ValidationError as e:
@@ -47,6 +48,63 @@ def validate_document(doc: Document) -> ir.Spec:
     if bools:
         raise SpecError(bools, {doc.file: doc.text})
     return spec
+
+
+def inline_level_sites(data: Any) -> list[tuple[Path, str, str]]:
+    """Where `data` writes an inline level (`level: {every: ...}`): (path, generated name, what)
+    for memories and CMS stages, in document order. The generated name is the field's path
+    without its section: `<memory>.level`, `<cms>.stages.<i>.level`."""
+    sites: list[tuple[Path, str, str]] = []
+    memories = data.get("memories")
+    if isinstance(memories, dict):
+        for name, mem in memories.items():
+            if isinstance(mem, dict) and isinstance(mem.get("level"), dict):
+                sites.append((("memories", name, "level"), f"{name}.level", f"memory '{name}'"))
+    cms = data.get("cms")
+    if isinstance(cms, dict):
+        for name, c in cms.items():
+            stages = c.get("stages") if isinstance(c, dict) else None
+            for i, stage in enumerate(stages if isinstance(stages, list) else []):
+                if isinstance(stage, dict) and isinstance(stage.get("level"), dict):
+                    sites.append((("cms", name, "stages", i, "level"), f"{name}.stages.{i}.level",
+                                  f"cms '{name}' stage {i + 1}"))
+    return sites
+
+
+def lift_inline_levels(doc: Document) -> None:
+    """Move every inline level into `levels:` under its generated name (see
+    `inline_level_sites`) and refer to it by that name: the IR, the checker, the level graph and
+    the compiler see exactly a spec that declares the level. Positions move along (errors in the
+    level still point into the inline mapping) and `doc.moved` maps the new path back to the
+    written one for messages."""
+    data = doc.data
+    sites = inline_level_sites(data)
+    if not sites or not isinstance(data.get("levels", {}), dict):
+        return  # nothing to lift, or `levels:` is not a mapping (validation reports it)
+    levels = data.setdefault("levels", {})
+    clashes: list[Diagnostic] = []
+    for path, name, what in sites:
+        if name in levels:
+            first = doc.key_positions.get(("levels", name))
+            where = f" (line {first.line})" if first else ""
+            clashes.append(Diagnostic(
+                doc.position(path), f"the inline level of {what} is named '{name}', but `levels:` "
+                f"already has a level '{name}'{where}",
+                f"rename that level, or write `level: {name}` to use it", code="duplicate"))
+            continue
+        node: Any = data
+        for part in path[:-1]:
+            node = node[part]
+        levels[name] = node[path[-1]]
+        node[path[-1]] = name
+        new = ("levels", name)
+        for table in (doc.positions, doc.key_positions):
+            for p, span in list(table.items()):
+                if p[: len(path)] == path:
+                    table[new + p[len(path):]] = span
+        doc.moved[new] = path
+    if clashes:
+        raise SpecError(clashes, {doc.file: doc.text})
 
 
 def _unique(diags: list[Diagnostic]) -> list[Diagnostic]:
@@ -75,7 +133,7 @@ def _bool_coercions(node: Any, path: Path, doc: Document) -> list[Diagnostic]:
             raw = doc.find(sub)
             if not isinstance(value, bool) and isinstance(value, (int, float)) and isinstance(raw, bool):
                 expected = _describe_annotation(type(node), name)
-                out.append(Diagnostic(doc.position(sub), f"invalid value for '{_dotted(sub)}': expected {expected}, got {_kind(raw)}",
+                out.append(Diagnostic(doc.position(sub), f"invalid value for '{_dotted(doc.written(sub))}': expected {expected}, got {_kind(raw)}",
                                       _field_hint(type(node), name), code="type"))
             out.extend(_bool_coercions(value, sub, doc))
     elif isinstance(node, dict):
@@ -220,7 +278,7 @@ def _union_mismatch(site: tuple[Any, ...], errs: list[dict[str, Any]], doc: Docu
     expected = _describe_annotation(model, str(field)) if model else "another type"
     return Diagnostic(
         doc.position(path),
-        f"invalid value for '{_dotted(site)}': expected {expected}, got {_kind(value)}",
+        f"invalid value for '{_dotted(doc.written(site))}': expected {expected}, got {_kind(value)}",
         _field_hint(model, str(field)),
         code="type",
     )
@@ -235,20 +293,24 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     clean = tuple(p for p in doc.strip_tags(loc) if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     field = str(clean[-1]) if clean else "spec"
     parent_model = _model_at(clean[:-1])
-    where = _dotted(_without_tags(clean, doc))
+    where = _dotted(doc.written(_without_tags(clean, doc)))
     if len(path) < len(loc) and not isinstance(doc.find(path), (dict, list)) and etype != "missing":
         # The value was a scalar that a before-validator expanded (a period "16 tokens" becomes
         # {every, unit}): name the field the user wrote, not the expanded one.
-        where = _dotted(path)
+        where = _dotted(doc.written(path))
         field = str(path[-1]) if path else field
         parent_model = _model_at(_clean_doc_path(path[:-1], loc)) if path else parent_model
 
     if etype == "extra_forbidden":
         allowed = _fields(parent_model)
+        hint = did_you_mean(field, allowed) or ("allowed fields: " + ", ".join(allowed) if allowed else None)
+        if field in allowed:    # a field of another variant of a union (data: {task: text, path})
+            hint = (f"'{field}' belongs to another variant of this section: its `task:` / `type:` "
+                    "decides which fields it takes (docs/spec-reference.md lists each variant's)")
         return Diagnostic(
             doc.position(path, key=True),
-            f"unknown field '{field}' in {_section(clean[:-1])}",
-            did_you_mean(field, allowed) or ("allowed fields: " + ", ".join(allowed) if allowed else None),
+            f"unknown field '{field}' in {_section(doc.written(clean[:-1]))}",
+            hint,
             code="unknown-field",
         )
     if etype == "missing":
@@ -258,7 +320,7 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
             hint = f"add `{field}:` with {_describe_annotation(parent_model, field)}"
         return Diagnostic(
             doc.position(path, key=True),
-            f"missing required field '{field}' in {_section(clean[:-1])}",
+            f"missing required field '{field}' in {_section(doc.written(clean[:-1]))}",
             hint,
             code="missing",
         )

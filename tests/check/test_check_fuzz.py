@@ -19,9 +19,13 @@ from typer.testing import CliRunner
 from nestdsl.cli import app
 from nestdsl.diagnostics import SpecError
 from nestdsl.spec import load_spec
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-PRESETS = sorted(p.relative_to(SPECS) for p in SPECS.rglob("*.yaml")) if SPECS.is_dir() else []
+# The model presets, and the optimizer specs shipped in the package as if in specs/optim/.
+SOURCES = ({p.relative_to(SPECS): p for p in SPECS.rglob("*.yaml")} if SPECS.is_dir() else {}) | {
+    Path("optim") / p.name: p for p in OPTIMIZER_DIR.glob("*.yaml")}
+PRESETS = sorted(SOURCES)
 N_EXAMPLES = int(os.environ.get("NESTDSL_FUZZ_EXAMPLES", "150"))
 
 WORDS = ["", "x", "0", "-1", "1e9", "null", "true", "[", "]", "{", "}", ":", "- ", "'", '"', "&a", "*a",
@@ -34,7 +38,7 @@ JUNK = [b"\x00", b"\xff\xfe", b"\x89PNG", b"\xc3", b"\x1b[31m", b"\r", b"\x85", 
 def mutation(draw: st.DrawFn) -> tuple[Path, bytes]:
     """A preset and its text after 1-3 random edits."""
     rel = draw(st.sampled_from(PRESETS))
-    lines = (SPECS / rel).read_bytes().split(b"\n")
+    lines = SOURCES[rel].read_bytes().split(b"\n")
     for _ in range(draw(st.integers(1, 3))):
         op = draw(st.sampled_from(["delete", "duplicate", "indent", "token", "truncate", "junk", "swap"]))
         i = draw(st.integers(0, max(0, len(lines) - 1)))
@@ -66,9 +70,10 @@ def mutation(draw: st.DrawFn) -> tuple[Path, bytes]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # A copy of specs/ so mutants sit next to the presets' relative references (optim/*.yaml).
+    # A scratch copy of specs/ (the shipped optimizer specs as specs/optim/) to write mutants in.
     root = tmp_path_factory.mktemp("specs")
     shutil.copytree(SPECS, root / "specs")
+    shutil.copytree(OPTIMIZER_DIR, root / "specs" / "optim")
     return root / "specs"
 
 

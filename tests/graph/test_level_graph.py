@@ -11,10 +11,16 @@ import pytest
 from nestdsl.graph import build_graph, update_equation
 from nestdsl.graph.level_graph import levels_in_order
 from nestdsl.spec import ir
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 Loader = Callable[[str | Path], ir.Spec]
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-PRESETS = sorted(SPECS.rglob("*.yaml"))
+# model presets, and the optimizer specs shipped in the package (`optimizer: adamw`)
+PRESETS = sorted(SPECS.rglob("*.yaml")) + sorted(OPTIMIZER_DIR.glob("*.yaml"))
+
+
+def _id(p: Path) -> str:
+    return str(p.relative_to(SPECS)) if p.is_relative_to(SPECS) else f"optim/{p.name}"
 
 EDGE_KINDS = {"reads", "generates", "writes", "meta", "optimizes"}
 
@@ -143,7 +149,7 @@ def test_scale_hope_token_levels_map_to_steps(load_preset: Loader) -> None:
     assert ("optimizer", "cms:hope_cms.1", "stop") in _edges(g, "optimizes")
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: str(p.relative_to(SPECS)))
+@pytest.mark.parametrize("path", PRESETS, ids=_id)
 def test_every_preset_builds(path: Path, load_preset: Loader) -> None:
     g = build_graph(load_preset(path))
     levels = levels_in_order(g)

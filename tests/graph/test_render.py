@@ -16,10 +16,16 @@ from typer.testing import CliRunner
 from nestdsl.graph import build_graph, schedule
 from nestdsl.graph.render import render_graph
 from nestdsl.spec import ir
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 Loader = Callable[[str | Path], ir.Spec]
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-PRESETS = sorted(SPECS.rglob("*.yaml"))
+# model presets, and the optimizer specs shipped in the package (`optimizer: adamw`)
+PRESETS = sorted(SPECS.rglob("*.yaml")) + sorted(OPTIMIZER_DIR.glob("*.yaml"))
+
+
+def _id(p: Path) -> str:
+    return str(p.relative_to(SPECS)) if p.is_relative_to(SPECS) else f"optim/{p.name}"
 TEXT_FORMATS = ("text", "mermaid", "dot", "json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,7 +42,7 @@ def _level_names(spec: ir.Spec) -> list[str]:
 
 
 @pytest.mark.parametrize("fmt", TEXT_FORMATS)
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: str(p.relative_to(SPECS)))
+@pytest.mark.parametrize("path", PRESETS, ids=_id)
 def test_every_format_names_every_level(path: Path, fmt: str, load_preset: Loader) -> None:
     spec = load_preset(path)
     out = _render(spec, fmt)
@@ -98,8 +104,8 @@ def test_output_file_and_seq_len(hope: ir.Spec, tmp_path: Path) -> None:
     assert "tokens 16, 32, 48, …, 256" in out
 
 
-@pytest.mark.parametrize("rel", ["hope.yaml", "samba.yaml", "optim/m3.yaml"])
-def test_png_is_a_png(rel: str, tmp_path: Path, load_preset: Loader) -> None:
+@pytest.mark.parametrize("rel", ["hope.yaml", "samba.yaml", OPTIMIZER_DIR / "m3.yaml"])
+def test_png_is_a_png(rel: str | Path, tmp_path: Path, load_preset: Loader) -> None:
     target = tmp_path / "out.png"
     out = _render(load_preset(rel), "png", output=target)
     assert str(target) in out

@@ -9,6 +9,7 @@ import pytest
 
 from nestdsl.graph import schedule
 from nestdsl.spec import ir
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 Loader = Callable[[str | Path], ir.Spec]
 
@@ -16,7 +17,7 @@ Loader = Callable[[str | Path], ir.Spec]
 def test_token_level_fires_every_16_tokens(hope: ir.Spec) -> None:
     s = schedule(hope)
     assert s.seq_len == 128 and s.tokens_per_step == 1024
-    assert s.firing_tokens("chunk") == [16, 32, 48, 64, 80, 96, 112, 128]
+    assert list(s.firing_tokens("chunk")) == [16, 32, 48, 64, 80, 96, 112, 128]
     assert s.fires("chunk", token=16) and s.fires("chunk", token=32)
     assert not s.fires("chunk", token=15) and not s.fires("chunk", token=17)
     assert s.fires("cms_mid", token=64) and not s.fires("cms_mid", token=32)
@@ -58,7 +59,7 @@ def test_levels_ordered_fastest_first(hope: ir.Spec) -> None:
 
 
 def test_m3_slow_momentum_level(load_preset: Loader) -> None:
-    s = schedule(load_preset("optim/m3.yaml"), steps=16)
+    s = schedule(load_preset(OPTIMIZER_DIR / "m3.yaml"), steps=16)
     slow = [lv for lv in s.levels if lv.owner == "optimizer" and lv.every == 8]
     assert slow, [lv.name for lv in s.levels]
     assert s.firing_steps(slow[0]) == [8, 16]
@@ -83,3 +84,17 @@ def test_bad_queries(hope: ir.Spec) -> None:
         s.fires("chunk", token=0)
     with pytest.raises(KeyError):
         s.fires("nope", token=1)
+
+
+
+def test_a_huge_sequence_length_schedules_in_constant_memory(hope: ir.Spec) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    s = schedule(hope, seq_len=10**9)
+    head, rows, _, _ = s.timeline()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(s.firing_tokens("chunk")) == 10**9 // 16 and "tokens 1..1000000000" in head
+    assert dict(rows)["chunk"] == "|" * 64
+    assert peak < 10 * 2**20

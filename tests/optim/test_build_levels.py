@@ -148,14 +148,14 @@ def test_levels_module_does_not_import_torch() -> None:
 
 
 def test_build_takes_a_spec_file_path_a_spec_or_an_ir_node(tmp_path) -> None:
-    from pathlib import Path
-
     from nestdsl.spec import load_spec
+    from nestdsl.spec.shipped import OPTIMIZER_DIR
 
-    path = Path(__file__).resolve().parents[2] / "specs" / "optim" / "m3.yaml"
+    path = OPTIMIZER_DIR / "m3.yaml"
     node = load_spec(path).outer_optimizer
-    routes = [_routes(build(src, TinyLM().named_parameters())) for src in (str(path), path, load_spec(path), node)]
-    assert routes[0] == routes[1] == routes[2] == routes[3]
+    sources = (str(path), path, load_spec(path), node, "m3")  # "m3": the shipped spec, by name
+    routes = [_routes(build(src, TinyLM().named_parameters())) for src in sources]
+    assert routes[0] == routes[1] == routes[2] == routes[3] == routes[4]
     assert routes[0]["proj.weight"][0] == "m3" and routes[0]["embed.weight"][0] == "adamw"
     bare = tmp_path / "bare.yaml"
     bare.write_text("nestdsl: 1\nname: bare\nmodel: {width: 8, depth: 1, pattern: [b]}\n"

@@ -1,6 +1,6 @@
 """Every Deep Optimizer through `nestdsl train`: the tiny transformer preset trains with each
-`specs/optim/*.yaml` (and the types no preset uses, inline: dgd, precond_momentum, sgd) for 8
-steps, logs finite losses, builds the optimizer the spec names, and resumes from its mid-run
+shipped optimizer spec (`nestdsl/optim/specs/*.yaml`, by name; and the types no shipped spec uses,
+inline: dgd, precond_momentum, sgd) for 8 steps, logs finite losses, builds the optimizer the spec names, and resumes from its mid-run
 checkpoint bit-identically to the uninterrupted run (CPU, float32).
 
 The resume check copies the step-4 checkpoint (and the metrics file, whose later lines the
@@ -27,20 +27,22 @@ from typer.testing import CliRunner
 import nestdsl.runtime.checkpoint as ck
 from nestdsl.cli import app
 from nestdsl.runtime.metrics import read_metrics
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "specs" / "transformer.yaml"
-OPTIM_SPECS = sorted((ROOT / "specs" / "optim").glob("*.yaml"))
+OPTIM_SPECS = sorted(OPTIMIZER_DIR.glob("*.yaml"))
 STEPS, MID = 8, 4
 
-# Types no preset in specs/optim uses, set inline (YAML flow mappings through --set).
+# Types no shipped optimizer spec uses, set inline (YAML flow mappings through --set).
 INLINE = {
     "dgd": "{type: dgd, lr: 0.05}",
     "dgd+adamw": "{type: dgd, lr: 0.05, groups: [{params: embeddings, type: adamw, lr: 0.003}]}",
     "precond_momentum": "{type: precond_momentum, lr: 0.003, beta: 0.9, beta2: 0.99}",
     "sgd": "{type: sgd, lr: 0.05}",
 }
-CASES = [(p.stem, f"optim/{p.name}") for p in OPTIM_SPECS] + list(INLINE.items())
+# the shipped specs by name (`--set optimizer=m3`), then the inline types
+CASES = [(p.stem, p.stem) for p in OPTIM_SPECS] + list(INLINE.items())
 
 runner = CliRunner()
 
@@ -66,7 +68,7 @@ def _expected_types(optimizer: str) -> set[str]:
     if optimizer.startswith("{"):
         doc = yaml.safe_load(optimizer)
     else:
-        doc = yaml.safe_load((ROOT / "specs" / optimizer).read_text())["optimizer"]
+        doc = yaml.safe_load((OPTIMIZER_DIR / f"{optimizer}.yaml").read_text())["optimizer"]
     return {doc["type"], *(g.get("type", doc["type"]) for g in doc.get("groups", []))}
 
 
@@ -223,7 +225,7 @@ def test_multi_optimizer_lr_reaches_children_after_load_state_dict() -> None:
     from nestdsl.spec import load_spec
 
     spec, system = _system()
-    muon = load_spec(PRESET, overrides=["optimizer=optim/muon.yaml"]).outer_optimizer
+    muon = load_spec(PRESET, overrides=["optimizer=muon"]).outer_optimizer
     (lo,) = build_level_optimizers(system, muon)
     opt = lo.optimizer
     opt.load_state_dict(opt.state_dict())

@@ -118,13 +118,14 @@ def test_resume_with_a_checkpoint_from_another_spec(tmp_path, monkeypatch):
     S.install(monkeypatch)
     spec = S.text_spec(tmp_path, steps=2, log_every=1, ckpt_every=2)
     assert cli("train", spec, "--out", tmp_path / "run", "-q").exit_code == 0
-    # another spec text (a changed learning rate) ...
+    # another spec (a changed learning rate) is refused, naming the field ...
     other = tmp_path / "other.yaml"
     other.write_text(spec.read_text().replace("lr: 0.01", "lr: 0.02"))
-    assert_user_error(cli("train", other, "--out", tmp_path / "run", "--resume", "-q"), "different spec")
-    # ... or the same file with other overrides
-    r = cli("train", spec, "--out", tmp_path / "run", "--resume", "-q", "--set", "train.steps=4")
-    assert_user_error(r, "different spec")
+    assert_user_error(cli("train", other, "--out", tmp_path / "run", "--resume", "-q"),
+                      "differs in 1 field", "lr: 0.01 → 0.02", "--force")
+    # ... and so is the same file with an override that changes the model
+    r = cli("train", spec, "--out", tmp_path / "run", "--resume", "-q", "--set", "model.width=16")
+    assert_user_error(r, "model.width")
     assert_loadable(tmp_path / "run", 2)
 
 
@@ -249,7 +250,7 @@ def test_runtime_vocab_check_backs_up_the_checker():
 
 
 def test_optimizer_only_spec_is_refused(tmp_path):
-    r = cli("train", S.REPO / "specs" / "optim" / "adamw.yaml", "--out", tmp_path / "run")
+    r = cli("train", S.REPO / "nestdsl" / "optim" / "specs" / "adamw.yaml", "--out", tmp_path / "run")
     assert_user_error(r, "no `model:` section")
 
 
@@ -263,7 +264,7 @@ def test_progress_display_and_summary(tmp_path, monkeypatch):
     spec = S.text_spec(tmp_path, steps=4, log_every=2, ckpt_every=4)
     r = cli("train", spec, "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
-    assert "step      2  loss" in r.output and "tok/s" in r.output and "lr 1.00e-02" in r.output
+    assert "step 2/4  loss" in r.output and "tok/s" in r.output and "lr 1.00e-02" in r.output
     assert "done 4 steps" in r.output
     rec = read_metrics(tmp_path / "run")
     assert len(rec) == 2 and all(math.isfinite(x["loss"]) for x in rec)

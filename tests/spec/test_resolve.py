@@ -12,15 +12,24 @@ from typer.testing import CliRunner
 
 from nestdsl.cli import app
 from nestdsl.diagnostics import SpecError
-from nestdsl.spec import load_spec, parse_text
+from nestdsl.spec import ir, load_spec, parse_text
+from nestdsl.spec.printer import print_spec
 from nestdsl.spec.resolve import resolve
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 PRESETS = sorted(p for p in SPECS.glob("*.yaml"))
+# every shipped spec in both syntaxes: model presets (scale ones too), optimizer specs, examples
+ALL = sorted(p for p in SPECS.rglob("*") if p.suffix in (".yaml", ".nest")) + sorted(
+    OPTIMIZER_DIR.iterdir()) + sorted((SPECS.parent / "examples").rglob("*.nest"))
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(SPECS.parent))
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
-def test_resolution_is_idempotent_and_round_trips(path: Path, tmp_path: Path) -> None:
+def test_resolution_is_idempotent(path: Path) -> None:
     spec = resolve(load_spec(path))
     assert resolve(spec) == spec
     for mem in spec.memories.values():
@@ -28,11 +37,64 @@ def test_resolution_is_idempotent_and_round_trips(path: Path, tmp_path: Path) ->
             assert mem.residual is not None and mem.norm is not None and mem.init is not None
             assert mem.kind != "mlp" or (mem.depth and mem.hidden and mem.activation)
             assert (mem.rule.erase is not None) == (mem.rule.kind == "dgd")
+    # a referenced optimizer is inlined, a trainable spec's `train` defaults filled in
+    assert isinstance(spec.optimizer, ir.Optimizer) and spec.train is not None
+
+
+@pytest.mark.parametrize("to", ["yaml", "nest"])
+@pytest.mark.parametrize("path", ALL, ids=_rel)
+def test_fmt_resolved_round_trips(path: Path, to: str, tmp_path: Path) -> None:
+    # The output stands alone (written elsewhere, it loads: the optimizer is inlined) and
+    # parses back to the very resolved spec; printing that again gives the same text.
+    spec = resolve(load_spec(path))
+    out = CliRunner().invoke(app, ["fmt", str(path), "--resolved", "--to", to])
+    assert out.exit_code == 0, out.output
+    again = tmp_path / f"again.{to}"
+    again.write_text(out.output)
+    back = resolve(load_spec(again))
+    assert back == spec
+    assert print_spec(back, to, full=True) == print_spec(spec, to, full=True)
+
+
+def test_fmt_resolved_shows_every_default(tmp_path: Path) -> None:
+    path = tmp_path / "mini.yaml"
+    path.write_text(MINI)
+    plain = CliRunner().invoke(app, ["fmt", str(path)])
+    assert plain.exit_code == 0, plain.output
+    for hidden in ("vocab", "seq_len", "batch", "steps", "schedule", "tie_embeddings", "eps"):
+        assert f"{hidden}:" not in plain.output  # the canonical form stays minimal
+    assert "optimizer: adamw" in plain.output
     out = CliRunner().invoke(app, ["fmt", str(path), "--resolved"])
     assert out.exit_code == 0, out.output
-    again = tmp_path / path.name
-    again.write_text(out.output.replace("optimizer: optim/", f"optimizer: {SPECS}/optim/"))
-    assert resolve(load_spec(again)).memories == spec.memories
+    data = yaml.safe_load(out.output)
+    assert data["model"]["vocab"] == 256 and data["model"]["tie_embeddings"] is True
+    assert data["data"]["seq_len"] == 128 and data["data"]["batch"] == 8 and data["data"]["seed"] == 0
+    assert data["train"] == ir.Train().model_dump(mode="json")  # no `train:` written: its defaults
+    assert data["blocks"]["b"]["layers"][0] == {
+        "type": "memory", "memory": "m", "norm": "rms", "residual": True, "conv": 4,
+        "qk_norm": True, "output_gate": True}
+    # the referenced optimizer, inlined with the fields its type reads (and only those: the
+    # checker rejects a field the type ignores), and where it was read from
+    assert data["optimizer"] == {"type": "adamw", "lr": 0.003, "weight_decay": 0.01, "beta": 0.9,
+                                 "beta2": 0.99, "eps": 1e-08}
+    assert out.output.startswith("# optimizer 'adamw': read from nestdsl/optim/specs/adamw.yaml")
+    nest = CliRunner().invoke(app, ["fmt", str(path), "--resolved", "--to", "nest"])
+    assert "model { vocab 256  width 32  depth 1  heads 2  pattern [b]  tie_embeddings true }" in nest.output
+    assert "data copy { seq_len 128  batch 8  seed 0  length 16 }" in nest.output
+
+
+MINI = """\
+nestdsl: 1
+name: mini
+model: {width: 32, depth: 1, heads: 2, pattern: [b]}
+levels: {chunk: {every: 16 tokens}}
+memories:
+  m: {kind: linear, objective: dot, rule: {kind: gd, lr: 0.5}, level: chunk}
+blocks:
+  b: {layers: [{type: memory, memory: m}]}
+optimizer: adamw
+data: {task: copy}
+"""
 
 
 def _hope_without_residual() -> str:

@@ -19,14 +19,17 @@ from hypothesis import strategies as st
 
 from nestdsl.spec import ir, parse_file, parse_text
 from nestdsl.spec.printer import print_spec
+from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
-PRESETS = sorted(p for p in SPECS.rglob("*") if p.suffix in {".yaml", ".yml", ".nest"})
+# The model presets, and the optimizer specs shipped in the package (`optimizer: adamw`).
+PRESETS = sorted(p for p in SPECS.rglob("*") if p.suffix in {".yaml", ".yml", ".nest"}) + sorted(
+    p for p in OPTIMIZER_DIR.iterdir() if p.suffix in {".yaml", ".nest"})
 TWINS = [p for p in PRESETS if p.suffix == ".nest"]
 
 
 def _id(p: Path) -> str:
-    return str(p.relative_to(SPECS))
+    return str(p.relative_to(SPECS)) if p.is_relative_to(SPECS) else f"optim/{p.name}"
 
 
 def _roundtrip(spec: ir.Spec) -> None:
