@@ -9,16 +9,14 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import cli
 
 import nestdsl
-from nestdsl.cli import app
 from nestdsl.runtime.generate import ByteCodec, Sampling, generate, sample_next
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCHITECTURES = ["hope", "hope-attention", "titans-lmm", "titans-mal", "titans-mag", "ttt-mlp",
                  "transformer", "samba", "gated-deltanet", "deltanet"]
-runner = CliRunner()
 
 
 def preset_model(name: str) -> Any:
@@ -116,14 +114,14 @@ def test_cli_generate(tmp_path):
     spec = tmp_path / "copy.yaml"
     spec.write_text(COPY)
     run = tmp_path / "run"
-    assert runner.invoke(app, ["train", str(spec), "--out", str(run), "-q"]).exit_code == 0
-    r = runner.invoke(app, ["generate", "--ckpt", str(run), "--prompt", "abcd\\x01",
-                            "--max-tokens", "6", "--temperature", "0"])
+    assert cli("train", spec, "--out", run, "-q").exit_code == 0
+    r = cli("generate", "--ckpt", run, "--prompt", "abcd\\x01", "--max-tokens", "6",
+            "--temperature", "0")
     assert r.exit_code == 0, r.output
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("abcd\\x01") and len(line) > len("abcd\\x01")
-    ids = runner.invoke(app, ["generate", str(spec), "--ckpt", str(run), "--prompt-ids", "97,98,1",
-                              "--max-tokens", "3", "--ids", "--seed", "3"])
+    ids = cli("generate", spec, "--ckpt", run, "--prompt-ids", "97,98,1", "--max-tokens", "3",
+              "--ids", "--seed", "3")
     assert ids.exit_code == 0, ids.output
     head, tail = ids.stdout.strip().splitlines()[-1].split("|")
     assert head.strip() == "97,98,1" and len(tail.split()) == 3
@@ -131,6 +129,6 @@ def test_cli_generate(tmp_path):
                            (["--prompt-ids", "1,x"], "comma-separated"),
                            (["--prompt-ids", "300"], "vocab is 256"),
                            (["--prompt", "a", "--top-p", "0"], "--top-p")):
-        r = runner.invoke(app, ["generate", "--ckpt", str(run), *args])
+        r = cli("generate", "--ckpt", run, *args)
         assert r.exit_code == 2 and fragment in r.output, (args, r.output)
         assert "Traceback" not in r.output and "internal error" not in r.output
