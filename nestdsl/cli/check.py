@@ -31,6 +31,8 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 def check(
     paths: Annotated[list[Path], typer.Argument(help="spec files or folders")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable diagnostics")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value "
+                                                   "(checked as if written in each file)")] = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Validate specs: every error with file:line:col, sorted by position. Exit 0 valid, 2 errors."""
@@ -45,7 +47,7 @@ def check(
         seen: set[tuple[str, int, int, str]] = set()
         for f in files:
             try:
-                load_spec(f)
+                load_spec(f, overrides=set_ or None)
             except SpecError as e:
                 bad_files.add(str(f))
                 sources.update(e.sources)

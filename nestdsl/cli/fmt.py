@@ -38,6 +38,7 @@ def fmt(
                                            "optimizer, inlined")] = False,
     force: Annotated[bool, typer.Option("--force", help="allow `-o` to overwrite the input file "
                                         "(its comments are lost)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value")] = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Print a spec in canonical YAML or .nest form (comments are not kept)."""
@@ -50,7 +51,7 @@ def fmt(
         if output is not None and not force and _same_file(path, output):
             raise UserError(f"refusing to overwrite the input {path} with -o {output}: fmt does not "
                             "keep comments; write to another file, or pass --force")
-        spec = load_spec(path)
+        spec = load_spec(path, overrides=set_ or None)
         text = print_spec(resolve(spec) if resolved else spec, (to.value if to else syntax_of(path)),
                           full=resolved)
         if resolved and isinstance(spec.optimizer, str) and spec.optimizer_file:

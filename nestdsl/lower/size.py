@@ -105,15 +105,25 @@ def check_size(spec: ir.Spec, ctx: object, *, device: str | torch.device = "cpu"
     est = estimate(spec, ctx)
     need = est.train_bytes if training else est.weight_bytes
     limit = limit_bytes(device)
-    if need > limit:
-        what = ("training needs" if training else "the weights need")
+    if need <= limit:
+        return est
+    raise_limit = f"to go ahead anyway, raise the limit: {LIMIT_ENV}=<GiB>"
+    data = spec.data.tasks[0] if isinstance(spec.data, ir.ContinualData) else spec.data
+    if training and data is not None and est.activation_bytes > 16 * est.params:
+        # The step's activations, not the weights, are what does not fit: point at the data.
         raise spec_error(
-            spec, m,
-            f"model too large: {est.params:,} parameters; {what} about {_gib(need)} "
-            f"(limit {_gib(limit)}, width {m.width}, depth {m.depth})",
-            f"check model.width / model.depth / data.batch × seq_len for a typo; to go ahead "
-            f"anyway, raise the limit: {LIMIT_ENV}=<GiB>", code="size")
-    return est
+            spec, data,
+            f"batch too large: one training step keeps about {_gib(est.activation_bytes)} of "
+            f"activations (batch {data.batch} × seq_len {data.seq_len} × width {m.width}; "
+            f"limit {_gib(limit)})",
+            f"check data.batch / data.seq_len for a typo; {raise_limit}", code="size")
+    what = ("training needs" if training else "the weights need")
+    raise spec_error(
+        spec, m,
+        f"model too large: {est.params:,} parameters; {what} about {_gib(need)} "
+        f"(limit {_gib(limit)}, width {m.width}, depth {m.depth})",
+        f"check model.width / model.depth / data.batch × seq_len for a typo; {raise_limit}",
+        code="size")
 
 
 def _gib(n: int) -> str:

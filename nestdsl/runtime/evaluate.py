@@ -68,6 +68,18 @@ def load_model(spec: ir.Spec, ckpt: Path, device: str, *, force: bool = False,
     return system.model
 
 
+def _other_text_in_run_vocabulary(path: Path, data: ir.TextData, spec: ir.Spec, run: Path):
+    """`--task text --path OTHER` for a BPE run: OTHER tokenised with the tokenizer the run
+    trained on its own corpus (saved in the run folder; retrained from that corpus when gone),
+    never a new one trained on OTHER, whose ids would mean other tokens to the model."""
+    from nestdsl.runtime.tasks.text import TextTask, saved_tokenizer
+    from nestdsl.runtime.train import _make_task
+
+    tokenizer = saved_tokenizer(run, data.vocab_size) or _make_task(data, spec, run).tokenizer
+    return TextTask(path, seq_len=data.seq_len, batch=data.batch, seed=data.seed,
+                    tokenizer="bpe", vocab_size=data.vocab_size, trained_tokenizer=tokenizer)
+
+
 def _run_folder(ckpt: Path) -> Path:
     return ckpt if (ckpt / "latest").exists() or not (ckpt / "meta.json").exists() else ckpt.parent
 
@@ -150,10 +162,12 @@ def evaluate(
         if path is None:
             raise DataError("--task text needs --path FILE (the spec's data section is not a text task)")
         if isinstance(data, ir.TextData) and text_path is None:
-            tspec = data
+            t = _make_task(data, spec, _run_folder(ckpt))
+        elif isinstance(data, ir.TextData) and data.tokenizer == "bpe":
+            t = _other_text_in_run_vocabulary(path, data, spec, _run_folder(ckpt))
         else:
             tspec = ir.TextData(task="text", path=str(path), seq_len=data.seq_len, batch=data.batch, seed=data.seed)
-        t = _make_task(tspec, spec, _run_folder(ckpt))
+            t = _make_task(tspec, spec, _run_folder(ckpt))
         split = "val" if t.split_size("train") < t.num_tokens else "train"
         loss, _, _ = _mean_loss_and_acc(model, t, batches, device, split, accuracy=False)
         bpt = getattr(t, "bytes_per_token", 1.0)

@@ -126,16 +126,13 @@ def default_data(spec: ir.Spec) -> ir.Data:
 
 def resolve_compile(train_cfg: ir.Train | None, device: str, override: bool | None = None) -> bool:
     """Whether the run uses torch.compile: `override` (the `compile=` argument, `--compile`)
-    when given; else `train.compile` when the spec writes it; else on for CUDA, off for CPU.
-
-    `train.compile` defaults to true, but on CPU a cold compile costs about a minute (hope-tiny
-    57-59 s, titans-lmm-tiny 50 s) and then wins nothing on the tiny models (titans-lmm-tiny, one
-    thread: 9.3k tok/s compiled, 12k eager), so an unwritten `compile` means "auto". Written or
-    not is pydantic's `model_fields_set`, which the loader, `--set`, the `.nest` parser and the
-    checkpoint's canonical form (`exclude_unset`) all preserve."""
+    when given; else `train.compile` when it is true or false; `auto` (the default) is on for
+    CUDA, off for CPU: there a cold compile costs about a minute (hope-tiny 57-59 s,
+    titans-lmm-tiny 50 s) and then wins nothing on the tiny models (titans-lmm-tiny, one thread:
+    9.3k tok/s compiled, 12k eager)."""
     if override is not None:
         return override
-    if train_cfg is not None and "compile" in train_cfg.model_fields_set:
+    if train_cfg is not None and train_cfg.compile != "auto":
         return train_cfg.compile
     return torch.device(device).type == "cuda"
 

@@ -115,6 +115,8 @@ def apply_override(doc: Document, pair: str) -> None:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if len(parts) > 1 and parts[0] == "optimizer" and isinstance(doc.data, dict):
+        _inline_named_optimizer(doc, origin)
     node = doc.data
     path: tuple[str | int, ...] = ()
     for part in parts[:-1]:
@@ -135,6 +137,26 @@ def apply_override(doc: Document, pair: str) -> None:
     full = tuple(parts)
     doc.positions[full] = origin
     doc.key_positions[full] = origin
+
+
+def _inline_named_optimizer(doc: Document, origin: Span) -> None:
+    """`optimizer: adamw` + `--set optimizer.lr=0.01`: the named spec's `optimizer:` section is
+    written into the document first, so the override changes one field of it (the checkpoint's
+    identity inlines the optimizer the same way, so the result equals writing it out)."""
+    ref = doc.data.get("optimizer")
+    if not isinstance(ref, str):
+        return
+    path = optimizer_file(ref, doc.file)
+    if not path.is_file():
+        return  # the checker reports the missing file at the `optimizer:` line
+    _, named = parse_file(path)
+    section = named.optimizer
+    if section is None or isinstance(section, str):
+        return
+    doc.data["optimizer"] = section.model_dump(mode="json", exclude_unset=True)
+    for key in doc.data["optimizer"]:
+        doc.positions.setdefault(("optimizer", key), origin)
+        doc.key_positions.setdefault(("optimizer", key), origin)
 
 
 def _key_parts(data: object, words: list[str]) -> list[str | int]:
@@ -168,13 +190,18 @@ def resolve_optimizer_path(spec: ir.Spec) -> FsPath | None:
     """
     if not isinstance(spec.optimizer, str):
         return None
+    return optimizer_file(spec.optimizer, spec.source_file)
+
+
+def optimizer_file(reference: str, spec_file: str | None) -> FsPath:
+    """Where an `optimizer:` reference written in `spec_file` points (see resolve_optimizer_path)."""
     from nestdsl.spec.shipped import shipped_optimizer
 
-    base = FsPath(spec.source_file).parent if spec.source_file else FsPath(".")
-    ref = FsPath(spec.optimizer)
+    base = FsPath(spec_file).parent if spec_file and not spec_file.startswith("<") else FsPath(".")
+    ref = FsPath(reference)
     if (base / ref).is_file():
         return base / ref
-    shipped = shipped_optimizer(spec.optimizer)
+    shipped = shipped_optimizer(reference)
     if shipped is not None:
         return shipped
     if ref.is_file():

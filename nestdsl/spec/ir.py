@@ -517,7 +517,11 @@ class Train(Node):
     log_every: int = Field(default=10, ge=1)
     ckpt_every: int = Field(default=100, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = True
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="torch.compile the training step; auto: on for CUDA, off for CPU (a cold "
+        "compile costs about a minute there and wins nothing on tiny models); `--compile` / "
+        "`--no-compile` override it")
     telemetry: bool = Field(
         default=True, description="record per-memory inner-loop statistics at every log step")
     state_norm_warn: float | None = Field(

@@ -117,8 +117,6 @@ FIELD_NOTES: dict[tuple[type[BaseModel], str], str] = {
     (ir.Train, "log_every"): "steps between two records of metrics.jsonl (and of telemetry)",
     (ir.Train, "ckpt_every"): "steps between two checkpoints (the last step is always saved)",
     (ir.Train, "precision"): "fp32, or bf16 autocast",
-    (ir.Train, "compile"): "torch.compile the model; when the spec does not write it: on for "
-                           "CUDA, off for CPU (`--compile/--no-compile` overrides both)",
     (ir.Block, "layers"): "the layers in order, each chosen by `type`",
 }
 

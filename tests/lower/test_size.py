@@ -43,3 +43,16 @@ def test_the_limit_can_be_lowered_and_raised(monkeypatch):
         nestdsl.compile(spec, compile=False)
     monkeypatch.setenv(LIMIT_ENV, "1")
     nestdsl.compile(spec, compile=False)
+
+
+def test_a_huge_batch_is_refused_at_the_data_section(tmp_path):
+    """Activations that do not fit name the batch and point at `data:`, not at the model."""
+    from nestdsl.runtime.train import train
+
+    spec = load_spec(ROOT / "specs" / "transformer.yaml", overrides=["data.batch=100000000"])
+    with pytest.raises(SpecError) as e:
+        train(spec, run_dir=tmp_path / "run", steps=1)
+    (diag,) = e.value.diagnostics
+    assert diag.message.startswith("batch too large") and "batch 100000000" in diag.message
+    assert diag.span.line == spec.data.span.line and "data.batch" in diag.hint
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("step_*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
@@ -11,19 +12,7 @@ from nestdsl.cli import app
 runner = CliRunner()
 
 #: A delta-rule memory + MLP at width 32 on copy-4: trains 4 steps in about a second.
-TINY = """\
-nestdsl: 1
-name: tiny
-model: {vocab: 256, width: 32, depth: 1, heads: 2, pattern: [block]}
-memories:
-  delta: {kind: linear, objective: l2, rule: {kind: gd, lr: {learned: sigmoid}}, level: token}
-blocks:
-  block:
-    layers: [{type: memory, memory: delta}, {type: mlp, hidden: 2}]
-optimizer: {type: adamw, lr: 0.003}
-data: {task: copy, length: 4, seq_len: 16, batch: 2}
-train: {steps: 4, log_every: 2, ckpt_every: 2, compile: false}
-"""
+TINY = (Path(__file__).resolve().parents[2] / "examples" / "new_spec" / "tiny-delta.yaml").read_text()
 
 
 def cli(*args: Any) -> Any:

@@ -90,8 +90,8 @@ def test_cpu_trains_eager_unless_the_spec_or_the_command_asks(tmp_path, monkeypa
 
 def test_resolve_compile():
     default, written_true, written_false = ir.Train(), ir.Train(compile=True), ir.Train(compile=False)
-    assert default.compile is True                           # the field's value is unchanged ...
-    assert resolve_compile(default, "cpu") is False           # ... but unwritten means "auto"
+    assert default.compile == "auto"                          # shown as such by fmt --resolved
+    assert resolve_compile(default, "cpu") is False
     assert resolve_compile(None, "cpu") is False
     assert resolve_compile(default, "cuda") is True
     assert resolve_compile(default, "cuda:1") is True
@@ -99,15 +99,15 @@ def test_resolve_compile():
     assert resolve_compile(written_false, "cuda") is False
     assert resolve_compile(written_false, "cuda", True) is True   # compile= overrides the spec
     assert resolve_compile(written_true, "cpu", False) is False
-    # `train.steps` overridden by the loop (model_copy) keeps the written/unwritten distinction
+    assert resolve_compile(ir.Train(compile="auto"), "cuda") is True
     assert resolve_compile(default.model_copy(update={"steps": 5}), "cpu") is False
 
 
 def test_written_compile_survives_the_nest_syntax_and_set():
     repo = S.REPO / "specs"
-    assert "compile" in load_spec(repo / "hope.nest").train.model_fields_set         # compile false
+    assert load_spec(repo / "hope.nest").train.compile is False
     lmm = load_spec(repo / "titans-lmm.yaml")
-    assert "compile" not in lmm.train.model_fields_set
+    assert lmm.train.compile == "auto"
     assert resolve_compile(lmm.train, "cpu") is False
     forced = load_spec(repo / "titans-lmm.yaml", overrides=["train.compile=true"])
     assert resolve_compile(forced.train, "cpu") is True

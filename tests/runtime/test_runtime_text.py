@@ -127,3 +127,37 @@ def test_bpe(corpus: Path, tmp_path: Path):
     assert torch.equal(t2.batch(5).tokens, t.batch(5).tokens)
     with pytest.raises(DataError, match=">= 257"):
         TextTask(corpus, tokenizer="bpe", vocab_size=100, seq_len=16)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tokenizers") is None, reason="tokenizers not installed")
+def test_eval_of_other_text_uses_the_runs_bpe_tokenizer(tmp_path: Path, monkeypatch):
+    """`eval --task text --path OTHER` on a BPE run tokenises OTHER with the run's tokenizer
+    (a tokenizer trained on OTHER would give the model ids that mean other tokens), also when
+    the training corpus is gone."""
+    from tests.runtime.cli_helpers import TINY, cli
+
+    monkeypatch.chdir(tmp_path)
+    Path("train.txt").write_text(CORPUS)
+    other = "".join(f"Verse {i}: a lazy dog sleeps while the brown fox runs.\n" for i in range(150))
+    Path("other.txt").write_text(other)
+    spec = TINY.replace("vocab: 256", "vocab: 300").replace(
+        "data: {task: copy, length: 4, seq_len: 16, batch: 2}",
+        "data: {task: text, path: train.txt, tokenizer: bpe, vocab_size: 300, seq_len: 16, batch: 2}")
+    Path("bpe.yaml").write_text(spec)
+    assert cli("train", "bpe.yaml", "--out", "run", "-q").exit_code == 0
+    (saved,) = Path("run").glob("tokenizer-bpe300-*.json")
+    import tokenizers
+
+    run_tokenizer = tokenizers.Tokenizer.from_file(str(saved))
+    own = TextTask("other.txt", tokenizer="bpe", vocab_size=300, seq_len=16)
+    assert own.encode(other) != run_tokenizer.encode(other).ids  # the trap this test guards
+
+    from nestdsl.runtime.evaluate import _other_text_in_run_vocabulary
+    from nestdsl.spec import load_spec
+
+    loaded = load_spec("bpe.yaml")
+    Path("train.txt").unlink()
+    task = _other_text_in_run_vocabulary(Path("other.txt"), loaded.data, loaded, Path("run"))
+    assert task.encode(other) == run_tokenizer.encode(other).ids
+    evaluated = cli("eval", "--ckpt", "run", "--task", "text", "--path", "other.txt")
+    assert evaluated.exit_code == 0 and "bits_per_byte" in evaluated.output, evaluated.output

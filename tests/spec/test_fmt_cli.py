@@ -61,3 +61,18 @@ def test_another_file_is_written(spec: Path) -> None:
     assert (spec.parent / "hope.fmt.yaml").read_text() == stdout
     r = CliRunner().invoke(app, ["fmt", str(spec), "--to", "nest", "-o", "hope.nest"])
     assert r.exit_code == 0 and (spec.parent / "hope.nest").read_text().startswith("nestdsl 1\n")
+
+
+def test_check_and_fmt_take_set(tmp_path: Path) -> None:
+    """`check --set` checks the override as if the file wrote it; `fmt --resolved --set` shows
+    its effect (here on a named optimizer, inlined)."""
+    runner, preset = CliRunner(), SPECS / "deltanet.yaml"
+    bad = runner.invoke(app, ["check", str(preset), "--set", "model.width=-3"])
+    assert bad.exit_code == 2 and "'model.width' must be >= 1" in bad.output, bad.output
+    good = runner.invoke(app, ["check", str(preset), "--set", "model.width=32"])
+    assert good.exit_code == 0, good.output
+    shown = runner.invoke(app, ["fmt", str(preset), "--resolved", "--set", "optimizer.lr=0.01"])
+    assert shown.exit_code == 0, shown.output
+    optimizer = shown.output.split("\noptimizer:\n", 1)[1].split("\n\n", 1)[0]
+    assert "  type: adamw\n  lr: 0.01\n" in optimizer, shown.output
+    assert "  compile: auto\n" in shown.output  # unset means auto, and fmt --resolved says so

@@ -111,3 +111,26 @@ def test_names_are_what_the_presets_use() -> None:
     for path in sorted((ROOT / "specs").rglob("*.yaml")):
         opt = yaml.safe_load(path.read_text()).get("optimizer")
         assert not isinstance(opt, str) or opt in SHIPPED, f"{path.name}: optimizer: {opt}"
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".nest"])
+def test_set_changes_one_field_of_a_named_optimizer(suffix: str, tmp_path: Path) -> None:
+    """`--set optimizer.lr=0.01` on `optimizer: adamw` keeps AdamW's other fields and equals
+    writing the optimizer out with that lr."""
+    path = _mini(tmp_path, "adamw", suffix)
+    changed = load_spec(path, overrides=["optimizer.lr=0.01"])
+    shipped = load_spec(OPTIMIZER_DIR / "adamw.yaml").optimizer
+    assert changed.outer_optimizer == shipped.model_copy(update={"lr": 0.01})
+    written = tmp_path / "written.yaml"
+    section = yaml.safe_dump({"optimizer": {**shipped.model_dump(mode="json", exclude_unset=True),
+                                            "lr": 0.01}})
+    written.write_text(MINI.format(optimizer="{}").replace("optimizer: {}\n", section))
+    assert load_spec(written).outer_optimizer == changed.outer_optimizer
+
+
+def test_set_on_a_named_optimizer_checks_the_field(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(_mini(tmp_path, "adamw"), overrides=["optimizer.lrr=0.01"])
+    (diag,) = err.value.diagnostics
+    assert "unknown field 'lrr'" in diag.message and "'lr'" in (diag.hint or "")
+    assert diag.span.file == "--set optimizer.lrr=0.01"

@@ -123,6 +123,19 @@ def _bpe_tokenizer(text: str, vocab_size: int, corpus_sha: str, cache_dir: Path 
     return tok
 
 
+def saved_tokenizer(folder: Path, vocab_size: int | None) -> Any:
+    """The BPE tokenizer a run saved in its folder (`tokenizer-bpe<V>-<sha>.json`), or None when
+    there is not exactly one."""
+    v = int(vocab_size) if vocab_size is not None else DEFAULT_BPE_VOCAB
+    found = sorted(Path(folder).glob(f"tokenizer-bpe{v}-*.json"))
+    if len(found) != 1:
+        return None
+    try:
+        return _require_tokenizers().Tokenizer.from_file(str(found[0]))
+    except Exception:  # noqa: BLE001 - a damaged file: the caller retrains from the corpus
+        return None
+
+
 class TextTask(Task):
     """Next-token prediction on random windows of a local text corpus."""
 
@@ -139,7 +152,10 @@ class TextTask(Task):
         tokenizer: str = "bytes",
         vocab_size: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        trained_tokenizer: Any = None,
     ) -> None:
+        """`trained_tokenizer`: a BPE tokenizer to use instead of training one on this text (a
+        run's own, to evaluate other text in the model's vocabulary)."""
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.path = Path(path).expanduser()
@@ -161,7 +177,8 @@ class TextTask(Task):
                 raise DataError(f"bpe vocab_size must be >= 257 (256 byte symbols + merges), got {v}")
             text = raw.decode("utf-8", errors="replace")
             sha = hashlib.sha256(raw).hexdigest()
-            self.tokenizer = _bpe_tokenizer(text, v, sha, Path(cache_dir) if cache_dir else None)
+            self.tokenizer = trained_tokenizer or _bpe_tokenizer(
+                text, v, sha, Path(cache_dir) if cache_dir else None)
             self.vocab_size = int(self.tokenizer.get_vocab_size())
             out: list[int] = []
             for enc in self.tokenizer.encode_batch(list(_text_chunks(text))):
