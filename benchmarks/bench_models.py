@@ -7,7 +7,7 @@ For every tiny preset (specs/*.yaml with a model section; `--presets` to choose)
   peaks and compile caches do not leak between presets);
 * compile time = first compiled step − a steady compiled step, at two sequence lengths (default
   128 and 512), each in a fresh process with an empty inductor cache (`--warm-cache` reuses the
-  on-disk cache: then it measures loading compiled kernels): design.md §6 wants it independent
+  on-disk cache: then it measures loading compiled kernels): docs/design.md §6 wants it independent
   of T.
 
     python benchmarks/bench_models.py --presets transformer deltanet titans-lmm --out bench.json

@@ -77,7 +77,7 @@ def child(kind: str, impl: str, B: int, H: int, T: int, D: int, reps: int, devic
             torch.cuda.synchronize()
 
     def step():
-        o, st = memory_scan(q, k, v, state=state, impl="reference" if impl == "reference"
+        o, st = memory_scan(q, k, v, state=state, kernel="reference" if impl == "reference"
                             else "chunked", compile=impl == "compiled", **gates, **cfg)
         (o.float().square().mean() + st.weights[0].float().square().mean()).backward()
 

@@ -481,7 +481,7 @@ def noise_preset(
     result: dict[str, Any] = {
         "model": f"{PRESET_SPEC.name} (depth {task.spec.model.depth}, width "
         f"{task.spec.model.width}, eager)",
-        "text": str(text_path) if text_path else "synthetic (400 kB Zipfian bigram words)",
+        "text": Path(text_path).name if text_path else "synthetic (400 kB Zipfian bigram words)",
         "text_bytes": len(text),
         "steps": steps,
         "seq_len": seq_len,

@@ -124,7 +124,7 @@ def correctness(device: str, smoke: bool) -> list[dict[str, Any]]:
                                     rule=c["rule"], read=c["read"], lr=gates[0],
                                     retention=gates[1], momentum=gates[2], chunk_size=16,
                                     state=MemoryState(tuple(ws)), norm=nrm,
-                                    impl="reference" if impl == "reference" else "triton",
+                                    kernel="reference" if impl == "reference" else "triton",
                                     checkpoint_every=2)
                 return [o, *st.weights]
 
@@ -166,7 +166,7 @@ def _fla_correctness(dev: Any, smoke: bool) -> list[dict[str, Any]]:
         def run(impl: str, xs: Any = xs, gates: Any = gates, c: dict = c) -> list[Any]:
             o, st = memory_scan(*xs, objective=c["objective"], rule=c["rule"], erase=c["erase"],
                                 lr=gates[0], retention=gates[1], chunk_size=1,
-                                impl="reference" if impl == "reference" else "fla",
+                                kernel="reference" if impl == "reference" else "fla",
                                 state=MemoryState((torch.zeros(B, H, D, D, device=dev),)))
             return [o, *st.weights]
 
@@ -310,7 +310,7 @@ def ops(device: str, smoke: bool, budget: float) -> list[dict[str, Any]]:
             def fn(c: dict = c, impl: str = impl) -> None:
                 o, st = memory_scan(q, k, v, objective=c["objective"], rule=c["rule"],
                                     erase=c["erase"], lr=lr, retention=ret if c["retention"]
-                                    else None, chunk_size=1, impl="fla" if impl == "fla"
+                                    else None, chunk_size=1, kernel="fla" if impl == "fla"
                                     else "chunked", compile=impl == "compiled")
                 o.float().square().mean().backward()
 
@@ -331,7 +331,7 @@ def ops(device: str, smoke: bool, budget: float) -> list[dict[str, Any]]:
         def fn(impl: str = impl) -> None:
             o, st = memory_scan(q, k, v, memory=spec, objective=_objective("l2clip"), lr=lr,
                                 retention=ret, momentum=mom, chunk_size=16,
-                                state=MemoryState(ws), impl=impl, checkpoint_every=16)
+                                state=MemoryState(ws), kernel=impl, checkpoint_every=16)
             o.float().square().mean().backward()
 
         try:

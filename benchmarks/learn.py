@@ -191,7 +191,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="spec override for every run, key.path=value")
     ap.add_argument("--corpus", type=Path, default=None,
-                    help="text file for --tasks text (e.g. ../shared/data/tinyshakespeare.txt)")
+                    help="text file for --tasks text (e.g. a local copy of tinyshakespeare.txt)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None)
     ap.add_argument("--one", nargs=3, metavar=("PRESET", "TASK", "SEED"), help=argparse.SUPPRESS)

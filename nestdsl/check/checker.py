@@ -2,7 +2,7 @@
 
 `validate.py` has already enforced types, enums, required fields and numeric ranges (pydantic);
 this module checks what the IR types cannot express: references between named things, period
-classification against the data shape (design.md §3.3), invalid combinations of fields, unused
+classification against the data shape (docs/design.md §3.3), invalid combinations of fields, unused
 definitions, head counts, data-task constraints and the outer optimizer reference.
 
 Every check appends to one list (nothing stops at the first error) and every diagnostic points
@@ -22,6 +22,7 @@ from nestdsl.check.registry import objective_names
 from nestdsl.diagnostics import Diagnostic, SpecError, SpecWarning, choices_hint, did_you_mean
 from nestdsl.spec import ir
 from nestdsl.spec.source import Document, Path
+from nestdsl.vocabulary import PROJECTION_READ
 
 __all__ = ["check_spec", "collect_diagnostics"]
 
@@ -465,8 +466,8 @@ def _check_layers(ctx: _Ctx) -> None:
                         f"{proj.kind} memory, not mlp",
                         "Hope's k/v/eta/alpha memories are residual MLPs x + W1 s(W2 x) (NL Eq. 89); set `kind: mlp`",
                         "combination")
-            # an unset `read` resolves to chunk for projections (spec/resolve.py)
-            if proj is not None and "read" in proj.model_fields_set and proj.read != "chunk":
+            # an unset `read` resolves to PROJECTION_READ (spec/resolve.py)
+            if proj is not None and "read" in proj.model_fields_set and proj.read != PROJECTION_READ:
                 ctx.add(("memories", layer.projections, "read"),
                         f"projections '{layer.projections}' of {where} have `read: {proj.read}`; the generated "
                         "k, v, eta, alpha read the chunk-start state",
@@ -794,7 +795,7 @@ def _check_data(ctx: _Ctx) -> None:
 def _check_train(ctx: _Ctx) -> None:
     spec = ctx.spec
     if spec.train is not None and spec.optimizer is None and not ctx.is_broken("optimizer"):
-        # No silent default: the outer optimizer is part of the experiment (design.md §4).
+        # No silent default: the outer optimizer is part of the experiment (docs/design.md §4).
         ctx.add(("train",), "`train` needs an outer `optimizer`",
                 "add `optimizer: adamw` (a shipped optimizer spec), a path to an optimizer spec "
                 "file or an inline `optimizer: {type: adamw, lr: 3e-3}`", "missing", key=True)

@@ -1,4 +1,4 @@
-"""Period classification of levels (design.md §3.3): the one `classify`, used by the checker,
+"""Period classification of levels (docs/design.md §3.3): the one `classify`, used by the checker,
 the schedule / level graph and the CMS lowering.
 
 A level's period is in tokens (fires inside a sequence) or in optimizer steps. Relative to the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-# Built-in inner objectives (design.md §2): `dot` and `l2` are required by the paper; `huber`
+# Built-in inner objectives (docs/design.md §2): `dot` and `l2` are required by the paper; `huber`
 # follows Miras. Order matters only for the "allowed:" hint.
 _OBJECTIVES: list[str] = ["dot", "l2", "huber"]
 

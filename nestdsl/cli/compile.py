@@ -76,11 +76,12 @@ def _explain(system: Any, device: str, compiled: bool) -> None:
         out.print(Syntax(inspect.getsource(fn), "python", line_numbers=False))
     out.rule("memory kernels (ops/kernels.py; force one with --kernel [MEMORY=]NAME)")
     for mod in system.model.modules():
-        for label, key, chosen, verdicts, forced in getattr(mod, "kernel_rows", list)():
+        for row in getattr(mod, "kernel_rows", list)():
+            forced = row.forced
             how = f"forced by --kernel {forced}" if forced not in (None, "auto") else "automatic"
-            out.print(f"[bold]{label}[/bold] ({key}): {chosen} ({how})")
-            for kname, why in verdicts:
-                verdict = "can run" if why is None else f"refused: {why}"
+            out.print(f"[bold]{row.label}[/bold] ({row.memory}): {row.shown} ({how})")
+            for kname, why in row.verdicts:
+                verdict = "can run" if why is None else f"refused: {why.reason}"
                 out.print(f"  {kname:<10} {verdict}", markup=False, highlight=False)
     out.rule("torch.compile")
     if not compiled:

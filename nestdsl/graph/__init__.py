@@ -1,4 +1,4 @@
-"""The level graph (networkx), the schedule and their renderers (design.md §2, §3, §5).
+"""The level graph (networkx), the schedule and their renderers (docs/design.md §2, §3, §5).
 
     build_graph(spec)            -> networkx.MultiDiGraph (nodes: levels, memories, states, ...)
     schedule(spec, seq_len=...)  -> Schedule (which level fires at which token / step)

@@ -1,4 +1,4 @@
-"""The level graph of a spec (design.md §2, §3.2-§3.4) as a networkx MultiDiGraph.
+"""The level graph of a spec (docs/design.md §2, §3.2-§3.4) as a networkx MultiDiGraph.
 
 Node model (attribute `kind`; every node has `label` and `level`, the name of the level that
 owns it, except level nodes themselves):
@@ -52,18 +52,15 @@ import networkx as nx
 from nestdsl.graph.schedule import Level, Schedule, optimizer_levels, schedule
 from nestdsl.spec import ir
 from nestdsl.spec.resolve import DGD_ERASE, resolve
+from nestdsl.vocabulary import READ_MEANING, READ_MODES, READ_STATE
 
 __all__ = ["build_graph", "instance_name", "read_text", "update_equation"]
 
-READ_TEXT = {
-    "after": "o_t = M_t(q_t)  (read after write)",
-    "before": "o_t = M_{t-1}(q_t)  (read before write)",
-    "chunk": "o_t = M_{c(t)}(q_t)  (read chunk-start state)",
-}
+READ_TEXT = {mode: f"o_t = M_{READ_STATE[mode]}(q_t)  ({READ_MEANING[mode]})" for mode in READ_MODES}
 
 
 # ---------------------------------------------------------------------------------------------
-# One-line update equations (design.md §3.1)
+# One-line update equations (docs/design.md §3.1)
 
 
 def _gate(g: ir.Gate | None, sym: str, *, one_is_empty: bool = True) -> str:
@@ -83,7 +80,7 @@ def _times(coef: str, expr: str) -> str:
 
 
 def _memory_function(mem: ir.Memory, M: str, x: str) -> str:
-    """f_θ(x) as text: the weights' map, then the inner norm and residual (design.md §3.1)."""
+    """f_θ(x) as text: the weights' map, then the inner norm and residual (docs/design.md §3.1)."""
     f = f"{M} {x}" if mem.kind == "linear" else f"MLP_{M}({x})"
     if mem.norm:
         f = f"LN({f})"
@@ -123,7 +120,7 @@ def instance_name(mem: ir.Memory, chunk: int) -> str:
 
 
 def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str:
-    """One line of what a memory's rule does (design.md §3.1), derived from its spec:
+    """One line of what a memory's rule does (docs/design.md §3.1), derived from its spec:
 
         S ← β S − η ∇ℓ(θ_c; k, v);   θ ← θ(α I − ε k kᵀ) + S
 
@@ -262,7 +259,7 @@ class _Builder:
             + ("s" if chunk != 1 else "")
         )
         # Attention's cache append is differentiable like any activation; parametric writes
-        # follow the spec's `writes` (design.md §3.2).
+        # follow the spec's `writes` (docs/design.md §3.2).
         self.edge(nid, sid, "writes", "grad" if mem.kind == "attention" else mem.writes, write_label)
         self.edge(sid, nid, "reads", "grad", f"read: {self.g.nodes[nid]['read']}")
         if mem.kind != "attention":
@@ -324,7 +321,7 @@ class _Builder:
         raise ValueError(f"unknown layer type {t!r}")  # pragma: no cover - IR is closed
 
     def add_self_modifying(self, layer: ir.SelfModifyingLayer, inst: str) -> tuple[list[str], str]:
-        # Hope (design.md §3.4): the adaptive projections are memories that generate k, v, eta,
+        # Hope (docs/design.md §3.4): the adaptive projections are memories that generate k, v, eta,
         # alpha (and q) for the main memory; every memory regresses to a self-generated v̂.
         target = "v̂" if layer.values == "self" else "v"     # Eq. 84 vs the shared v_t (Eq. 79)
         main = self.add_memory(layer.memory, instance=inst, target=target)
@@ -363,7 +360,7 @@ class _Builder:
             if in_ctx:
                 state = self.node(f"state:{cname}.{j}", "state", f"{cname}[{j}]", st.level,
                                   what="θ (per sequence)" if st.scope == "sequence" else "θ (streams on)")
-                # Task-signal levels write with stop-gradient (first order; design.md §3.3).
+                # Task-signal levels write with stop-gradient (first order; docs/design.md §3.3).
                 grad = "stop" if st.signal == "task" else "grad"
                 sig = "∇ next-token loss over the chunk" if st.signal == "task" else "local L2"
                 self.edge(sid, state, "writes", grad, f"{sig}, every {lv.period}")

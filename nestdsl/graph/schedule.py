@@ -1,7 +1,7 @@
 """The schedule: which level fires at which token of a sequence and at which optimizer step.
 
-Levels are clocks (design.md §2). A level's period is given in tokens or in optimizer steps;
-design.md §3.3 classifies it against the sequence length T and the tokens per optimizer step
+Levels are clocks (docs/design.md §2). A level's period is given in tokens or in optimizer steps;
+docs/design.md §3.3 classifies it against the sequence length T and the tokens per optimizer step
 (T x batch):
 
 * **in-context** (period C < T, in tokens): fires at the end of every C-token chunk inside each
@@ -31,7 +31,7 @@ __all__ = ["Level", "Schedule", "optimizer_levels", "schedule", "spec_levels"]
 
 @dataclass(frozen=True)
 class Level:
-    """A level (design.md §2): a named clock, classified against the sequence length and the
+    """A level (docs/design.md §2): a named clock, classified against the sequence length and the
     tokens per optimizer step (`check.periods.classify`). The one Level type: built once from
     the spec by `spec_levels` / `schedule` and handed to the graph, the lowering (CMS stages,
     `CompiledSystem.levels`) and the train loop."""
@@ -90,7 +90,7 @@ class Level:
 
 def _classify(period: ir.Period, seq_len: int | None, batch: int | None, *, builtin_step: bool
               ) -> tuple[LevelKind, int | None, int | None]:
-    """(class, tokens_every, steps_every) of a period: `check.periods.classify` (design.md §3.3)."""
+    """(class, tokens_every, steps_every) of a period: `check.periods.classify` (docs/design.md §3.3)."""
     shape = DataShape(seq_len, batch) if seq_len and batch else None
     c = classify(period, shape, outer=builtin_step)
     # a period that does not divide seq_len still fires in context (a memory's last chunk is

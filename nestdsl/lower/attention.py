@@ -1,4 +1,4 @@
-"""Softmax attention as a memory layer (design.md §2: the non-parametric memory).
+"""Softmax attention as a memory layer (docs/design.md §2: the non-parametric memory).
 
     q, k, v = x W_q, x W_k, x W_v                  (optional depthwise causal conv, no SiLU:
                                                     softmax needs no positive feature map)

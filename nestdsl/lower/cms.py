@@ -1,4 +1,4 @@
-"""Continuum Memory System layer (NL paper arXiv §7.1, Eqs. 70–74; design.md §3.3).
+"""Continuum Memory System layer (NL paper arXiv §7.1, Eqs. 70–74; docs/design.md §3.3).
 
 Stages MLP^(1..k), each MLP(x) = W_out σ(W_in x) (no biases, hidden = `hidden` × width), with its
 own level. Wiring (`mode`):
@@ -16,7 +16,7 @@ and tokens per step = batch × seq_len from the spec's `data`, or the ir._Data d
 
 * **persistent** (period in steps, or a multiple of tokens per step): the weights are ordinary
   parameters; `persistent_levels()` lists them with k so the runtime steps them every k optimizer
-  steps with the accumulated gradient (MultiSteps, design.md §3.3).
+  steps with the accumulated gradient (MultiSteps, docs/design.md §3.3).
 * **in-context** (period C < seq_len tokens): the weights are *fast* state per sequence,
   starting from the stage's meta-learned initial weights (nn.Parameters; reads are
   differentiable, so they learn by backprop). Reads inside a chunk use the chunk-start state

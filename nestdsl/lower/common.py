@@ -232,7 +232,7 @@ class BuildContext:
         return H, self.width // H
 
     def chunk_size(self, mem: ir.Memory) -> int:
-        """The memory's chunk size C = its level's period in tokens (design.md §3.1)."""
+        """The memory's chunk size C = its level's period in tokens (docs/design.md §3.1)."""
         try:
             period = self.spec.level_period(mem.level)
         except KeyError:
@@ -275,7 +275,7 @@ _ROLE_DEFAULT_INIT = {"lr": None, "retention": 0.99, "momentum": 0.9}
 
 
 class LearnedGateModule(nn.Module):
-    """A data-dependent per-head gate (design.md §2): g_t = scale · squash(⟨w_h, x_t⟩ + b_h).
+    """A data-dependent per-head gate (docs/design.md §2): g_t = scale · squash(⟨w_h, x_t⟩ + b_h).
 
     The projection weight starts at zero and the bias at squash⁻¹(init / scale), so every
     token's initial gate equals `init` exactly; the weights then learn the data dependence.

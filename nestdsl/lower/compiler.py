@@ -1,6 +1,6 @@
 """`compile_spec`: spec → `CompiledSystem` (model, plan, levels, schedule).
 
-torch.compile strategy (design.md §6): every layer compiles its own pieces, each with an eager
+torch.compile strategy (docs/design.md §6): every layer compiles its own pieces, each with an eager
 twin (`common.Compiled`): the q/k/v/gate projections and the output path of a memory layer, the
 whole attention / MLP layer, and — through `nestdsl.ops.memory_scan(compile=True)` — the
 per-chunk step of every memory. The loop over chunks stays in Python, so no graph grows with the
@@ -22,7 +22,9 @@ from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.model import NestModel
 from nestdsl.lower.size import check_size
+from nestdsl.ops.kernels import Refusal
 from nestdsl.spec import ir
+from nestdsl.vocabulary import PARAMETRIC_KINDS
 
 
 @dataclass
@@ -31,7 +33,7 @@ class LevelInfo:
 
     kind OUTER (the built-in `step` level: every parameter not owned elsewhere, k = 1),
     PERSISTENT (a CMS level updated by the outer optimizer every `every_k` steps with the
-    gradient accumulated in between, design.md §3.3) or IN_CONTEXT (updated inside the
+    gradient accumulated in between, docs/design.md §3.3) or IN_CONTEXT (updated inside the
     sequence; its state lives in the streaming state of the layers listed in `state`, no
     parameters).
     """
@@ -127,7 +129,7 @@ def _check_kernels(spec: ir.Spec, kernels: dict[str, str]) -> dict[str, str]:
     """Forced kernels: known kernel names, memories the spec declares (ValueError otherwise)."""
     from nestdsl.ops.kernels import KERNELS
 
-    parametric = sorted(n for n, m in spec.memories.items() if m.kind in ("linear", "mlp"))
+    parametric = sorted(n for n, m in spec.memories.items() if m.kind in PARAMETRIC_KINDS)
     for name, kernel in kernels.items():
         if kernel not in (*KERNELS, "auto"):
             raise ValueError(f"kernel {kernel!r} for {name!r} is unknown; known: auto, "
@@ -142,9 +144,9 @@ def _check_forced_kernels(model: torch.nn.Module) -> None:
     """A forced kernel must be able to run each memory it names, on this device (ValueError
     with the kernel's own reason; the length T is checked per call)."""
     for mod in model.modules():
-        for label, key, chosen, _, forced in getattr(mod, "kernel_rows", list)():
-            if forced not in (None, "auto") and chosen.startswith("error: "):
-                raise ValueError(f"memory {key!r} ({label}): {chosen[len('error: '):]}")
+        for row in getattr(mod, "kernel_rows", list)():
+            if isinstance(row.chosen, Refusal):   # only a forced kernel can refuse
+                raise ValueError(f"memory {row.memory!r} ({row.label}): {row.chosen}")
 
 
 def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.device = "cpu",

@@ -1,6 +1,6 @@
 """Human-readable equations of a memory layer, for the plan and `nestdsl compile --explain`.
 
-The update itself is rendered by one function, `nestdsl.graph.update_equation` (design.md §3.1:
+The update itself is rendered by one function, `nestdsl.graph.update_equation` (docs/design.md §3.1:
 S_t = β_t S_{t−1} − η_t ∇ℓ(θ_{c(t)}; k_t, v_t), θ_t = θ_{t−1}(α_t I − ε_t k_t k_tᵀ) + S_t, and
 the published recurrence it reduces to); this module adds the read and the per-chunk listing.
 """
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from nestdsl.graph.level_graph import update_equation
 from nestdsl.spec import ir
+from nestdsl.vocabulary import READ_STATE
 
 __all__ = ["read_equation", "step_listing", "update_equation"]
 
 
 def read_equation(mem: ir.Memory) -> str:
     sym = "M" if mem.kind == "linear" else "θ"
-    f = {"after": f"{sym}_t", "before": f"{sym}_{{t−1}}", "chunk": f"{sym}_{{c(t)}}"}[mem.read]
+    f = f"{sym}_{READ_STATE[mem.read]}"
     return f"o_t = {f} q_t" if mem.kind == "linear" else f"o_t = M({f}; q_t)"
 
 

@@ -1,4 +1,4 @@
-"""Hope's self-modifying Titans (NL paper arXiv §8, Eqs. 83–97; design.md §3.4).
+"""Hope's self-modifying Titans (NL paper arXiv §8, Eqs. 83–97; docs/design.md §3.4).
 
 Per head (width D split into H heads of d = D/H), memories □ ∈ {k, v, η, α} (+ q when listed in
 `adaptive`) are residual MLPs M_□(x) = x + W_1 σ(W_2 x) (Eq. 89) with meta-learned initial states
@@ -13,7 +13,7 @@ the `memory` spec. For token t with C_other-chunk start c(t) and C_mem-chunk sta
     η_t      = η_max · sigmoid(⟨w_η, M_η(θ_{η,c(t)}; x_t)⟩ + b_η)      (scale/init: rule.lr gate)
     α_t      = sigmoid(⟨w_α, M_α(θ_{α,c(t)}; x_t)⟩ + b_α)              (rule.retention gate)
     v̂_{□,t}  = M_□(θ_{□,c(t)}; v_t)                       self-generated targets (Eq. 84/95)
-    every memory □ (and mem, at its own chunk start c_m(t)) takes the design.md §3.1 step on
+    every memory □ (and mem, at its own chunk start c_m(t)) takes the docs/design.md §3.1 step on
     ℓ = ½‖M_□(k_t) − v̂_{□,t}‖² (Eq. 85/88/96):
         S_t = β_t S_{t−1} − η_t ∇ℓ(θ_{□,c(t)}),   θ_t = α_t P_t(θ_{t−1}) + S_t
     o_t = M_mem(θ; q_t) read per the memory's `read`     (after: θ_t; before: θ_{t−1}; chunk: θ_{c(t)})
@@ -45,7 +45,7 @@ Semantics decisions (documented here and printed by `plan()`):
   group's state updates stop-gradient (θ ← θ + sg(Δθ)), keeping the initial state learnable
   through reads.
 * **DGD** (rule `dgd`) erases on the key-multiplying weight (first layer) only:
-  W ↦ W(α_t I − ε_t k_t k_tᵀ) − η_t ∇ℓ, the other weights α_t W − η_t ∇ℓ (design.md §3.1). The
+  W ↦ W(α_t I − ε_t k_t k_tᵀ) − η_t ∇ℓ, the other weights α_t W − η_t ∇ℓ (docs/design.md §3.1). The
   erase rate ε is `rule.erase`: η (default: Eq. 88 exactly, M(αI − ηkkᵀ) − η∇ℓ), η/(1 + η‖k‖²)
   (Eq. 57) or αη. With the l2 objective the erase term appears twice, as Eq. 88 is written.
 * **Inner norm** (`norm: true`): M(x) = x + LN(W_1 σ(W_2 x))·γ + b, γ, b outer-learned per
@@ -106,6 +106,7 @@ from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, kernels, mlp_chunk_step, mlp_forward
 from nestdsl.ops.objectives import Objective
 from nestdsl.spec import ir
+from nestdsl.vocabulary import PROJECTION_READ
 
 __all__ = ["InnerRule", "SelfModifyingTitans", "build_self_modifying"]
 
@@ -313,7 +314,7 @@ class SelfModifyingTitans(nn.Module):
         d = width // H
         c_mem, c_other = ctx.chunk_size(mem), ctx.chunk_size(proj)
         assert max(c_mem, c_other) % min(c_mem, c_other) == 0, "chunk sizes nest (checker)"
-        assert proj.read == "chunk", "projections read the chunk-start state (checker, resolve)"
+        assert proj.read == PROJECTION_READ, "resolved and checked (spec/resolve.py, checker)"
         mem_rule, proj_rule = InnerRule.of(mem, d), InnerRule.of(proj, d)
         return cls(
             width=width, heads=H,
@@ -523,7 +524,7 @@ class SelfModifyingTitans(nn.Module):
         step = self._step_fn("proj", k.shape[2])
         _, new = step(state, None, k.repeat(R, 1, 1, 1), targets,
                                 *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
-                                rule=self.proj_rule.kind, read="chunk", erase=self.proj_rule.erase,
+                                rule=self.proj_rule.kind, read=PROJECTION_READ, erase=self.proj_rule.erase,
                                 norm=norm, normalized_lr=self.proj_rule.normalized_lr)
         new = _write(state, new, self.proj_rule.writes)
         ws = [w.split(B) for w in new.weights]
@@ -608,7 +609,7 @@ class SelfModifyingTitans(nn.Module):
         p = self.out_proj.weight
         return kernels.MemoryCall(
             memory=mlp, objective=rule.objective, rule=rule.kind, erase=rule.erase,
-            read=rule.read if group == "mem" else "chunk", chunk_size=L or C,
+            read=rule.read if group == "mem" else PROJECTION_READ, chunk_size=L or C,
             retention=rule.retention is not None, momentum=rule.momentum is not None,
             d_key=self.head_dim, d_value=self.head_dim, device=p.device, dtype=p.dtype,
             compile=self.compile_config.enabled, training=torch.is_grad_enabled(),
@@ -618,29 +619,22 @@ class SelfModifyingTitans(nn.Module):
         forced = self.compile_config.kernels
         return forced.get(self.keys[group], forced.get("*"))
 
-    def kernel_rows(self) -> list[tuple[str, str, str, list[tuple[str, str | None]], str | None]]:
-        """(label, memory name, chosen kernel, verdicts, forced) per memory group."""
-        rows = []
-        for group, label in (("mem", "M_mem"), ("proj", "projections")):
-            call = self.kernel_call(group)
-            try:
-                chosen = kernels.choose(call, self.forced_kernel(group))
-            except ValueError as e:
-                chosen = f"error: {e}"
-            rows.append((f"{self.name} ({label})", self.keys[group], chosen,
-                         kernels.verdicts(call), self.forced_kernel(group)))
-        return rows
+    def kernel_rows(self) -> list[kernels.KernelChoice]:
+        """The kernel choice of each memory group (`--explain`, the plan)."""
+        return [kernels.explain(f"{self.name} ({label})", self.keys[group],
+                                self.kernel_call(group), self.forced_kernel(group))
+                for group, label in (("mem", "M_mem"), ("proj", "projections"))]
 
     def _step_fn(self, group: str, L: int) -> Any:
-        """The chunk step for `group`'s memories on a chunk of L tokens."""
+        """The chunk step for `group`'s memories on a chunk of L tokens: the chosen kernel's
+        (joint calls only accept kernels with one). "compiled" runs through this layer's own
+        wrapper (eager when compile is off; falling back to eager visibly when the compiler
+        fails); a forced "chunked" under compile runs the eager step."""
         kernel = kernels.choose(self.kernel_call(group, L), self.forced_kernel(group))
-        if kernel == "triton":
-            from nestdsl.ops.triton_mlp import triton_chunk_step
-
-            return triton_chunk_step
-        if kernel == "chunked" and self.compile_config.enabled:   # forced eager
-            return mlp_chunk_step
-        return self._mlp_step      # compiled, or eager when compile is off
+        if kernel.name == "compiled" or (kernel.name == "chunked" and not self.compile_config.enabled):
+            return self._mlp_step
+        assert kernel.chunk_step is not None, "joint calls are refused by kernels without one"
+        return kernel.chunk_step()
 
     def plan(self) -> list[PlanRow]:
         total = sum(p.numel() for p in self.parameters())
@@ -658,7 +652,7 @@ class SelfModifyingTitans(nn.Module):
                  *self.notes]
         target = "v̂" if self.values == "self" else "v"
         mem_upd = _update(self.mem_ir, self.c_mem, target)
-        kern = dict(zip(("mem", "proj"), (row[2] for row in self.kernel_rows()), strict=True))
+        kern = dict(zip(("mem", "proj"), (row.shown for row in self.kernel_rows()), strict=True))
         rows = [PlanRow(name=f"{self.name} (M_mem)", kind="self_modifying",
                         implementation="mlp chunk step (closed-form grads" +
                         (", UT solve for DGD)" if self.mem_rule.kind == "dgd" else ")"),
@@ -668,7 +662,7 @@ class SelfModifyingTitans(nn.Module):
         for r in self.roles:
             rows.append(PlanRow(name=f"{self.name} (M_{r})", kind="self_modifying projection",
                                 implementation="mlp chunk step, generated at the chunk start",
-                                chunk_size=self.c_other, read="chunk", writes=self.proj_rule.writes,
+                                chunk_size=self.c_other, read=PROJECTION_READ, writes=self.proj_rule.writes,
                                 params=proj_counts[r], compiled=status, kernel=kern["proj"],
                                 update=_update(self.proj_ir, self.c_other, target)))
         return rows

@@ -1,4 +1,4 @@
-"""A memory spec's inner loop, resolved once for every layer that lowers it (design.md §3.1).
+"""A memory spec's inner loop, resolved once for every layer that lowers it (docs/design.md §3.1).
 
 The memory function f_θ (a matrix, an MLP, and the optional inner norm + residual), the inner
 objective (with the optional soft clip of the surprise), DGD's erase rate ε and the step-size

@@ -1,12 +1,12 @@
 """The `memory` layer: a parametric associative memory (linear or MLP) used as a token mixer.
 
-Wiring (design.md §3.4, Titans arXiv:2501.00663 §4.4), for x: (B, T, D) and H heads of size d:
+Wiring (docs/design.md §3.4, Titans arXiv:2501.00663 §4.4), for x: (B, T, D) and H heads of size d:
 
     q, k, v = x W_q, x W_k, x W_v                        # D → H·d each (one fused matmul)
     q, k, v = SiLU(conv_K(q, k, v))                      # depthwise causal conv, width K (0: none)
     q, k = q / ‖q‖₂, k / ‖k‖₂                            # qk_norm
     η_t, α_t, β_t = gates(x_t)                           # per head: scale·squash(x_t w + b), or constants
-    o = memory_scan(q, k, v; η, α, β, C = level period)  # the update family, design.md §3.1:
+    o = memory_scan(q, k, v; η, α, β, C = level period)  # the update family, docs/design.md §3.1:
         g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)                  #   ℓ = ½‖M(k) − v‖²: Titans Eq. 12
         S_t = β_t S_{t−1} − η_t g_t                      #   surprise momentum: Titans Eq. 14
         θ_t = α_t P_t(θ_{t−1}) + S_t                     #   forgetting (α = 1 − α_Titans): Eq. 13;
@@ -17,9 +17,9 @@ Wiring (design.md §3.4, Titans arXiv:2501.00663 §4.4), for x: (B, T, D) and H 
     y = (RMSNorm_head(o) ⊙ σ(x W_g)) W_o                 # output_gate (else y = o W_o)
 
 The memory's initial state θ_0 is zeros for a linear memory and meta-learned parameters
-(H, out, in) for an MLP memory (learned by backprop through the writes, design.md §3.2).
+(H, out, in) for an MLP memory (learned by backprop through the writes, docs/design.md §3.2).
 
-`writes: stop` (design.md §3.2) detaches the *write path*: k, v and the η/α/β gates enter the
+`writes: stop` (docs/design.md §3.2) detaches the *write path*: k, v and the η/α/β gates enter the
 scan detached, so no gradient flows through any inner update into W_k, W_v or the gate
 projections. Reads stay differentiable: o_t is differentiable in q_t (hence W_q, the conv and the
 output path) and in the initial state θ_0 (meta-learned MLP weights) through the detached
@@ -159,7 +159,7 @@ class MemoryMixer(nn.Module):
         return self.o_proj(o)
 
     # Never traced into an enclosing graph (e.g. torch.compile(model)): the Python loop over
-    # chunks would be unrolled and compile time would grow with T (design.md §6). The per-chunk
+    # chunks would be unrolled and compile time would grow with T (docs/design.md §6). The per-chunk
     # step inside is compiled on its own.
     @torch.compiler.disable
     def scan(self, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor],
@@ -184,15 +184,15 @@ class MemoryMixer(nn.Module):
                   normalized_lr=self.rule.normalized_lr)
         kernel = kernels.choose(self.call(q, T=q.shape[2]), self.forced_kernel())
         step_name = f"{self.name}.step"
-        if kernel == "compiled" and step_name not in self._cfg.failures:
+        if kernel.name == "compiled" and step_name not in self._cfg.failures:
             try:
-                out = memory_scan(q, k, v, compile=True, **kw)
+                out = memory_scan(q, k, v, kernel="compiled", compile=True, **kw)
             except Exception as e:  # noqa: BLE001 - compiler failure: fall back visibly
-                out = memory_scan(q, k, v, compile=False, **kw)   # an input error raises here
+                out = memory_scan(q, k, v, kernel="chunked", **kw)   # an input error raises here
                 self._cfg.note_failure(step_name, e)
         else:
-            impl = "chunked" if kernel == "compiled" else kernel
-            out = memory_scan(q, k, v, compile=False, impl=impl, **kw)
+            name = "chunked" if kernel.name == "compiled" else kernel.name
+            out = memory_scan(q, k, v, kernel=name, **kw)
         if self.read_norm is not None:      # memory.read_norm: q + g RMSNorm(M(q) − q)
             out = (self.read_norm(out[0], q), out[1])
         self.probe.update(out[0])
@@ -221,20 +221,9 @@ class MemoryMixer(nn.Module):
             dtype=dtype, compile=self._cfg.enabled, training=torch.is_grad_enabled(), T=T,
             normalized_lr=self.rule.normalized_lr)
 
-    def kernel_verdicts(self) -> tuple[str, list[tuple[str, str | None]]]:
-        """(the kernel this layer runs, every candidate's verdict) for a planned call;
-        a forced kernel that cannot run is reported, not raised."""
-        call = self.call()
-        try:
-            chosen = kernels.choose(call, self.forced_kernel())
-        except ValueError as e:
-            chosen = f"error: {e}"
-        return chosen, kernels.verdicts(call)
-
-    def kernel_rows(self) -> list[tuple[str, str, str, list[tuple[str, str | None]], str | None]]:
-        """(label, memory name, chosen kernel, verdicts, forced): `compile --explain`."""
-        chosen, verdicts = self.kernel_verdicts()
-        return [(self.name, self.key, chosen, verdicts, self.forced_kernel())]
+    def kernel_rows(self) -> list[kernels.KernelChoice]:
+        """The kernel this layer runs and every candidate's verdict: `compile --explain`."""
+        return [kernels.explain(self.name, self.key, self.call(), self.forced_kernel())]
 
     def _forward_fn(self, ws: tuple[Tensor, ...], x: Tensor, norm: Any) -> Tensor:
         """f_θ(x) for x (B, H, N, d)."""
@@ -331,7 +320,7 @@ class MemoryMixer(nn.Module):
             self._cfg, [self.pre.name, self.post.name, f"{self.name}.step"],
             "projections + output graphs and the per-chunk step; chunk loop in Python "
             "(compile time independent of T)")
-        kernel, _ = self.kernel_verdicts()
+        kernel = self.kernel_rows()[0].shown
         return [PlanRow(
             name=self.name, kind=f"memory/{self.ir.kind}", implementation=self.implementation(),
             chunk_size=self.chunk, read=self.ir.read, writes=self.writes, params=count_params(self),

@@ -1,4 +1,4 @@
-"""The exact in-context `task` signal of CMS levels: a chunked forward sweep (design.md §3.3).
+"""The exact in-context `task` signal of CMS levels: a chunked forward sweep (docs/design.md §3.3).
 
 An in-context CMS stage with `signal: task` and period C learns inside the sequence from the
 next-token loss of the chunk it just finished (NL paper Eq. 71 with f = ∇ of the task loss):

@@ -4,13 +4,14 @@ Public API::
 
     o, state = memory_scan(q, k, v, memory="linear" | MLPMemory(...), objective="l2", rule="gd",
                            lr=1.0, retention=None, momentum=None, chunk_size=16,
-                           read="after", state=None, impl="auto")
+                           read="after", state=None, kernel="auto")
 """
 
 from .attention import causal_attention
 from .conv import causal_conv1d
+from .kernels import compiled_step
 from .linear_chunked import linear_chunk_step
-from .memory import compiled_step, memory_scan
+from .memory import memory_scan
 from .mlp import MLPMemory, mlp_forward
 from .mlp_chunked import mlp_chunk_step
 from .newton_schulz import newton_schulz

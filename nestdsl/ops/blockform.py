@@ -1,7 +1,7 @@
 """Closed-form algebra of the update family inside one block of L tokens.
 
 Inside a block that starts from weight W_0 (one matrix, (…, Dout, Din)) and momentum S_0, every
-rule of design.md §3.1 has the form
+rule of docs/design.md §3.1 has the form
 
     S_t = β_t S_{t−1} + d_t a_tᵀ                    (d_t = −η_t δ_t: the momentary surprise)
     W_t = α_t W_{t−1} + f_t k_tᵀ + S_t              (f_t = −ε_t W_{t−1} k_t: DGD, else 0)
@@ -33,13 +33,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from nestdsl.vocabulary import ERASE_RATES
+
 __all__ = ["Decays", "ERASES", "block_decays", "decays", "erase_rate", "solve_prefix",
            "read_weights", "end_state"]
 
-#: The erase rate ε_t of Delta Gradient Descent (design.md §3.1), by spec name:
+#: The erase rate ε_t of Delta Gradient Descent (docs/design.md §3.1), by spec name:
 #: ``eta`` ε = η (NL paper Eq. 88, literally), ``normalized`` ε = η' = η/(1 + η‖k‖²) (Eq. 57),
 #: ``retained`` ε = α·η (retention before the erase: Gated DeltaNet's αS(I − βkkᵀ)).
-ERASES = ("eta", "normalized", "retained")
+ERASES = ERASE_RATES
 
 
 def erase_rate(erase: str, eta: Tensor, alpha: Tensor, k: Tensor) -> Tensor:

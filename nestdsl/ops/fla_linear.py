@@ -1,7 +1,7 @@
 """Linear memories through flash-linear-attention (fla) on CUDA, where the semantics are equal.
 
 With chunk size 1 and no momentum, four of nestdsl's linear memories are exactly an fla kernel
-(design.md §3.1; states M ∈ R^{Dv×Dk}, fla's h = Mᵀ ∈ R^{K×V}; reads after the write):
+(docs/design.md §3.1; states M ∈ R^{Dv×Dk}, fla's h = Mᵀ ∈ R^{K×V}; reads after the write):
 
     dot, gd:             M_t = α_t M_{t−1} + η_t v_t k_tᵀ          chunk_simple_gla, v ← η v, g = log α
     l2, gd, α = 1:       M_t = M_{t−1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ      chunk_delta_rule, β = η

@@ -1,6 +1,6 @@
 """``memory_scan``: the one functional entry point for every parametric associative memory.
 
-Semantics (design.md §3.1), for token t = 1..T, chunk size C, c(t) = C⌊(t−1)/C⌋:
+Semantics (docs/design.md §3.1), for token t = 1..T, chunk size C, c(t) = C⌊(t−1)/C⌋:
 
     g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)
     S_t = β_t S_{t−1} − η_t g_t                  (no momentum: S_t = −η_t g_t)
@@ -11,7 +11,7 @@ Semantics (design.md §3.1), for token t = 1..T, chunk size C, c(t) = C⌊(t−1
                                                   α_t η_t ("retained", Gated DeltaNet)
     o_t = M(θ_t; q_t)  [read="after"] | M(θ_{t−1}; q_t) [before] | M(θ_{c(t)}; q_t) [chunk]
 
-What DGD does per objective (documented for users, design.md §3.1):
+What DGD does per objective (documented for users, docs/design.md §3.1):
   * dot, ε = αη: θ_t = α_t θ_{t−1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ — Gated DeltaNet;
   * l2, ε = η:  θ_t = θ_{t−1}(α_t I − η_t k_t k_tᵀ) − η_t (θ_{c(t)} k_t − v_t) k_tᵀ — the erase
     term appears twice, exactly as Hope's Eq. 88 is written.
@@ -20,7 +20,7 @@ M may carry an inner norm and residual, M(x) = x + LN(MLP(x)) (``MLPMemory(norm=
 at depth 1 for TTT-Linear); its gain and bias are outer parameters passed as ``norm``.
 
 Gradients flow into q, k, v, the gate tensors and the initial state through every write; inner
-gradients are closed-form, so the fast path compiles with inductor (design.md §3.2).
+gradients are closed-form, so the fast path compiles with inductor (docs/design.md §3.2).
 """
 
 from __future__ import annotations
@@ -30,33 +30,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .blockform import ERASES
-from .linear_chunked import linear_chunk_step, linear_scan_chunked
-from .mlp import MLPMemory, NormParams, mlp_forward
-from .mlp_chunked import mlp_chunk_step, mlp_scan_chunked
+from nestdsl.vocabulary import ERASE_RATES, READ_MODES, RULES
+
+from .kernels import MemoryCall, ScanInputs, choose, compiled_step
+from .mlp import MLPMemory, NormParams
 from .objectives import Objective, get_objective
-from .reference import reference_scan
 from .state import MemoryState
 
 __all__ = ["memory_scan", "compiled_step"]
-
-RULES = ("gd", "dgd")
-READS = ("after", "before", "chunk")
-IMPLS = ("auto", "reference", "chunked", "triton", "fla")
-
-_COMPILED: dict[str, Callable] = {}
-
-
-def compiled_step(kind: str) -> Callable:
-    """The ``torch.compile``'d per-chunk step for ``"linear"`` or ``"mlp"`` memories (cached).
-
-    One graph per block/chunk shape and configuration; the loop over chunks stays in Python, so
-    compile time does not grow with the sequence length (design.md §6).
-    """
-    if kind not in _COMPILED:
-        fn = linear_chunk_step if kind == "linear" else mlp_chunk_step
-        _COMPILED[kind] = torch.compile(fn, dynamic=False)
-    return _COMPILED[kind]
 
 
 def _gate(x: Tensor | float | None, name: str, B: int, H: int, T: int, dtype: torch.dtype,
@@ -136,7 +117,7 @@ def memory_scan(
     chunk_size: int = 16,
     read: str = "after",
     state: MemoryState | None = None,
-    impl: str = "auto",
+    kernel: str = "auto",
     compile: bool = False,
     erase: str = "eta",
     norm: NormParams = None,
@@ -157,12 +138,14 @@ def memory_scan(
         state: the initial ``MemoryState``; None gives zeros for a linear memory (an MLP memory
             needs its initial weights, (H, out, in) or (B, H, out, in)). Momentum buffers
             default to zeros.
-        impl: ``"reference"`` (token loop, the oracle), ``"chunked"`` (fast), ``"auto"`` (fast),
-            ``"triton"`` (the Triton kernel for depth-2 MLP memories, ``ops.triton_mlp``; on CUDA,
-            or on CPU under ``TRITON_INTERPRET=1``; ValueError naming what it cannot run),
-            ``"fla"`` (flash-linear-attention's kernel where a linear memory equals one,
-            ``ops.fla_linear``; CUDA, bf16/fp16 for the delta rules).
-        compile: run the fast path with the ``torch.compile``'d per-chunk step.
+        kernel: the implementation (``ops.kernels.KERNELS``): ``"auto"`` (the first automatic
+            one that accepts — ``"compiled"`` with ``compile=True``, else ``"chunked"``; on CUDA
+            ``"triton"`` / ``"fla"`` where they apply), ``"reference"`` (token loop, the
+            oracle), ``"chunked"``, ``"compiled"``, ``"triton"`` (depth-2 MLP memories; on CPU
+            under ``TRITON_INTERPRET=1``), ``"fla"`` (a linear memory equal to one of
+            flash-linear-attention's kernels). A kernel that cannot run the call raises
+            ``KernelRefused`` (a ValueError) naming why.
+        compile: the compile switch: lets ``"auto"`` choose the ``torch.compile``'d chunk step.
         erase: DGD's erase rate ε: ``"eta"`` | ``"normalized"`` | ``"retained"`` (gd: unused).
         norm: (gain, bias), each (H, Dv), of an ``MLPMemory(norm=True)``'s inner LayerNorm
             (None: gain 1, bias 0).
@@ -187,12 +170,10 @@ def memory_scan(
     obj = get_objective(objective)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
-    if erase not in ERASES:
-        raise ValueError(f"erase must be one of {ERASES}; got {erase!r}")
-    if read not in READS:
-        raise ValueError(f"read must be one of {READS}; got {read!r}")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    if erase not in ERASE_RATES:
+        raise ValueError(f"erase must be one of {ERASE_RATES}; got {erase!r}")
+    if read not in READ_MODES:
+        raise ValueError(f"read must be one of {READ_MODES}; got {read!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if not (memory == "linear" or isinstance(memory, MLPMemory)):
@@ -240,62 +221,22 @@ def memory_scan(
         else:
             moms = _expand_weights(tuple(state.momentum), shapes, B, H, cd, "state.momentum")
 
-    if impl == "reference":
-        if memory == "linear":
-            def fwd(ws, x):
-                return x @ ws[0].mT
-        else:
-            spec = memory
-
-            nrm = None if norm is None else tuple(p.to(cd) for p in norm)
-
-            def fwd(ws, x):
-                return mlp_forward(ws, x, spec, nrm)
-        o, w_out, s_out = reference_scan(
-            qc, kc, vc, forward=fwd, objective=obj, rule=rule, lr=lr_t, retention=ret_t,
-            momentum=mom_t, chunk_size=chunk_size, read=read, weights=weights, moms=moms,
-            erase=erase, layer_inputs=_layer_inputs(memory) if normalized_lr else None,
-            renorm=memory != "linear" and memory.renorm)
-        new_state = MemoryState(tuple(w_out), None if s_out is None else tuple(s_out))
-    else:
-        if compile:
-            weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
-        init = MemoryState(weights, moms)
-        common = dict(lr=lr_t, retention=ret_t, momentum=mom_t, state=init, objective=obj,
-                      rule=rule, read=read, chunk_size=chunk_size, erase=erase,
-                      group=checkpoint_every)
-        if impl == "fla":
-            from . import fla_linear
-
-            p = (fla_linear.plan(objective=obj, rule=rule, erase=erase, read=read,
-                                 chunk_size=chunk_size, retention=ret_t is not None,
-                                 momentum=mom_t is not None)
-                 if memory == "linear" else f"memory {memory!r} is not a linear memory")
-            why = fla_linear.refusal(p, dtype=q.dtype, device=dev)
-            if why is not None:
-                raise ValueError(f"impl='fla' cannot run this memory: {why}")
-            o, new_state = fla_linear.fla_scan(q, k, v, lr=lr_t, retention=ret_t,
-                                               state=MemoryState(weights, None), p=p)
-        elif impl == "triton":
-            from . import triton_mlp
-
-            why = (f"memory {memory!r} is not an MLP memory" if memory == "linear" else
-                   triton_mlp.NO_NORMALIZED_LR if normalized_lr else
-                   triton_mlp.supports(spec=memory, objective=obj, d_key=Dk, d_value=Dv, T=T,
-                                       chunk_size=chunk_size, dtype=q.dtype, device=dev))
-            if why is not None:
-                raise ValueError(f"impl='triton' cannot run this memory: {why}")
-            nrm = None if norm is None else tuple(p.to(cd) for p in norm)
-            o, new_state = triton_mlp.triton_mlp_scan(qc, kc, vc, spec=memory, norm=nrm,
-                                                      **common)
-        elif memory == "linear":
-            step = compiled_step("linear") if compile else linear_chunk_step
-            o, new_state = linear_scan_chunked(qc, kc, vc, step=step, **common)
-        else:
-            step = compiled_step("mlp") if compile else mlp_chunk_step
-            nrm = None if norm is None else tuple(p.to(cd) for p in norm)
-            o, new_state = mlp_scan_chunked(qc, kc, vc, spec=memory, step=step, norm=nrm,
-                                            normalized_lr=normalized_lr, **common)
+    call = MemoryCall(
+        memory=memory, objective=obj, rule=rule, erase=erase, read=read, chunk_size=chunk_size,
+        retention=ret_t is not None, momentum=mom_t is not None, d_key=Dk, d_value=Dv,
+        device=dev, dtype=q.dtype, compile=compile, training=torch.is_grad_enabled(), T=T,
+        normalized_lr=normalized_lr)
+    chosen = choose(call, kernel)
+    if chosen.name == "compiled":
+        weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
+    inputs = ScanInputs(
+        q=q, k=k, v=v, qc=qc, kc=kc, vc=vc, lr=lr_t, retention=ret_t, momentum=mom_t,
+        state=MemoryState(weights, moms), memory=memory, objective=obj, rule=rule, read=read,
+        chunk_size=chunk_size, erase=erase,
+        norm=None if norm is None else (norm[0].to(cd), norm[1].to(cd)),
+        checkpoint_every=checkpoint_every, normalized_lr=normalized_lr,
+        layer_inputs=_layer_inputs(memory) if normalized_lr else None)
+    o, new_state = chosen.scan(x=inputs)
 
     offset = T % chunk_size if chunk_size > 1 else 0
     return o.to(q.dtype), MemoryState(new_state.weights, new_state.momentum, offset)

@@ -1,6 +1,6 @@
 """Fast form of MLP memories (Titans LMM, TTT-MLP, the memories inside Hope).
 
-Per chunk of C tokens (design.md §3.1, Titans §3.2, NL paper Eqs. 90–93):
+Per chunk of C tokens (docs/design.md §3.1, Titans §3.2, NL paper Eqs. 90–93):
 
 1. one forward pass of all the chunk's keys through the chunk-start weights θ_{c(t)} and the
    closed-form backward (``mlp.mlp_backward``) give every token's gradient as rank-1 factors

@@ -3,7 +3,7 @@
 An objective scores a memory prediction ``p = M(θ; k)`` against a target ``v``. Every update
 rule in nestdsl only needs the *output gradient* ``∂ℓ/∂p`` in closed form: the chain rule
 through the memory (linear map or MLP) is written out by hand in the fast forms, so no nested
-``torch.autograd.grad`` is ever needed (design.md §3.2; inductor cannot compile double
+``torch.autograd.grad`` is ever needed (docs/design.md §3.2; inductor cannot compile double
 backward).
 
 The registry is open: ``register_objective(Objective(...))`` adds e.g. an Lp or Huber loss.
@@ -105,7 +105,7 @@ register_objective(
 
 @functools.cache   # one instance per c: compiled steps guard on the object
 def soft_clipped_l2(clip: float) -> Objective:
-    """L2 with the surprise soft-clipped at ``clip`` (design.md §3.1, "stable by construction").
+    """L2 with the surprise soft-clipped at ``clip`` (docs/design.md §3.1, "stable by construction").
 
     ∂ℓ/∂p = r · c·tanh(‖r‖/c)/‖r‖ with r = p − v: the l2 error for ‖r‖ ≪ c, a vector of norm c
     for ‖r‖ ≫ c, smooth in between. It is the gradient of ℓ = c² log cosh(‖r‖/c), which the

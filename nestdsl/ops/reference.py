@@ -1,4 +1,4 @@
-"""The sequential oracle: design.md §3.1 token by token, written to read like the equations.
+"""The sequential oracle: docs/design.md §3.1 token by token, written to read like the equations.
 
     g_t = ∇_θ ℓ(θ_{c(t)}; k_t, v_t)          gradient at the chunk-start state, c(t) = C⌊(t−1)/C⌋
     S_t = β_t S_{t−1} − η_t g_t              momentum (without momentum: S_t = −η_t g_t)

@@ -2,7 +2,7 @@
 
 One program per (batch, head) walks the sequence chunk by chunk with the memory state — W_0
 (hidden × Dk), W_1 (Dv × hidden) and their momenta — held on chip from the first chunk to the
-last; each chunk is the closed form of ``mlp_chunked.mlp_chunk_step`` (design.md §3.1):
+last; each chunk is the closed form of ``mlp_chunked.mlp_chunk_step`` (docs/design.md §3.1):
 
 1. the chunk-start forward z = W_1 σ(W_0 k) and the analytic inner gradients
    δ_1 = ∂ℓ/∂z (objective, inner LayerNorm, residual), δ_0 = (W_1ᵀ δ_1) ⊙ σ'(W_0 k);
@@ -38,8 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nestdsl.vocabulary import READ_MODES
+
 from .mlp import MLPMemory, NormParams, renorm_rows
-from .objectives import Objective
+from .objectives import Objective, get_objective
 from .state import MemoryState
 
 try:  # an optional dependency: the registry refuses this kernel without it
@@ -55,7 +57,7 @@ __all__ = ["available", "interpreted", "objective_code", "supports", "triton_mlp
 LAUNCHES = 0
 
 ACT_CODES = {"silu": 0, "gelu": 1, "relu": 2, "tanh": 3}
-READ_CODES = {"after": 0, "before": 1, "chunk": 2}
+READ_CODES = {mode: code for code, mode in enumerate(READ_MODES)}   # the kernels' READ constexpr
 ERASE_CODES = {"eta": 0, "normalized": 1, "retained": 2}
 #: why the kernel refuses the per-layer normalised step (the torch chunk step computes it)
 NO_NORMALIZED_LR = "normalized_lr: the kernel steps every weight with one η (no per-layer ‖a‖²)"
@@ -1024,7 +1026,7 @@ def _as_gate(x: Tensor | float | None, like: Tensor) -> Tensor | None:
 def triton_chunk_step(state: MemoryState, q_c: Tensor | None, k_c: Tensor, v_c: Tensor,
                       lr_c: Tensor | float, retention_c: Tensor | float | None,
                       momentum_c: Tensor | float | None, dec: Any = None, *, spec: MLPMemory,
-                      objective: Objective, rule: str = "gd", read: str = "after",
+                      objective: str | Objective = "l2", rule: str = "gd", read: str = "after",
                       erase: str = "eta", norm: NormParams = None, normalized_lr: bool = False
                       ) -> tuple[Tensor | None, MemoryState]:
     """``mlp_chunk_step``'s contract on one chunk through the two kernels (Hope's joint loop,
@@ -1033,6 +1035,7 @@ def triton_chunk_step(state: MemoryState, q_c: Tensor | None, k_c: Tensor, v_c: 
     ``supports`` (the caller falls back to the torch step otherwise)."""
     if normalized_lr:
         raise ValueError(NO_NORMALIZED_LR)
+    objective = get_objective(objective)
     B, H, L, _ = k_c.shape
     like = k_c[..., 0].to(torch.float32)
     ws = tuple(w.to(torch.float32).expand(B, H, *w.shape[-2:]).contiguous()

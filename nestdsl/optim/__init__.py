@@ -1,4 +1,4 @@
-"""nestdsl.optim: the Deep Optimizers (design.md §4) as `torch.optim.Optimizer` subclasses.
+"""nestdsl.optim: the Deep Optimizers (docs/design.md §4) as `torch.optim.Optimizer` subclasses.
 
     from nestdsl.optim import build, describe_levels
     opt = build(spec.optimizer, model.named_parameters())

@@ -1,6 +1,6 @@
 """Shared machinery of the nestdsl optimizers: the per-tensor step loop and tensor helpers.
 
-Conventions every optimizer in this package follows (design.md §4, §6):
+Conventions every optimizer in this package follows (docs/design.md §4, §6):
 
 * **State dtype.** All optimizer state is kept in float32, whatever the parameter dtype; the
   update is computed in float32 and written back with one `copy_` into the parameter's dtype
@@ -33,7 +33,7 @@ __all__ = ["OUTPUTS", "DeepOptimizer", "as_rows", "check_output", "newton_schulz
 
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """`nestdsl.ops.newton_schulz` computed in float32 (paper notes §1.11: k Newton-Schulz steps
+    """`nestdsl.ops.newton_schulz` computed in float32 (arXiv Eqs. 38–44: k Newton-Schulz steps
     are k inner GD steps on the orthogonality objective, Eq. 43-44). The optimizers keep float32
     state, and float32 keeps the CPU reference tests exact; a zero matrix maps to zero."""
     from nestdsl.ops.newton_schulz import newton_schulz as _ns

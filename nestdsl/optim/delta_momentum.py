@@ -4,7 +4,7 @@ Paper: NeurIPS Eqs. 21-22 / arXiv Eqs. 48-49. Replacing the dot objective of mom
 ||m g^T - P||^2 gives a delta rule, i.e. a *gradient-dependent* forget gate. nestdsl uses the
 right-multiplied (arXiv Eq. 49) form, the only one that is dimensionally valid for a
 non-square W in R^{out x in} (g^T g is in x in), with a normalised key g_hat and an inner
-step size eta_m (`momentum_lr`) on the erase term (paper notes §10 D.15):
+step size eta_m (`momentum_lr`) on the erase term (arXiv Eq. 49):
 
     m <- m (beta I - eta_m g_hat^T g_hat) - lr * g
     W <- W + m

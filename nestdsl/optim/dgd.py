@@ -1,6 +1,6 @@
 """DGD, Delta Gradient Descent, as an outer optimizer for linear layers (Hope's inner rule).
 
-Paper: arXiv Eqs. 55-57 (notes §2.7), NeurIPS Eqs. 27-29. GD is one step on the dot objective
+Paper: arXiv Eqs. 55-57, NeurIPS Eqs. 27-29. GD is one step on the dot objective
 <W x, dL/dy>; DGD instead regresses W x onto the self-generated target u = -dL/dy with a
 proximal term, which by Sherman-Morrison adds a data-dependent decay:
 

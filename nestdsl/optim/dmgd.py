@@ -4,7 +4,7 @@ Paper: NeurIPS Eq. 23 / arXiv Eq. 50 (+ Eq. 52 for the non-linear output):
 
     W_{i+1} = W_i + m_{i+1}(u_i),   m_{i+1} = alpha m_i - eta grad L2(m_i; u_i),   u_i = grad L(W_i)
 
-The paper leaves the memory and its inner objective open (notes §10 D.16). nestdsl's choice,
+The paper leaves the memory and its inner objective open (arXiv Eq. 50). nestdsl's choice,
 per parameter tensor (its own memory, kept in the optimizer state):
 
 * **Rows.** The gradient G is viewed as n rows of width d (2-D: the longer side indexes rows,

@@ -1,7 +1,7 @@
 """The outer optimizer's own levels, for the level graph (pure Python: no torch import).
 
 `describe_levels(spec)` lists the memories an optimizer spec keeps, fastest first, each as a
-dict (paper notes §1.10-1.11, §2, §4; design.md §4):
+dict (arXiv App. B Eqs. 100–111, Eqs. 38–60, §7.2; docs/design.md §4):
 
     name       unique within the optimizer, e.g. "fast_momentum"
     state      the optimizer-state key(s) holding it (or "params" for the weights themselves)

@@ -1,6 +1,6 @@
 """M3, Multi-scale Momentum Muon: Adam + Muon + a 2-level (independent) CMS of momenta.
 
-Paper: arXiv §7.2, Algorithm 1 and Eq. 75 (paper notes §4). Per parameter, at step t:
+Paper: arXiv §7.2, Algorithm 1 and Eq. 75. Per parameter, at step t:
 
     M1 <- beta  * M1 + (1 - beta)  * g_t                      fast momentum, every step
     V  <- beta2 * V  + (1 - beta2) * g_t^2                    second moment, every step
@@ -10,7 +10,7 @@ Paper: arXiv §7.2, Algorithm 1 and Eq. 75 (paper notes §4). Per parameter, at 
     every f = `slow_every` steps (t = 0 mod f), after the update:
         M2 <- beta_slow * M2 + (1 - beta_slow) * A;   A <- 0;   O2 = NS_T(M2)
 
-Decisions (the paper prints pure sums and no decays, notes §10 D.17): EMAs with the spec's
+Decisions (the paper prints pure sums and no decays, Algorithm 1): EMAs with the spec's
 `beta`, `beta2`, `beta_slow` are the default; the second moment is bias-corrected as in Adam;
 the slow level is fed the *sum* of the gradients of its last f steps ("Σ g_i" of Eq. 75) and
 fires after the update of step f, so O2 first acts at step f + 1 (Algorithm 1's outer loop

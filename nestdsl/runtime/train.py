@@ -1,6 +1,6 @@
 """The training loop: spec → compiled system → optimizer(s) → steps, metrics, checkpoints.
 
-What the loop guarantees (design.md §3.3, issue "training runtime"):
+What the loop guarantees (docs/design.md §3.3, issue "training runtime"):
 - Data is a pure function of (seed, step): resuming needs no replay, only the step.
 - Persistent CMS levels (period k optimizer steps) accumulate gradients for k steps and are
   stepped by their own optimizer instance every k steps with the mean of the k gradients

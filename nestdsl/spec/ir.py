@@ -5,7 +5,7 @@ with a position for every node) and are then validated into these models. Every 
 its source `span` (excluded from equality, serialisation and the JSON schema), so later stages
 can point diagnostics at file:line:col.
 
-Concepts follow design.md §2: memories (associative maps with an objective and an update rule),
+Concepts follow docs/design.md §2: memories (associative maps with an objective and an update rule),
 levels (clocks), CMS chains, blocks of layers, the model, the outer optimizer, data and train.
 """
 
@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from nestdsl.spec.source import Span
+from nestdsl.vocabulary import EraseRate, MemoryKind, ReadMode, RuleKind
 
 SPEC_VERSION = 1
 
@@ -112,13 +113,13 @@ Gate = Union[float, LearnedGate]
 
 
 class Rule(Node):
-    """The inner optimizer of a memory (design.md §3.1)."""
+    """The inner optimizer of a memory (docs/design.md §3.1)."""
 
-    kind: Literal["gd", "dgd"] = Field(default="gd", description="gd or Delta Gradient Descent")
+    kind: RuleKind = Field(default="gd", description="gd or Delta Gradient Descent")
     lr: Gate = Field(default=1.0, description="inner learning rate eta")
     retention: Gate | None = Field(default=None, description="retention/decay alpha (None: 1)")
     momentum: Gate | None = Field(default=None, description="momentum beta (None: no momentum)")
-    erase: Literal["eta", "normalized", "retained"] | None = Field(
+    erase: EraseRate | None = Field(
         default=None,
         description="dgd erase rate eps in W(alpha I - eps k k^T): eta (NL Eq. 88, the default), "
                     "normalized = eta/(1 + eta|k|^2) (Eq. 57), retained = alpha*eta (Gated DeltaNet)",
@@ -178,14 +179,12 @@ LevelRef = Annotated[
 # ---------------------------------------------------------------------------------------------
 # Memories
 
-MemoryKind = Literal["linear", "mlp", "attention"]
 Activation = Literal["silu", "gelu", "relu", "tanh"]
-ReadMode = Literal["after", "before", "chunk"]
 WriteGrad = Literal["grad", "stop"]
 
 
 class Memory(Node):
-    """An associative memory M_theta: key -> value (design.md §2).
+    """An associative memory M_theta: key -> value (docs/design.md §2).
 
     `linear` is a matrix per head; `mlp` a depth-`depth` MLP per head (hidden width =
     `hidden` x head dim, optional residual x + W1 s(W2 x)); `attention` is non-parametric
@@ -257,7 +256,7 @@ class Level(Node):
 
 
 class CMSStage(Node):
-    """One MLP block of a Continuum Memory System with its own level (design.md §3.3)."""
+    """One MLP block of a Continuum Memory System with its own level (docs/design.md §3.3)."""
 
     level: LevelRef = Field(
         description="level that sets this stage's period: a name, or an inline level "
@@ -321,7 +320,7 @@ Adaptive = Literal["k", "v", "q", "eta", "alpha"]
 
 
 class SelfModifyingLayer(_Layer):
-    """Hope's self-modifying Titans (design.md §3.4): k, v, eta, alpha (and optionally q) are
+    """Hope's self-modifying Titans (docs/design.md §3.4): k, v, eta, alpha (and optionally q) are
     themselves memories (`projections`) that generate their own targets."""
 
     type: Literal["self_modifying"]
@@ -387,7 +386,7 @@ class Model(Node):
 
 
 # ---------------------------------------------------------------------------------------------
-# Outer optimizer (design.md §4)
+# Outer optimizer (docs/design.md §4)
 
 OptimizerType = Literal[
     "sgd", "momentum", "precond_momentum", "delta_momentum", "dmgd", "muon", "m3", "adamw", "dgd"

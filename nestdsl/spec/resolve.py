@@ -1,4 +1,4 @@
-"""Defaults whose meaning depends on the spec, resolved once (design.md §3.1).
+"""Defaults whose meaning depends on the spec, resolved once (docs/design.md §3.1).
 
 `resolve(spec)` returns a copy of a checked spec in which every memory field that the compiler
 and the level-graph renderer read has its value: no `None` left for them to interpret. It is the
@@ -29,6 +29,7 @@ default written out. The resolution is idempotent.
 from __future__ import annotations
 
 from nestdsl.spec import ir
+from nestdsl.vocabulary import PROJECTION_READ
 
 __all__ = ["resolve", "MLP_DEPTH", "MLP_HIDDEN", "MLP_ACTIVATION", "DGD_ERASE"]
 
@@ -48,7 +49,7 @@ def _memory(mem: ir.Memory, hope: bool, projection: bool) -> ir.Memory:
         return mem
     mlp = mem.kind == "mlp"
     update: dict[str, object] = {
-        "read": "chunk" if projection and "read" not in mem.model_fields_set else mem.read,
+        "read": PROJECTION_READ if projection and "read" not in mem.model_fields_set else mem.read,
         "residual": hope if mem.residual is None else mem.residual,
         "norm": bool(mem.norm),
         "init": mem.init or ("learned" if mlp else "zeros"),

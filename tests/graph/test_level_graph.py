@@ -1,4 +1,4 @@
-"""The level graph: nodes, edges (kind, grad/stop) and frequency ordering (design.md §2-§3)."""
+"""The level graph: nodes, edges (kind, grad/stop) and frequency ordering (docs/design.md §2-§3)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_hope_edges(hope: ir.Spec) -> None:
     assert ("proj:titans", "memory:titans", "grad") in gen
     writes = _edges(g, "writes")
     assert ("memory:titans", "state:titans", "grad") in writes
-    # Task-signal in-context CMS levels write with stop-gradient (design.md §3.3).
+    # Task-signal in-context CMS levels write with stop-gradient (docs/design.md §3.3).
     assert ("cms:hope_cms.0", "state:hope_cms.0", "stop") in writes
     assert ("cms:hope_cms.1", "state:hope_cms.1", "stop") in writes
     reads = _edges(g, "reads")

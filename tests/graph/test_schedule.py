@@ -1,4 +1,4 @@
-"""The schedule: which level fires at which token / optimizer step (design.md §3.3)."""
+"""The schedule: which level fires at which token / optimizer step (docs/design.md §3.3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Hope's self-modifying Titans (nestdsl.lower.hope) against a token-by-token reference written
-from the equations (NL paper Eqs. 83–96, design.md §3.1/§3.4), streaming, and the ablations."""
+from the equations (NL paper Eqs. 83–96, docs/design.md §3.1/§3.4), streaming, and the ablations."""
 
 from __future__ import annotations
 

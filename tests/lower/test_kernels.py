@@ -4,6 +4,8 @@ model (the Triton scan in Triton's interpreter here)."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -26,32 +28,32 @@ def call(memory, objective, *, device="cpu", dtype=torch.float32, compile=True, 
 
 def test_automatic_choice_follows_device_and_compile_switch():
     mlp = MLPMemory(depth=2, hidden=64)
-    assert kernels.choose(call(mlp, soft_clipped_l2(1.0))) == "compiled"
-    assert kernels.choose(call(mlp, "l2", compile=False)) == "chunked"
+    assert kernels.choose(call(mlp, soft_clipped_l2(1.0))).name == "compiled"
+    assert kernels.choose(call(mlp, "l2", compile=False)).name == "chunked"
     on_gpu = call(mlp, soft_clipped_l2(1.0), device="cuda", dtype=torch.bfloat16)
     triton = pytest.importorskip("nestdsl.ops.triton_mlp")
-    assert kernels.choose(on_gpu) == ("triton" if triton.available() else "compiled")
+    assert kernels.choose(on_gpu).name == ("triton" if triton.available() else "compiled")
     # a configuration the kernel does not cover falls through to the torch scan, with the reason
     deep = call(MLPMemory(depth=3, hidden=64), "l2", device="cuda")
-    assert kernels.choose(deep) == "compiled"
-    assert "MLP depth 3" in dict(kernels.verdicts(deep))["triton"]
+    assert kernels.choose(deep).name == "compiled"
+    assert "MLP depth 3" in dict(kernels.verdicts(deep))["triton"].reason
     # a DeltaNet layer under bf16 autocast on CUDA: fla's delta rule where fla is installed
     from nestdsl.ops import fla_linear
 
     delta = call("linear", "l2", chunk_size=1, retention=False, momentum=False, device="cuda",
                  dtype=torch.bfloat16)
-    assert kernels.choose(delta) == ("fla" if fla_linear.available() else "compiled")
+    assert kernels.choose(delta).name == ("fla" if fla_linear.available() else "compiled")
     if fla_linear.available():
         fp32 = call("linear", "l2", chunk_size=1, retention=False, momentum=False, device="cuda")
-        assert "refuses torch.float32" in dict(kernels.verdicts(fp32))["fla"]
-        assert kernels.choose(fp32) == "compiled"
+        assert "refuses torch.float32" in dict(kernels.verdicts(fp32))["fla"].reason
+        assert kernels.choose(fp32).name == "compiled"
 
 
 def test_forcing_names_the_reason_a_kernel_refuses():
-    assert kernels.choose(call("linear", "l2", chunk_size=1), "reference") == "reference"
+    assert kernels.choose(call("linear", "l2", chunk_size=1), "reference").name == "reference"
     with pytest.raises(ValueError, match="kernel 'fla' cannot run this memory: chunk size 16"):
         kernels.choose(call("linear", "dot", retention=False, momentum=False), "fla")
-    with pytest.raises(ValueError, match="unknown kernel 'cuda'"):
+    with pytest.raises(ValueError, match="kernel 'cuda' cannot run this memory: unknown kernel; known: triton, fla"):
         kernels.choose(call("linear", "dot"), "cuda")
 
 
@@ -149,3 +151,24 @@ def test_cli_train_refuses_a_kernel_that_cannot_run(tmp_path):
     errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "kernel 'fla' cannot run this memory: MLP memory" in errors[0]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def _shape(fn) -> list[tuple[str, object, object]]:
+    """A signature without annotations: names, kinds and defaults."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(inspect.unwrap(fn)).parameters.values()]
+
+
+def test_every_kernel_takes_the_same_signature():
+    """One protocol: every registered kernel's scan is `scan(*, x: ScanInputs)` and every chunk
+    step (Hope's joint loop) has `mlp_chunk_step`'s parameters."""
+    from nestdsl.ops.mlp_chunked import mlp_chunk_step
+    from nestdsl.vocabulary import KERNEL_NAMES
+
+    assert tuple(kernels.KERNELS) == KERNEL_NAMES
+    for kernel in kernels.KERNELS.values():
+        assert _shape(kernel.scan) == [("x", inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty)], kernel.name
+        if kernel.chunk_step is None or kernel.name == "compiled":   # compiled wraps the chunked step
+            continue
+        if kernel.name == "triton":
+            pytest.importorskip("triton")
+        assert _shape(kernel.chunk_step()) == _shape(mlp_chunk_step), kernel.name

@@ -118,7 +118,7 @@ def test_loss_is_masked_cross_entropy() -> None:
 
 
 def test_compile_failure_falls_back_visibly(monkeypatch) -> None:
-    import nestdsl.ops.memory as ops_memory
+    import nestdsl.ops.kernels as ops_kernels
 
     def broken_compile(fn, *a, **k):
         def run(*args, **kwargs):
@@ -126,7 +126,7 @@ def test_compile_failure_falls_back_visibly(monkeypatch) -> None:
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(ops_memory, "_COMPILED", {})
+    monkeypatch.setattr(ops_kernels, "_COMPILED", {})
     system = build(model_spec(DN, "      - {type: memory, memory: m}\n      - {type: mlp}"), compile=True)
     tokens = torch.randint(0, 32, (1, 8))
     with pytest.warns(RuntimeWarning, match="inductor exploded"):

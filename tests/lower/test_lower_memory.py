@@ -1,5 +1,5 @@
 """The `memory` layer (linear / MLP) against a direct, token-by-token reference written from the
-equations (design.md §3.1, §3.4): projections, conv, SiLU, L2 norm, gates, the update rule, the
+equations (docs/design.md §3.1, §3.4): projections, conv, SiLU, L2 norm, gates, the update rule, the
 read mode, the output norm and gate — outputs and gradients of every parameter within 1e-5."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from nestdsl.lower.memory import MemoryMixer
 
 
 def ref_projections(layer: MemoryMixer, x: torch.Tensor):
-    """q, k, v (B, T, H, d) and the gates (B, T, H), straight from design.md §3.4."""
+    """q, k, v (B, T, H, d) and the gates (B, T, H), straight from docs/design.md §3.4."""
     B, T, _ = x.shape
     H, d = layer.H, layer.d
     z = x @ layer.qkv.weight.T                                       # (B, T, 3Hd)

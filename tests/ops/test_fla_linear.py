@@ -64,7 +64,7 @@ def test_fla_mapping_computes_the_reference_recurrence(obj, rule, erase, ret, op
 
     o_ref, s_ref = memory_scan(q, k, v, objective=obj, rule=rule, erase=erase, lr=lr,
                                retention=alpha, chunk_size=1, state=MemoryState((M0,)),
-                               impl="reference")
+                               kernel="reference")
     o, s = fla_linear.fla_scan(q, k, v, lr=lr, retention=alpha, state=MemoryState((M0,)), p=p,
                                ops=ops)
     torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
@@ -98,6 +98,6 @@ def test_fla_refuses_cpu_and_float32_delta_rules():
     if fla_linear.available():
         why = fla_linear.refusal(p, dtype=torch.float32, device=torch.device("cuda"))
         assert "refuses torch.float32" in why
-    with pytest.raises(ValueError, match="impl='fla' cannot run this memory"):
+    with pytest.raises(ValueError, match="kernel .fla. cannot run this memory"):
         x = torch.randn(1, 1, 8, 4)
-        memory_scan(x, x, x, objective="l2", chunk_size=1, impl="fla")
+        memory_scan(x, x, x, objective="l2", chunk_size=1, kernel="fla")

@@ -77,7 +77,7 @@ def run(leaves, kw, ws, impl, **over):
         args["norm"] = (leaves["gain"], leaves["bias"])
     moms = tuple(leaves["S_" + n] for n in ws) if "S_" + ws[0] in leaves else None
     state = MemoryState(tuple(leaves[n] for n in ws), moms)
-    return memory_scan(leaves["q"], leaves["k"], leaves["v"], state=state, impl=impl, **args)
+    return memory_scan(leaves["q"], leaves["k"], leaves["v"], state=state, kernel=impl, **args)
 
 
 def outputs_and_grads(leaves, kw, ws, impl, **over):
@@ -299,7 +299,7 @@ def test_normalized_lr_step_is_the_fraction_of_the_error_corrected():
     v = torch.randn(1, 1, 1, 4, generator=g, dtype=torch.float64)
     for eta in (0.3, 1.0):
         _, st = memory_scan(k, k, v, memory=mem, objective="l2", lr=eta, chunk_size=1,
-                            state=MemoryState((w.unsqueeze(0),), None), impl="reference",
+                            state=MemoryState((w.unsqueeze(0),), None), kernel="reference",
                             normalized_lr=True)
         before, after = k[0, 0] @ w[0].mT, k[0, 0] @ st.weights[0][0, 0].mT
         torch.testing.assert_close(after - before, eta * (v[0, 0] - before), rtol=1e-5, atol=1e-9)

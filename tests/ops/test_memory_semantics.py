@@ -53,7 +53,7 @@ def test_delta_rule_special_case():
 
 
 def test_dgd_dot_retained_erase_is_gated_delta_rule():
-    """linear/dot/dgd, ε = αη: M_t = α_t M_{t−1}(I − η_t k kᵀ) + η_t v kᵀ (design.md §3.1)."""
+    """linear/dot/dgd, ε = αη: M_t = α_t M_{t−1}(I − η_t k kᵀ) + η_t v kᵀ (docs/design.md §3.1)."""
     q, k, v = qkv(2)
     eta, alpha = torch.rand(B, H, T), 0.8 + 0.2 * torch.rand(B, H, T)
     o, st = memory_scan(q, k, v, objective="dot", rule="dgd", lr=eta, retention=alpha,
@@ -144,7 +144,7 @@ def test_per_batch_initial_weights():
     (dict(read="during"), "read"),
     (dict(objective="lp3"), "unknown objective"),
     (dict(chunk_size=0), "chunk_size"),
-    (dict(impl="triton"), "impl"),
+    (dict(kernel="triton"), "kernel .triton. cannot run"),
     (dict(memory=MLPMemory()), "initial weights"),
     (dict(memory="conv"), "memory"),
     (dict(lr=torch.ones(3)), "lr"),
@@ -181,7 +181,7 @@ def test_mlp_chunk_step_hope_style():
                                   spec=spec, objective="l2", rule="dgd", read="after")
         outs.append(o)
     o_ref, _ = memory_scan(q, k, torch.cat(vhats, 2), memory=spec, state=MemoryState(w0),
-                           lr=0.1, retention=0.95, rule="dgd", chunk_size=C, impl="reference")
+                           lr=0.1, retention=0.95, rule="dgd", chunk_size=C, kernel="reference")
     torch.testing.assert_close(torch.cat(outs, 2), o_ref, atol=1e-5, rtol=1e-5)
     torch.cat(outs, 2).sum().backward()
     assert all(w.grad is not None and torch.isfinite(w.grad).all() for w in w0)

@@ -58,7 +58,7 @@ def outputs_and_grads(leaves, kw, spec, impl, **over):
     moms = tuple(leaves[f"S{i}"] for i in range(n)) if "S0" in leaves else None
     state = MemoryState(tuple(leaves[f"W{i}"] for i in range(n)), moms)
     o, st = memory_scan(leaves["q"], leaves["k"], leaves["v"], memory=spec, state=state,
-                        chunk_size=C, impl=impl, **args)
+                        chunk_size=C, kernel=impl, **args)
     outs = [o, *st.weights, *(st.momentum or ())]
     g = torch.Generator().manual_seed(123)
     loss = sum((x * torch.randn(x.shape, generator=g)).sum() for x in outs)
@@ -130,7 +130,7 @@ def test_triton_scan_without_grad_continues_a_stream():
     leaves, kw = make_case(spec, mom=True, ret=True, gates="token")
     x = {k: v.detach() for k, v in leaves.items()}
     args = dict(memory=spec, objective=soft_clipped_l2(1.0), rule="dgd", chunk_size=C,
-                impl="triton")
+                kernel="triton")
 
     def scan(a, b, state):
         sl = {k: x[k][:, :, a:b] for k in ("q", "k", "v", "lr", "retention", "momentum")}
@@ -143,7 +143,7 @@ def test_triton_scan_without_grad_continues_a_stream():
         first, s_mid = scan(0, 32, s0)
         second, s_end = scan(32, T, s_mid)
         ref, s_ref = memory_scan(x["q"], x["k"], x["v"], lr=x["lr"], retention=x["retention"],
-                                 momentum=x["momentum"], state=s0, **{**args, "impl": "chunked"})
+                                 momentum=x["momentum"], state=s0, **{**args, "kernel": "chunked"})
     torch.testing.assert_close(torch.cat([first, second], 2), whole, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(whole, ref, atol=2e-5, rtol=2e-5)
     for a, b in zip(s_end.weights + s_end.momentum, s_whole.weights + s_whole.momentum, strict=True):
@@ -169,6 +169,6 @@ def test_supports_names_what_it_cannot_run(kw, msg):
 def test_forcing_triton_on_an_unsupported_memory_is_a_clear_error():
     spec = MLPMemory(depth=2, hidden=16)
     q = torch.randn(1, 1, 40, 16)
-    with pytest.raises(ValueError, match="impl='triton' cannot run this memory: T = 40"):
-        memory_scan(q, q, q, memory=spec, chunk_size=16, impl="triton",
+    with pytest.raises(ValueError, match="kernel .triton. cannot run this memory: T = 40"):
+        memory_scan(q, q, q, memory=spec, chunk_size=16, kernel="triton",
                     state=MemoryState(spec.init_weights(1, 16, 16)))
