@@ -100,7 +100,8 @@ class _Ctx:
                 used["memory"].update(ref for _, ref in _memory_refs(layer))
                 if isinstance(layer, ir.CMSLayer):
                     used["cms"].add(layer.cms)
-            used["level"].update(m.level for m in spec.memories.values() if m.level)
+            used["level"].update(m.level for m in spec.memories.values()
+                                 if isinstance(m, ir.ParametricMemory) and m.level)
             used["level"].update(st.level for c in spec.cms.values() for st in c.stages)
             self._used = used
         return self._used
@@ -217,7 +218,8 @@ def _check_references(ctx: _Ctx) -> None:
     builtin = list(ir.BUILTIN_LEVELS)
     memories, cms, blocks = list(spec.memories), list(spec.cms), list(spec.blocks)
     for mname, mem in spec.memories.items():
-        if (mem.level is not None and mem.level not in spec.levels and mem.level not in ir.BUILTIN_LEVELS
+        if (isinstance(mem, ir.ParametricMemory) and mem.level is not None
+                and mem.level not in spec.levels and mem.level not in ir.BUILTIN_LEVELS
                 and not ctx.is_broken("levels", mem.level)):
             ctx.add(("memories", mname, "level"), f"unknown level '{mem.level}' in memory '{mname}'",
                     _unknown_ref_hint(ctx, "level", mem.level, levels, builtin), "unknown-ref")
@@ -246,95 +248,64 @@ def _check_references(ctx: _Ctx) -> None:
 
 
 def _check_memories(ctx: _Ctx) -> None:
+    """What a memory's fields mean together. Which field a kind reads is the IR's (one model per
+    kind, `ir.MISPLACED`); the rules here relate fields a kind does read."""
     objectives = objective_names()
     width = ctx.spec.model.width if ctx.spec.model is not None else None
     for mname, mem in ctx.spec.memories.items():
         base: Path = ("memories", mname)
-        if mem.kind == "attention":
-            # Attention is non-parametric (softmax over cached keys/values): nothing to update.
-            if mem.rule is not None:
-                if mem.rule.kind == "dgd":
-                    ctx.add(base + ("rule", "kind"), f"'dgd' on attention memory '{mname}'",
-                            "attention is non-parametric: it has no weights for Delta Gradient Descent to "
-                            "update; use kind: linear or mlp, or remove `rule`", "combination")
-                else:
-                    ctx.add(base + ("rule",), f"attention memory '{mname}' has no update rule",
-                            "attention is non-parametric (softmax over the cached keys/values); remove `rule`",
-                            "combination", key=True)
-            if mem.objective is not None:
-                ctx.add(base + ("objective",), f"attention memory '{mname}' has no inner objective",
-                        "attention is non-parametric; `objective` applies to linear and mlp memories only",
-                        "combination", key=True)
-            if mem.level is not None:
-                ctx.add(base + ("level",), f"attention memory '{mname}' has no update level",
-                        "attention keeps every key/value (or a sliding `window`); a level (chunk size) "
-                        "applies to linear and mlp memories only", "combination", key=True)
-        else:
-            example = "e.g. `objective: l2` (regression, DeltaNet/Titans) or `objective: dot` (linear attention)"
-            if mem.objective is None:
-                ctx.add(base, f"{mem.kind} memory '{mname}' needs an `objective`", example, "missing", key=True)
-            if mem.rule is None:
-                ctx.add(base, f"{mem.kind} memory '{mname}' needs an update `rule`",
-                        "e.g. `rule: {kind: gd, lr: 1.0}`; add `retention:`/`momentum:` for decay and momentum",
-                        "missing", key=True)
-            if mem.window is not None:
-                ctx.add(base + ("window",), f"`window` on {mem.kind} memory '{mname}'",
-                        "a sliding window applies to attention memories only", "combination", key=True)
-        if mem.objective is not None and mem.kind != "attention" and mem.objective not in objectives:
-            dym = did_you_mean(mem.objective, objectives)
-            allowed = f"registered objectives: {_names(objectives)}"
-            ctx.add(base + ("objective",), f"unknown objective '{mem.objective}' in memory '{mname}'",
-                    f"{dym} {allowed}" if dym else allowed, "unknown-ref")
-        if mem.kind == "attention":
-            for f in ("norm", "init"):
-                if getattr(mem, f) is not None:
-                    ctx.add(base + (f,), f"`{f}` on attention memory '{mname}'",
-                            f"`{f}` applies to linear and mlp memories only", "combination",
-                            key=True)
-        if mem.kind == "mlp" and mem.init == "zeros":
+        if mem.heads is not None and width is not None and width % mem.heads != 0:
+            ctx.add(base + ("heads",), f"memory '{mname}': {mem.heads} heads do not divide model width {width}",
+                    f"heads split the width; use a divisor of {width}: {_divisors(width)}", "heads")
+        if isinstance(mem, ir.ParametricMemory):
+            _check_parametric_memory(ctx, base, mname, mem, objectives)
+
+
+def _check_parametric_memory(ctx: _Ctx, base: Path, mname: str, mem: ir.ParametricMemory,
+                             objectives: list[str]) -> None:
+    example = "e.g. `objective: l2` (regression, DeltaNet/Titans) or `objective: dot` (linear attention)"
+    if mem.objective is None:
+        ctx.add(base, f"{mem.kind} memory '{mname}' needs an `objective`", example, "missing", key=True)
+    elif mem.objective not in objectives:
+        dym = did_you_mean(mem.objective, objectives)
+        allowed = f"registered objectives: {_names(objectives)}"
+        ctx.add(base + ("objective",), f"unknown objective '{mem.objective}' in memory '{mname}'",
+                f"{dym} {allowed}" if dym else allowed, "unknown-ref")
+    if mem.rule is None:
+        ctx.add(base, f"{mem.kind} memory '{mname}' needs an update `rule`",
+                "e.g. `rule: {kind: gd, lr: 1.0}`; add `retention:`/`momentum:` for decay and momentum",
+                "missing", key=True)
+    if isinstance(mem, ir.MLPMemory):
+        if mem.init == "zeros":
             ctx.add(base + ("init",), f"mlp memory '{mname}' cannot start from zeros",
                     "an all-zero MLP has zero inner gradients in every layer but the last; "
                     "remove `init` (mlp memories learn their initial state)", "combination")
-        if mem.kind == "linear" and mem.residual and not mem.norm:
+        if mem.read_norm is not None and mem.residual is False:
+            ctx.add(base + ("read_norm",), f"`read_norm` on memory '{mname}' without a residual",
+                    "`read_norm` normalises the branch M(q) - q of a residual mlp memory "
+                    "(x + W1 s(W2 x)); use `kind: mlp` with `residual: true`", "combination",
+                    key=True)
+    elif not mem.norm:      # a linear memory
+        if mem.residual:
             ctx.add(base + ("residual",), f"`residual` on linear memory '{mname}' without `norm`",
                     "a linear memory's residual belongs to TTT-Linear's x + LN(W x): add "
                     "`norm: true`, or remove `residual`", "combination", key=True)
-        if mem.rule is not None and mem.rule.normalized_lr and mem.kind == "linear" and not mem.norm:
+        if mem.rule is not None and mem.rule.normalized_lr:
             ctx.add(base + ("rule", "normalized_lr"),
                     f"`normalized_lr` on linear memory '{mname}' without `norm`",
                     "the per-layer normalised step divides each MLP weight's step by its input's "
                     "|a|^2; for a bare matrix use unit-norm keys or `erase: normalized` (dgd)",
                     "combination", key=True)
-        if mem.renorm and mem.kind != "mlp":
-            ctx.add(base + ("renorm",), f"`renorm` on {mem.kind} memory '{mname}'",
-                    "`renorm` rescales an mlp memory's weight rows to their initial norms after "
-                    "each chunk; a linear memory starts from zeros (its rows' norms are 0) and "
-                    "attention has no weights: use `kind: mlp`, or remove `renorm`",
-                    "combination", key=True)
-        if mem.read_norm is not None and (mem.kind != "mlp" or mem.residual is False):
-            ctx.add(base + ("read_norm",), f"`read_norm` on memory '{mname}' without a residual",
-                    "`read_norm` normalises the branch M(q) - q of a residual mlp memory "
-                    "(x + W1 s(W2 x)); use `kind: mlp` with `residual: true`", "combination",
-                    key=True)
-        if mem.kind != "mlp":
-            for f in ("depth", "hidden", "activation") + (("residual",) if mem.kind != "linear" else ()):
-                if getattr(mem, f) is not None:
-                    ctx.add(base + (f,), f"`{f}` on {mem.kind} memory '{mname}'",
-                            f"`{f}` applies to mlp memories only; remove it or use `kind: mlp`",
-                            "combination", key=True)
-        if mem.heads is not None and width is not None and width % mem.heads != 0:
-            ctx.add(base + ("heads",), f"memory '{mname}': {mem.heads} heads do not divide model width {width}",
-                    f"heads split the width; use a divisor of {width}: {_divisors(width)}", "heads")
-        if mem.rule is not None and mem.kind != "attention":
-            _check_rule(ctx, base + ("rule",), mname, mem.rule)
-            if mem.rule.clip is not None and mem.objective not in (None, "l2"):
-                ctx.add(base + ("rule", "clip"),
-                        f"memory '{mname}': `clip` soft-clips the l2 error, but the objective is "
-                        f"'{mem.objective}'", "use `objective: l2`, or remove `clip`", "combination")
-            if mem.rule.erase is not None and mem.rule.kind != "dgd":
-                ctx.add(base + ("rule", "erase"),
-                        f"memory '{mname}': `erase` is the erase rate of dgd, but the rule is "
-                        f"'{mem.rule.kind}'", "use `kind: dgd`, or remove `erase`", "combination")
+    if mem.rule is not None:
+        _check_rule(ctx, base + ("rule",), mname, mem.rule)
+        if mem.rule.clip is not None and mem.objective not in (None, "l2"):
+            ctx.add(base + ("rule", "clip"),
+                    f"memory '{mname}': `clip` soft-clips the l2 error, but the objective is "
+                    f"'{mem.objective}'", "use `objective: l2`, or remove `clip`", "combination")
+        if mem.rule.erase is not None and mem.rule.kind != "dgd":
+            ctx.add(base + ("rule", "erase"),
+                    f"memory '{mname}': `erase` is the erase rate of dgd, but the rule is "
+                    f"'{mem.rule.kind}'", "use `kind: dgd`, or remove `erase`", "combination")
 
 
 # Beyond this inner step an unclipped mlp memory's state blew up within the first step
@@ -347,9 +318,9 @@ def _check_memory_stability(ctx: _Ctx) -> None:
     """Warn when a parametric mlp memory regresses (l2) with an unclipped or unscaled inner
     step: the library defaults (rule.lr 1, no clip) are not the ones the presets train with."""
     for mname, mem in ctx.spec.memories.items():
-        rule = mem.rule
-        if mem.kind != "mlp" or rule is None or mem.objective not in (None, "l2"):
+        if not isinstance(mem, ir.MLPMemory) or mem.rule is None or mem.objective not in (None, "l2"):
             continue
+        rule = mem.rule
         base: Path = ("memories", mname, "rule")
         lr = rule.lr
         step = lr.scale if isinstance(lr, ir.LearnedGate) else float(lr)
@@ -441,39 +412,40 @@ def _check_layers(ctx: _Ctx) -> None:
         where = f"block '{bname}' layer {i + 1}"
         if isinstance(layer, (ir.MALLayer, ir.MAGLayer)):
             att = mems.get(layer.attention)
-            if att is not None and att.kind != "attention":
+            if att is not None and not isinstance(att, ir.AttentionMemory):
                 ctx.add(base + ("attention",),
                         f"{where} ({layer.type}): '{layer.attention}' is a {att.kind} memory, not attention",
                         f"`attention` must name a memory with `kind: attention` (the sliding-window branch of {layer.type.upper()})",
                         "combination")
             mem = mems.get(layer.memory)
-            if mem is not None and mem.kind == "attention":
+            if mem is not None and not isinstance(mem, ir.ParametricMemory):
                 ctx.add(base + ("memory",),
                         f"{where} ({layer.type}): `memory` '{layer.memory}' is an attention memory",
                         "`memory` must name a parametric (linear or mlp) memory, the long-term memory of Titans",
                         "combination")
         if isinstance(layer, ir.SelfModifyingLayer):
             mem = mems.get(layer.memory)
-            if mem is not None and mem.kind != "mlp":
+            if mem is not None and not isinstance(mem, ir.MLPMemory):
                 ctx.add(base + ("memory",),
                         f"{where} (self_modifying): memory '{layer.memory}' is {mem.kind}, not mlp",
                         "Hope's self-modifying Titans uses an mlp memory (residual x + W1 s(W2 x)); set `kind: mlp`",
                         "combination")
             proj = mems.get(layer.projections)
-            if proj is not None and proj.kind != "mlp":
+            if proj is not None and not isinstance(proj, ir.MLPMemory):
                 ctx.add(base + ("projections",),
                         f"{where} (self_modifying): projections '{layer.projections}' is {'an' if proj.kind == 'attention' else 'a'} "
                         f"{proj.kind} memory, not mlp",
                         "Hope's k/v/eta/alpha memories are residual MLPs x + W1 s(W2 x) (NL Eq. 89); set `kind: mlp`",
                         "combination")
             # an unset `read` resolves to PROJECTION_READ (spec/resolve.py)
-            if proj is not None and "read" in proj.model_fields_set and proj.read != PROJECTION_READ:
+            if isinstance(proj, ir.ParametricMemory) and "read" in proj.model_fields_set \
+                    and proj.read != PROJECTION_READ:
                 ctx.add(("memories", layer.projections, "read"),
                         f"projections '{layer.projections}' of {where} have `read: {proj.read}`; the generated "
                         "k, v, eta, alpha read the chunk-start state",
                         "set `read: chunk` (NL paper Eq. 90: the elements of a chunk are generated from the "
                         "state at the end of the previous chunk)", "combination")
-            if mem is not None and proj is not None and mem.kind == proj.kind == "mlp":
+            if isinstance(mem, ir.MLPMemory) and isinstance(proj, ir.MLPMemory):
                 _check_self_modifying_shapes(ctx, base, where, layer, mem, proj)
             if layer.projections == layer.memory:
                 ctx.add(base + ("projections",),
@@ -587,7 +559,7 @@ def _check_periods(ctx: _Ctx) -> None:
         return  # the data shape decides every period rule; don't guess it from defaults
     spec, shape = ctx.spec, ctx.shape
     for mname, mem in spec.memories.items():
-        if mem.kind == "attention" or mem.level is None:
+        if not isinstance(mem, ir.ParametricMemory) or mem.level is None:
             continue
         if mem.level not in spec.levels and mem.level not in ir.BUILTIN_LEVELS:
             continue  # reported as an unknown reference
@@ -642,7 +614,7 @@ def _check_sweep_segments(ctx: _Ctx, shape: DataShape) -> None:
     for bname, i, layer in _layers(spec):
         for role, name in _memory_refs(layer):
             mem = spec.memories.get(name)
-            if mem is None or mem.kind == "attention" or mem.level is None:
+            if not isinstance(mem, ir.ParametricMemory) or mem.level is None:
                 continue
             if mem.level not in spec.levels and mem.level not in ir.BUILTIN_LEVELS:
                 continue

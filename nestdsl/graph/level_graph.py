@@ -79,9 +79,9 @@ def _times(coef: str, expr: str) -> str:
     return f"{coef}·{expr}" if coef else expr
 
 
-def _memory_function(mem: ir.Memory, M: str, x: str) -> str:
+def _memory_function(mem: ir.ParametricMemory, M: str, x: str) -> str:
     """f_θ(x) as text: the weights' map, then the inner norm and residual (docs/design.md §3.1)."""
-    f = f"{M} {x}" if mem.kind == "linear" else f"MLP_{M}({x})"
+    f = f"{M} {x}" if isinstance(mem, ir.LinearMemory) else f"MLP_{M}({x})"
     if mem.norm:
         f = f"LN({f})"
     if mem.residual:
@@ -91,10 +91,13 @@ def _memory_function(mem: ir.Memory, M: str, x: str) -> str:
 
 def instance_name(mem: ir.Memory, chunk: int) -> str:
     """The published recurrence this memory computes, if it is one (printed beside the update)."""
+    if not isinstance(mem, ir.ParametricMemory):
+        return ""
+    linear = isinstance(mem, ir.LinearMemory)
     rule = mem.rule or ir.Rule()
     ret, mom, obj = rule.retention is not None, rule.momentum is not None, mem.objective or "l2"
     erase = rule.erase or DGD_ERASE
-    if mem.kind == "linear" and not mem.norm and not mom and rule.clip is None:
+    if linear and not mem.norm and not mom and rule.clip is None:
         if obj == "dot" and rule.kind == "gd":
             return "gated linear attention (Mamba2-like)" if ret else "linear attention"
         if obj == "dot" and rule.kind == "dgd":
@@ -105,10 +108,10 @@ def instance_name(mem: ir.Memory, chunk: int) -> str:
             return "delta rule with decay after the erase" if ret else "DeltaNet"
         if obj == "l2" and rule.kind == "gd":
             return "mini-batch GD on a linear memory (TTT-Linear without its inner norm)"
-    if mem.kind == "linear" and mem.norm and mem.residual and obj == "l2" and rule.kind == "gd" \
+    if linear and mem.norm and mem.residual and obj == "l2" and rule.kind == "gd" \
             and not mom and not ret:
         return "TTT-Linear"
-    if mem.kind == "mlp" and obj == "l2":
+    if isinstance(mem, ir.MLPMemory) and obj == "l2":
         if rule.kind == "dgd":
             return f"DGD, Hope Eq. {'57' if erase == 'normalized' else '88'}" + (
                 "" if erase != "retained" else " with retention before the erase")
@@ -129,7 +132,7 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     `target` the value regressed onto ('v̂' for Hope's self-generated targets). The one renderer
     of the update: `graph`, `compile --explain` and the plan all print it.
     """
-    if mem.kind == "attention":
+    if isinstance(mem, ir.AttentionMemory):
         w = f"keep the last {mem.window}" if mem.window else "keep all"
         return f"cache ← cache ∪ {{(k_t, v_t)}} ({w}); o_t = softmax(q_t Kᵀ) V"
     rule = mem.rule or ir.Rule()
@@ -140,7 +143,8 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
         eta = f"{eta or '1'}/‖a‖²"
     alpha = _gate(rule.retention, "α")
     beta = _gate(rule.momentum, "β") if rule.momentum is not None else None
-    linear = mem.kind == "linear"
+    assert isinstance(mem, ir.ParametricMemory)
+    linear = isinstance(mem, ir.LinearMemory)
     M = "M" if linear else "θ"
     Mc = M if chunk == 1 else f"{M}_c"     # the state the gradient is taken at
     obj, v = mem.objective or "l2", target
@@ -174,14 +178,16 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     if mem.norm and mem.norm_gain != 1.0:
         name = ", ".join(x for x in (name, f"LN gain₀ = {mem.norm_gain:g}") if x)
     chunk_note = f"; {Mc} = state at chunk start (C = {chunk})" if chunk > 1 else ""
-    renorm_note = "; rows rescaled to their θ₀ norms after each chunk" if mem.renorm else ""
+    renorm = isinstance(mem, ir.MLPMemory) and mem.renorm
+    renorm_note = "; rows rescaled to their θ₀ norms after each chunk" if renorm else ""
     return text + (f"  ({name})" if name else "") + chunk_note + renorm_note
 
 
 def read_text(mem: ir.Memory) -> str:
-    if mem.kind == "attention":
+    if isinstance(mem, ir.AttentionMemory):
         return "softmax over cached k, v" + (f" (window {mem.window})" if mem.window else "")
-    if mem.read_norm is not None:   # the read's branch rescaled outside the inner loss
+    assert isinstance(mem, ir.ParametricMemory)
+    if isinstance(mem, ir.MLPMemory) and mem.read_norm is not None:   # the read's branch rescaled outside the inner loss
         return READ_TEXT[mem.read] + f"; read q + g·RMSNorm(M(q) − q), g₀ = {mem.read_norm:g}"
     return READ_TEXT[mem.read]
 
@@ -237,32 +243,34 @@ class _Builder:
         mem = self.spec.memories[name]
         key = f"{name}.{role}" if role else name
         nid = f"memory:{key}"
-        level = "token" if mem.kind == "attention" else self.level_of(mem.level)
-        chunk = 1 if mem.kind == "attention" else self.chunk_of(mem.level)
+        cache = not isinstance(mem, ir.ParametricMemory)    # attention: a k/v cache, no weights
+        level = "token" if cache else self.level_of(mem.level)
+        chunk = 1 if cache else self.chunk_of(mem.level)
         if nid in self.g:
             self.g.nodes[nid]["instances"].append(instance)
             return nid
-        rule = mem.rule
+        rule = None if cache else mem.rule
         self.node(
             nid, "memory", key, level,
-            memory=name, role=role or "", mem_kind=mem.kind, objective=mem.objective or "",
-            rule=(rule.kind if rule else ""), read=("after" if mem.kind == "attention" else mem.read),
-            read_text=read_text(mem), writes=mem.writes, chunk=chunk,
+            memory=name, role=role or "", mem_kind=mem.kind,
+            objective="" if cache else (mem.objective or ""),
+            rule=(rule.kind if rule else ""), read="after" if cache else mem.read,
+            read_text=read_text(mem), writes="grad" if cache else mem.writes, chunk=chunk,
             update=update_equation(mem, chunk, target=target), instances=[instance],
         )
         sid = self.node(
             f"state:{key}", "state", key, level,
-            memory=name, what=("k/v cache" if mem.kind == "attention" else "θ (per sequence, head)"),
+            memory=name, what=("k/v cache" if cache else "θ (per sequence, head)"),
         )
-        write_label = "append k, v" if mem.kind == "attention" else (
+        write_label = "append k, v" if cache else (
             f"{rule.kind if rule else 'gd'} on {mem.objective or 'l2'}, every {chunk} token"
             + ("s" if chunk != 1 else "")
         )
         # Attention's cache append is differentiable like any activation; parametric writes
         # follow the spec's `writes` (docs/design.md §3.2).
-        self.edge(nid, sid, "writes", "grad" if mem.kind == "attention" else mem.writes, write_label)
+        self.edge(nid, sid, "writes", self.g.nodes[nid]["writes"], write_label)
         self.edge(sid, nid, "reads", "grad", f"read: {self.g.nodes[nid]['read']}")
-        if mem.kind != "attention":
+        if not cache:
             # theta_0 is a parameter of the outer level, learned through the reads (and through
             # the writes when they are differentiable).
             self.edge("level:step", sid, "meta", "grad", "θ₀ meta-learned")
@@ -276,7 +284,7 @@ class _Builder:
 
     def gate_outputs(self, mem: ir.Memory, skip: frozenset[str] = frozenset()) -> list[str]:
         out: list[str] = []
-        rule = mem.rule
+        rule = mem.rule if isinstance(mem, ir.ParametricMemory) else None
         if rule is None:
             return out
         for sym, g in (("eta", rule.lr), ("alpha", rule.retention), ("beta", rule.momentum)):

@@ -130,7 +130,7 @@ _BUILTIN_DOC = {
 
 def _uses_token_level(spec: ir.Spec) -> bool:
     # Memories without a level run at C = 1 token; attention's cache grows every token.
-    used = {name for name, m in spec.memories.items() if m.kind == "attention" or m.level in (None, "token")}
+    used = {name for name, m in spec.memories.items() if not isinstance(m, ir.ParametricMemory) or m.level in (None, "token")}
     return bool(used & _used_memories(spec))
 
 

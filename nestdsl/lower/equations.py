@@ -14,13 +14,13 @@ from nestdsl.vocabulary import READ_STATE
 __all__ = ["read_equation", "step_listing", "update_equation"]
 
 
-def read_equation(mem: ir.Memory) -> str:
-    sym = "M" if mem.kind == "linear" else "θ"
-    f = f"{sym}_{READ_STATE[mem.read]}"
-    return f"o_t = {f} q_t" if mem.kind == "linear" else f"o_t = M({f}; q_t)"
+def read_equation(mem: ir.ParametricMemory) -> str:
+    linear = isinstance(mem, ir.LinearMemory)
+    f = f"{'M' if linear else 'θ'}_{READ_STATE[mem.read]}"
+    return f"o_t = {f} q_t" if linear else f"o_t = M({f}; q_t)"
 
 
-def step_listing(mem: ir.Memory, C: int, *, conv: int, qk_norm: bool, output_gate: bool,
+def step_listing(mem: ir.ParametricMemory, C: int, *, conv: int, qk_norm: bool, output_gate: bool,
                  writes: str, block: int) -> list[str]:
     """Pseudo-code of what the lowered memory layer computes per chunk (for --explain)."""
     rule = mem.rule or ir.Rule()
@@ -36,7 +36,7 @@ def step_listing(mem: ir.Memory, C: int, *, conv: int, qk_norm: bool, output_gat
             lines.append(f"{sym}_t = {g.scale:g}·{g.learned}(x_t w_{sym} + b_{sym})   # per head")
     if writes == "stop":
         lines.append("k, v, η, α, β = stopgrad(k, v, η, α, β)   # writes: stop (reads stay differentiable)")
-    if mem.kind == "linear" and C == 1:
+    if isinstance(mem, ir.LinearMemory) and C == 1:
         lines += [f"for each block of {block} tokens (exact C = 1 recurrence, blockwise):",
                   "    Y = (I − A)⁻¹ h          # UT/WY triangular solve couples the tokens (delta rule)",
                   "    o = dual-form read (masked L×L products); M ← end-of-block state"]

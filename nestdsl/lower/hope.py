@@ -308,7 +308,8 @@ class SelfModifyingTitans(nn.Module):
         mem = ctx.memory(layer_ir.memory, layer_ir)
         proj = ctx.memory(layer_ir.projections, layer_ir)
         # the checker's rules (check/checker.py `_check_layers`): asserted, not re-validated
-        assert mem.kind == proj.kind == "mlp", "self_modifying memories are mlps (checker)"
+        assert isinstance(mem, ir.MLPMemory) and isinstance(proj, ir.MLPMemory), \
+            "self_modifying memories are mlps (checker)"
         H = mem.heads or heads
         assert proj.heads in (None, H) and width % H == 0, "heads agree and divide the width (checker)"
         d = width // H

@@ -26,12 +26,13 @@ def memory_function(mem: ir.Memory, head_dim: int) -> str | MLPMemory:
 
     A linear memory with an inner norm is a depth-1 ``MLPMemory`` (TTT-Linear's x + LN(W x)).
     """
+    assert isinstance(mem, ir.ParametricMemory), "an attention memory has no memory function"
     assert mem.residual is not None and mem.norm is not None, "memory defaults are not resolved"
-    if mem.kind == "linear":
+    if isinstance(mem, ir.LinearMemory):
         if not mem.norm:
             return "linear"
         return MLPMemory(depth=1, hidden=head_dim, residual=mem.residual, norm=True)
-    assert mem.depth and mem.hidden and mem.activation
+    assert isinstance(mem, ir.MLPMemory) and mem.depth and mem.hidden and mem.activation
     return MLPMemory(depth=mem.depth, hidden=mem.hidden * head_dim, activation=mem.activation,
                      residual=mem.residual, norm=mem.norm, renorm=mem.renorm)
 

@@ -74,7 +74,7 @@ class MemoryMixer(nn.Module):
     def __init__(self, ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv: int,
                  qk_norm: bool, output_gate: bool) -> None:
         super().__init__()
-        if mem.kind not in ("linear", "mlp"):
+        if not isinstance(mem, ir.ParametricMemory):
             raise ctx.error(node, f"memory kind '{mem.kind}' is not a parametric memory")
         if mem.objective is None:
             raise ctx.error(mem, f"memory of kind '{mem.kind}' needs an `objective`",
@@ -114,7 +114,8 @@ class MemoryMixer(nn.Module):
         self.lr_warmup = lr_warmup_of(mem)        # η · min(1, (s + 1)/N) (rule.lr_warmup)
         fn = memory_function(mem, d)
         self.mlp: MLPMemory | None = None if fn == "linear" else fn
-        self.read_norm = ReadNorm(H, d, mem.read_norm) if mem.read_norm is not None else None
+        read_norm = mem.read_norm if isinstance(mem, ir.MLPMemory) else None
+        self.read_norm = ReadNorm(H, d, read_norm) if read_norm is not None else None
         self.norm = NormParameters(H, d, mem.norm_gain) if self.mlp is not None and self.mlp.norm else None
         self.init_weights = nn.ParameterList()
         if self.mlp is not None or mem.init == "learned":
@@ -122,7 +123,7 @@ class MemoryMixer(nn.Module):
             # a linear memory starts from zeros unless `init: learned`.
             shapes = self.mlp.weight_shapes(d, d) if self.mlp is not None else [(d, d)]
             for o, i in shapes:
-                w = (torch.randn(H, o, i) / math.sqrt(i) if mem.kind == "mlp"
+                w = (torch.randn(H, o, i) / math.sqrt(i) if isinstance(mem, ir.MLPMemory)
                      else torch.zeros(H, o, i))
                 self.init_weights.append(nn.Parameter(w))
 
@@ -335,7 +336,7 @@ class MemoryMixer(nn.Module):
 def build_mixer(ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv: int,
                 qk_norm: bool, output_gate: bool) -> nn.Module:
     """A memory used as a mixer: attention (non-parametric) or linear / MLP."""
-    if mem.kind == "attention":
+    if isinstance(mem, ir.AttentionMemory):
         from nestdsl.lower.attention import AttentionMixer
 
         return AttentionMixer(ctx, node, mem, name, conv=conv, qk_norm=qk_norm, output_gate=output_gate)

@@ -25,10 +25,10 @@ from nestdsl.spec import ir
 def _parts(ctx: BuildContext, node: ir.MALLayer | ir.MAGLayer, name: str) -> tuple[nn.Module, nn.Module]:
     mem = ctx.memory(node.memory, node)
     att = ctx.memory(node.attention, node)
-    if mem.kind == "attention":
+    if not isinstance(mem, ir.ParametricMemory):
         raise ctx.error(node, f"'{node.type}' needs a parametric memory (linear or mlp) as `memory`; "
                         f"'{node.memory}' is attention", "put the attention memory under `attention:`")
-    if att.kind != "attention":
+    if not isinstance(att, ir.AttentionMemory):
         raise ctx.error(node, f"'{node.type}' needs an attention memory as `attention`; "
                         f"'{node.attention}' is {att.kind}", "declare e.g. `swa: {kind: attention, window: 64}`")
     m = MemoryMixer(ctx, node, mem, f"{name} {node.memory}", conv=4, qk_norm=True, output_gate=True)

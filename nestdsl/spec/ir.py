@@ -184,14 +184,18 @@ WriteGrad = Literal["grad", "stop"]
 
 
 class Memory(Node):
-    """An associative memory M_theta: key -> value (docs/design.md §2).
-
-    `linear` is a matrix per head; `mlp` a depth-`depth` MLP per head (hidden width =
-    `hidden` x head dim, optional residual x + W1 s(W2 x)); `attention` is non-parametric
-    softmax attention over the cached keys/values (optional sliding `window`).
-    """
+    """An associative memory M_theta: key -> value (docs/design.md §2). One model per kind —
+    `LinearMemory`, `MLPMemory`, `AttentionMemory`, chosen by `kind:` (`AnyMemory`) — so a
+    field that a kind does not read is a positioned spec error by construction (`MISPLACED`
+    words the hint)."""
 
     kind: MemoryKind
+    heads: int | None = Field(default=None, ge=1, description="heads (default: model.heads)")
+
+
+class ParametricMemory(Memory):
+    """A memory with weights theta that learn in context: an inner objective and update rule."""
+
     objective: str | None = Field(
         default=None, description="inner objective (registry: dot, l2, ...); parametric only"
     )
@@ -203,9 +207,6 @@ class Memory(Node):
     )
     read: ReadMode = Field(default="after", description="read after/before the write, or at chunk start")
     writes: WriteGrad = Field(default="grad", description="back-propagate through writes or not")
-    depth: int | None = Field(default=None, ge=2, description="mlp: number of layers")
-    hidden: int | None = Field(default=None, ge=1, description="mlp: hidden multiple of head dim")
-    activation: Activation | None = Field(default=None, description="mlp: activation")
     residual: bool | None = Field(
         default=None, description="x + M(x): mlp (Hope's x + W1 s(W2 x)), or linear with `norm`")
     norm: bool | None = Field(
@@ -220,6 +221,27 @@ class Memory(Node):
                     "~sqrt(d_head) x gain against |x| = 1, so gain 1 lets the memory's writes "
                     "swamp the residual (see docs/hope-dynamics.md)",
     )
+    init: Literal["zeros", "learned"] | None = Field(
+        default=None,
+        description="initial state theta_0: learned (meta-learned; the only choice for mlp) or "
+                    "zeros (default for linear)",
+    )
+
+
+class LinearMemory(ParametricMemory):
+    """A matrix per head, M(k) = W k (optionally TTT-Linear's x + LN(W x) with `norm`)."""
+
+    kind: Literal["linear"]
+
+
+class MLPMemory(ParametricMemory):
+    """A depth-`depth` MLP per head (hidden width `hidden` x head dim), optionally residual
+    x + W1 s(W2 x)."""
+
+    kind: Literal["mlp"]
+    depth: int | None = Field(default=None, ge=2, description="mlp: number of layers")
+    hidden: int | None = Field(default=None, ge=1, description="mlp: hidden multiple of head dim")
+    activation: Activation | None = Field(default=None, description="mlp: activation")
     read_norm: float | None = Field(
         default=None, gt=0,
         description="residual memories: the read becomes q + g * RMSNorm(M(q) - q), g an "
@@ -232,13 +254,68 @@ class Memory(Node):
                     "rows are rescaled to their initial norms (those of theta_0), so the writes "
                     "turn the weights without growing them",
     )
-    init: Literal["zeros", "learned"] | None = Field(
-        default=None,
-        description="initial state theta_0: learned (meta-learned; the only choice for mlp) or "
-                    "zeros (default for linear)",
-    )
+
+
+class AttentionMemory(Memory):
+    """Non-parametric softmax attention over the cached keys/values (optional sliding
+    `window`): nothing to update, so no objective, rule or level."""
+
+    kind: Literal["attention"]
     window: int | None = Field(default=None, ge=1, description="attention: sliding window")
-    heads: int | None = Field(default=None, ge=1, description="heads (default: model.heads)")
+
+
+AnyMemory = Annotated[Union[LinearMemory, MLPMemory, AttentionMemory], Field(discriminator="kind")]
+MEMORY_MODELS: dict[str, type[Memory]] = {"linear": LinearMemory, "mlp": MLPMemory,
+                                          "attention": AttentionMemory}
+
+# Why a field written on a kind that does not read it is wrong: (kind, field) -> (message,
+# hint, the sub-path to point at or None). `{name}` is the memory's name. Without an entry the
+# error says which kinds take the field.
+_NON_PARAMETRIC = "attention is non-parametric (softmax over the cached keys/values)"
+MISPLACED: dict[tuple[str, str], tuple[str, str]] = {
+    ("attention", "objective"): (
+        "attention memory '{name}' has no inner objective",
+        "attention is non-parametric; `objective` applies to linear and mlp memories only"),
+    ("attention", "rule"): (
+        "attention memory '{name}' has no update rule", f"{_NON_PARAMETRIC}; remove `rule`"),
+    ("attention", "rule.kind=dgd"): (
+        "'dgd' on attention memory '{name}'",
+        "attention is non-parametric: it has no weights for Delta Gradient Descent to update; "
+        "use kind: linear or mlp, or remove `rule`"),
+    ("attention", "level"): (
+        "attention memory '{name}' has no update level",
+        "attention keeps every key/value (or a sliding `window`); a level (chunk size) applies "
+        "to linear and mlp memories only"),
+    ("linear", "window"): ("`window` on linear memory '{name}'",
+                           "a sliding window applies to attention memories only"),
+    ("mlp", "window"): ("`window` on mlp memory '{name}'",
+                        "a sliding window applies to attention memories only"),
+    ("linear", "renorm"): (
+        "`renorm` on linear memory '{name}'",
+        "`renorm` rescales an mlp memory's weight rows to their initial norms after each chunk; "
+        "a linear memory starts from zeros (its rows' norms are 0) and attention has no "
+        "weights: use `kind: mlp`, or remove `renorm`"),
+    ("linear", "read_norm"): (
+        "`read_norm` on memory '{name}' without a residual",
+        "`read_norm` normalises the branch M(q) - q of a residual mlp memory (x + W1 s(W2 x)); "
+        "use `kind: mlp` with `residual: true`"),
+}
+MISPLACED[("attention", "renorm")] = MISPLACED[("linear", "renorm")]
+MISPLACED[("attention", "read_norm")] = MISPLACED[("linear", "read_norm")]
+
+
+def misplaced_field(kind: str, field: str, name: str) -> tuple[str, str] | None:
+    """(message, hint) for `field` written on a memory of `kind` that has no such field (None
+    if no kind has it: an unknown field)."""
+    if (kind, field) in MISPLACED:
+        message, hint = MISPLACED[(kind, field)]
+        return message.format(name=name), hint
+    owners = [k for k, model in MEMORY_MODELS.items() if field in model.model_fields]
+    if not owners:
+        return None
+    which = " and ".join(owners)
+    return (f"`{field}` on {kind} memory '{name}'",
+            f"`{field}` applies to {which} memories only; remove it or use `kind: {owners[0]}`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -540,7 +617,7 @@ class Spec(Node):
     doc: str | None = None
     model: Model | None = None
     levels: dict[str, Level] = Field(default_factory=dict)
-    memories: dict[str, Memory] = Field(default_factory=dict)
+    memories: dict[str, AnyMemory] = Field(default_factory=dict)
     cms: dict[str, CMS] = Field(default_factory=dict)
     blocks: dict[str, Block] = Field(default_factory=dict)
     optimizer: Optimizer | str | None = Field(

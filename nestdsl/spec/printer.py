@@ -92,7 +92,7 @@ def to_plain(node: Any, full: bool = False) -> Any:
         if isinstance(node, (ir.MemoryLayer, ir.MALLayer, ir.MAGLayer, ir.SelfModifyingLayer, ir.CMSLayer, ir.MLPLayer)):
             first += [n for n in _LAYER_REFS if n in names]
         if isinstance(node, ir.Memory):
-            first += list(_MEMORY_ARGS)  # architecture right after the kind, as people write it
+            first += [n for n in _MEMORY_ARGS if n in names]  # architecture right after the kind
         ordered = first + [n for n in names if n not in first]
         reads = _optimizer_reads(node) if full and isinstance(node, ir.Optimizer) else None
         for name in ordered:

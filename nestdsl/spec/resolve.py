@@ -45,16 +45,16 @@ def _self_modifying(spec: ir.Spec) -> list[ir.SelfModifyingLayer]:
 
 
 def _memory(mem: ir.Memory, hope: bool, projection: bool) -> ir.Memory:
-    if mem.kind == "attention":
+    if not isinstance(mem, ir.ParametricMemory):
         return mem
-    mlp = mem.kind == "mlp"
+    mlp = isinstance(mem, ir.MLPMemory)
     update: dict[str, object] = {
         "read": PROJECTION_READ if projection and "read" not in mem.model_fields_set else mem.read,
         "residual": hope if mem.residual is None else mem.residual,
         "norm": bool(mem.norm),
         "init": mem.init or ("learned" if mlp else "zeros"),
     }
-    if mlp:
+    if isinstance(mem, ir.MLPMemory):
         update |= {"depth": mem.depth or MLP_DEPTH, "hidden": mem.hidden or MLP_HIDDEN,
                    "activation": mem.activation or MLP_ACTIVATION}
     rule = mem.rule or ir.Rule()

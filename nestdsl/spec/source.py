@@ -77,15 +77,17 @@ class Document:
     def strip_tags(self, loc: tuple[Any, ...]) -> tuple[Any, ...]:
         """Drop the discriminator tags pydantic inserts into an error `loc`.
 
-        For a discriminated union (layers by `type`, data by `task`) pydantic puts the tag value
+        For a discriminated union (layers by `type`, data by `task`, memories by `kind`) pydantic puts the tag value
         after the union's position: ``('blocks', 'b', 'layers', 0, 'memory', 'conv')``. A tag
         can collide with a real field name (the `memory` layer has a `memory` field), so a part
-        is a tag exactly when it equals the `type`/`task` of the mapping at that point.
+        is a tag exactly when it equals the `type`/`task`/`kind` of the mapping at that point and
+        is not one of its keys.
         """
         node = self.data
         out: list[Any] = []
         for part in loc:
-            if isinstance(node, dict) and part in (node.get("type"), node.get("task")) and isinstance(part, str):
+            if isinstance(node, dict) and isinstance(part, str) and part not in node \
+                    and part in (node.get("type"), node.get("task"), node.get("kind")):
                 continue
             out.append(part)
             if isinstance(node, dict):

@@ -274,7 +274,7 @@ def _union_mismatch(site: tuple[Any, ...], errs: list[dict[str, Any]], doc: Docu
     path = doc.resolve_path(site)
     value = doc.get(path) if path == tuple(site) else None
     field = site[-1] if site else "spec"
-    model = _model_at(site[:-1]) if site else None
+    model = _model_at(site[:-1], doc) if site else None
     expected = _describe_annotation(model, str(field)) if model else "another type"
     return Diagnostic(
         doc.position(path),
@@ -292,16 +292,19 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     value = err.get("input")
     clean = tuple(p for p in doc.strip_tags(loc) if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     field = str(clean[-1]) if clean else "spec"
-    parent_model = _model_at(clean[:-1])
+    parent_model = _model_at(clean[:-1], doc)
     where = _dotted(doc.written(_without_tags(clean, doc)))
     if len(path) < len(loc) and not isinstance(doc.find(path), (dict, list)) and etype != "missing":
         # The value was a scalar that a before-validator expanded (a period "16 tokens" becomes
         # {every, unit}): name the field the user wrote, not the expanded one.
         where = _dotted(doc.written(path))
         field = str(path[-1]) if path else field
-        parent_model = _model_at(_clean_doc_path(path[:-1], loc)) if path else parent_model
+        parent_model = _model_at(_clean_doc_path(path[:-1], loc), doc) if path else parent_model
 
     if etype == "extra_forbidden":
+        misplaced = _misplaced_memory_field(clean, doc)
+        if misplaced is not None:
+            return misplaced
         allowed = _fields(parent_model)
         hint = did_you_mean(field, allowed) or ("allowed fields: " + ", ".join(allowed) if allowed else None)
         if field in allowed:    # a field of another variant of a union (data: {task: text, path})
@@ -335,7 +338,11 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
         )
     if etype == "union_tag_not_found":
         disc = str(ctx.get("discriminator", "type")).strip("'")
-        return Diagnostic(doc.position(path), f"missing '{disc}' in {_section(clean)}", f"say which {disc} this is", code="missing")
+        tags = _union_tags(clean, disc)
+        hint = (f"add `{disc}:` with one of {', '.join(repr(t) for t in tags)}" if tags
+                else f"say which {disc} this is")
+        return Diagnostic(doc.position(path, key=True), f"missing required field '{disc}' in {_section(clean)}",
+                          hint, code="missing")
     if etype == "literal_error":
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", ""))) or [
             s.strip() for s in re.split(r",| or ", str(ctx.get("expected", ""))) if s.strip()
@@ -388,13 +395,35 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     return Diagnostic(doc.position(path), f"'{where}': {err.get('msg')}", _field_hint(parent_model, field), code=etype)
 
 
+def _misplaced_memory_field(clean: tuple[Any, ...], doc: Document) -> Diagnostic | None:
+    """A field that another memory kind reads, written on this one (`depth` on a linear
+    memory): said in the memory's terms (`ir.misplaced_field`), not as an unknown field."""
+    if len(clean) != 3 or clean[0] != "memories":
+        return None
+    _, name, field = clean
+    node = doc.get(("memories", name))
+    kind = node.get("kind") if isinstance(node, dict) else None
+    if not isinstance(kind, str):
+        return None
+    target: tuple[Any, ...] = ("memories", name, field)
+    rule = node.get("rule")
+    if field == "rule" and isinstance(rule, dict) and rule.get("kind") == "dgd" \
+            and (kind, "rule.kind=dgd") in ir.MISPLACED:
+        field, target = "rule.kind=dgd", (*target, "kind")
+    words = ir.misplaced_field(kind, str(field), str(name))
+    if words is None:
+        return None
+    at_value = field == "rule.kind=dgd"
+    return Diagnostic(doc.position(target, key=not at_value), words[0], words[1], code="combination")
+
+
 def _without_tags(loc: tuple[Any, ...], doc: Document) -> tuple[Any, ...]:
     """Drop discriminator tags pydantic inserts into `loc` (`data.continual.tasks` is
     `data.tasks` in the file): a part naming the node's own `task`/`type` value is a tag."""
     node: Any = doc.data
     out: list[Any] = []
     for part in loc:
-        if isinstance(node, dict) and part not in node and part in (node.get("task"), node.get("type")):
+        if isinstance(node, dict) and part not in node and part in (node.get("task"), node.get("type"), node.get("kind")):
             continue
         out.append(part)
         if isinstance(node, dict):
@@ -406,7 +435,8 @@ def _without_tags(loc: tuple[Any, ...], doc: Document) -> tuple[Any, ...]:
     return tuple(out)
 
 
-_ENTRY_NAMES = {"Level": "level", "Memory": "memory", "CMS": "cms", "Block": "block"}
+_ENTRY_NAMES = {"Level": "level", "Memory": "memory", "LinearMemory": "memory", "MLPMemory": "memory",
+                "AttentionMemory": "memory", "CMS": "cms", "Block": "block"}
 
 
 def _dict_entry_model(clean: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -435,6 +465,17 @@ def _section(loc: tuple[Any, ...]) -> str:
 # Walking the IR types along a loc (for allowed-field lists and field descriptions)
 
 
+def _union_tags(loc: tuple[Any, ...], disc: str) -> list[str]:
+    """The values the discriminator `disc` takes across the union members at `loc`."""
+    tags: list[str] = []
+    for tp in _types_at(loc):
+        for member in _unwrap(tp):
+            field = getattr(member, "model_fields", {}).get(disc)
+            if field is not None:
+                tags.extend(str(a) for a in typing.get_args(field.annotation))
+    return tags
+
+
 def _unwrap(tp: Any) -> list[Any]:
     """All concrete types inside Optional/Union/Annotated/list/dict wrappers (one level)."""
     origin = typing.get_origin(tp)
@@ -448,9 +489,22 @@ def _unwrap(tp: Any) -> list[Any]:
     return [tp]
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], doc: Document | None = None) -> type[BaseModel] | None:
+    """The model at `loc`; for a discriminated union, the member the document's node names
+    (its `kind:` / `type:` / `task:`) when `doc` is given, else the first member."""
     current = _types_at(loc)
     models = [t for tp in current for t in _unwrap(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+    if len(models) > 1 and doc is not None:
+        try:
+            node = doc.get(doc.resolve_path(loc))
+        except (KeyError, IndexError, TypeError):
+            node = None
+        if isinstance(node, dict):
+            for model in models:
+                for disc in ("kind", "type", "task"):
+                    field = model.model_fields.get(disc)
+                    if field is not None and node.get(disc) in typing.get_args(field.annotation):
+                        return model
     return models[0] if models else None
 
 

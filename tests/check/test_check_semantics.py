@@ -83,7 +83,7 @@ def test_validation_and_semantic_errors_reported_together() -> None:
         parse_text(text, "mini.yaml")
     messages = [d.message for d in e.value.diagnostics]
     assert any("heads do not divide" in m for m in messages)
-    assert any("'memories.m2.kind'" in m for m in messages)
+    assert any("unknown kind 'lstm' in 'memories.m2'" in m for m in messages)
     assert not any("unknown memory" in m for m in messages)
 
 

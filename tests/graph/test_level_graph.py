@@ -111,12 +111,12 @@ def test_writes_stop_and_nested_cms(hope: ir.Spec) -> None:
     ],
 )
 def test_update_equation_linear(objective: str, kind: str, expect: str) -> None:
-    mem = ir.Memory(kind="linear", objective=objective, rule=ir.Rule(kind=kind, lr=0.5))
+    mem = ir.LinearMemory(kind="linear", objective=objective, rule=ir.Rule(kind=kind, lr=0.5))
     assert expect in update_equation(mem)
 
 
 def test_update_equation_gated_delta() -> None:
-    mem = ir.Memory(kind="linear", objective="dot",
+    mem = ir.LinearMemory(kind="linear", objective="dot",
                     rule=ir.Rule(kind="dgd", lr=ir.LearnedGate(learned="sigmoid"),
                                  retention=ir.LearnedGate(learned="sigmoid"), erase="retained"))
     assert update_equation(mem) == "M ← M(α_t I − α_t·η_t k kᵀ) + η_t·v kᵀ  (Gated DeltaNet)"
@@ -126,7 +126,7 @@ def test_update_equation_gated_delta() -> None:
                                             ("normalized", "η_t/d/(1 + η_t/d‖k‖²)"),
                                             ("retained", "0.9·η_t/d")])
 def test_update_equation_prints_the_erase_rate(erase: str, eps: str) -> None:
-    mem = ir.Memory(kind="mlp", objective="l2", norm=True, residual=True,
+    mem = ir.MLPMemory(kind="mlp", objective="l2", norm=True, residual=True,
                     rule=ir.Rule(kind="dgd", lr=ir.LearnedGate(learned="sigmoid"),
                                  retention=0.9, erase=erase, lr_per_dim=True))
     text = update_equation(mem, 16)

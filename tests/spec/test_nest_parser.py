@@ -107,7 +107,7 @@ def test_ir_spans_point_into_the_nest_file() -> None:
         ("every 4 steps", "every 0 steps", 6, 18, "'levels.slow.every' must be >= 1"),
         ("lr 0.5", "lr -1 momentum learned tanh", 9, 36, "invalid value 'tanh'"),
         ("mlp hidden 2", "mlp hidden 0", 14, 14, "'blocks.b.layers[1].hidden' must be >= 1"),
-        ("memory m linear", "memory m linaer", 7, 10, "invalid value 'linaer'"),
+        ("memory m linear", "memory m linaer", 7, 10, "unknown kind 'linaer'"),
     ],
 )
 def test_validation_errors_point_at_the_nest_source(old: str, new: str, line: int, col: int, message: str) -> None:

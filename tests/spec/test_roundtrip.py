@@ -132,21 +132,25 @@ RULE = st.fixed_dictionaries(
     {"kind": st.sampled_from(["gd", "dgd"])},
     optional={"lr": GATE, "retention": st.one_of(st.none(), GATE), "momentum": st.one_of(st.none(), GATE)},
 )
-MEMORY = st.fixed_dictionaries(
-    {"kind": st.sampled_from(["linear", "mlp", "attention"])},
-    optional={
-        "objective": st.one_of(st.none(), st.sampled_from(["dot", "l2", "huber"]), TEXT),
-        "rule": st.one_of(st.none(), RULE),
-        "level": st.one_of(st.none(), NAMES),
-        "read": st.sampled_from(["after", "before", "chunk"]),
-        "writes": st.sampled_from(["grad", "stop"]),
+PARAMETRIC = {
+    "objective": st.one_of(st.none(), st.sampled_from(["dot", "l2", "huber"]), TEXT),
+    "rule": st.one_of(st.none(), RULE),
+    "level": st.one_of(st.none(), NAMES),
+    "read": st.sampled_from(["after", "before", "chunk"]),
+    "writes": st.sampled_from(["grad", "stop"]),
+    "residual": st.one_of(st.none(), st.booleans()),
+    "heads": st.one_of(st.none(), SMALL_INT),
+}
+MEMORY = st.one_of(   # one model per kind: each kind takes its own fields only
+    st.fixed_dictionaries({"kind": st.just("linear")}, optional=PARAMETRIC),
+    st.fixed_dictionaries({"kind": st.just("mlp")}, optional={
+        **PARAMETRIC,
         "depth": st.one_of(st.none(), st.integers(2, 6)),
         "hidden": st.one_of(st.none(), SMALL_INT),
         "activation": st.one_of(st.none(), st.sampled_from(["silu", "gelu", "relu", "tanh"])),
-        "residual": st.one_of(st.none(), st.booleans()),
-        "window": st.one_of(st.none(), SMALL_INT),
-        "heads": st.one_of(st.none(), SMALL_INT),
-    },
+    }),
+    st.fixed_dictionaries({"kind": st.just("attention")}, optional={
+        "window": st.one_of(st.none(), SMALL_INT), "heads": st.one_of(st.none(), SMALL_INT)}),
 )
 PERIOD = st.one_of(
     SMALL_INT,
