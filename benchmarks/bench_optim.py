@@ -34,7 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from nestdsl.optim import build, register_dgd_hooks  # noqa: E402
-from nestdsl.spec.ir import Optimizer, ParamGroup  # noqa: E402
+from nestdsl.spec import ir  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # 1. Toy: psi(r, theta) = r^2 + k (r - theta + a sin(w r))^2  (arXiv Fig. 4)
@@ -53,18 +53,18 @@ def toy(out: Path, quick: bool) -> dict[str, Any]:
     # is best at lr 0.015 and diverges at 0.02; Delta momentum's gradient-dependent decay
     # keeps lr 0.02 stable.
     runs = {
-        "momentum lr=.015": (Optimizer(type="momentum", lr=0.015, beta=0.9), "vector"),
-        "momentum lr=.02": (Optimizer(type="momentum", lr=0.02, beta=0.9), "vector"),
+        "momentum lr=.015": (ir.optimizer(type="momentum", lr=0.015, beta=0.9), "vector"),
+        "momentum lr=.02": (ir.optimizer(type="momentum", lr=0.02, beta=0.9), "vector"),
         "delta 1x2 none eta_m=5e-4 lr=.015": (
-            Optimizer(type="delta_momentum", lr=0.015, momentum_lr=5e-4, normalize="none"),
+            ir.optimizer(type="delta_momentum", lr=0.015, momentum_lr=5e-4, normalize="none"),
             "matrix",
         ),
         "delta 1x2 global eta_m=.2 lr=.02": (
-            Optimizer(type="delta_momentum", lr=0.02, momentum_lr=0.2, normalize="global"),
+            ir.optimizer(type="delta_momentum", lr=0.02, momentum_lr=0.2, normalize="global"),
             "matrix",
         ),
         "delta elementwise none eta_m=5e-4 lr=.02": (
-            Optimizer(type="delta_momentum", lr=0.02, momentum_lr=5e-4, normalize="none"),
+            ir.optimizer(type="delta_momentum", lr=0.02, momentum_lr=5e-4, normalize="none"),
             "vector",
         ),
     }
@@ -132,28 +132,28 @@ def toy(out: Path, quick: bool) -> dict[str, Any]:
 # 2. Gradient-noise robustness
 
 NOISE_LEVELS = [0.0, 0.1, 0.3, 1.0]
-AUX = [ParamGroup(params="vectors", type="adamw"), ParamGroup(params="embeddings", type="adamw")]
+AUX = [ir.param_group(params="vectors", type="adamw"), ir.param_group(params="embeddings", type="adamw")]
 
 
 def noise_specs(
     lrs: dict[str, float], aux: bool, aux_lr: float | None = None
-) -> dict[str, Optimizer]:
+) -> dict[str, ir.Optimizer]:
     """The compared optimizers. `aux`: vectors and embeddings go to AdamW (the Muon recipe),
     at `aux_lr` (None: the optimizer's own lr)."""
     groups = [g.model_copy(update={"lr": aux_lr}) for g in AUX] if aux else []
     return {
-        "momentum": Optimizer(type="momentum", lr=lrs["momentum"], beta=0.9, groups=groups),
-        "adamw": Optimizer(type="adamw", lr=lrs["adamw"], beta=0.9, beta2=0.999),
-        "delta_momentum": Optimizer(
+        "momentum": ir.optimizer(type="momentum", lr=lrs["momentum"], beta=0.9, groups=groups),
+        "adamw": ir.optimizer(type="adamw", lr=lrs["adamw"], beta=0.9, beta2=0.999),
+        "delta_momentum": ir.optimizer(
             type="delta_momentum",
             lr=lrs["delta_momentum"],
             beta=0.9,
             momentum_lr=0.5,
             groups=groups,
         ),
-        "dmgd": Optimizer(type="dmgd", lr=lrs["dmgd"], beta=0.9, momentum_lr=0.1, groups=groups),
-        "muon": Optimizer(type="muon", lr=lrs["muon"], beta=0.95, groups=groups),
-        "m3": Optimizer(
+        "dmgd": ir.optimizer(type="dmgd", lr=lrs["dmgd"], beta=0.9, momentum_lr=0.1, groups=groups),
+        "muon": ir.optimizer(type="muon", lr=lrs["muon"], beta=0.95, groups=groups),
+        "m3": ir.optimizer(
             type="m3",
             lr=lrs["m3"],
             beta=0.9,
@@ -269,7 +269,7 @@ def lm_task(seed: int, text: bytes, ctx: int = 8, batch: int = 128):  # type: ig
     return make, loss, evaluate
 
 
-def run_one(task: Any, spec: Optimizer, level: float, steps: int, seed: int) -> float:
+def run_one(task: Any, spec: ir.Optimizer, level: float, steps: int, seed: int) -> float:
     make, loss_fn, evaluate = task
     model = make()
     opt = build(spec, model.named_parameters())
@@ -381,11 +381,11 @@ PRESET_LR_GRIDS = {
 }
 
 
-def preset_spec(name: str, lr: float) -> Optimizer:
+def preset_spec(name: str, lr: float) -> ir.Optimizer:
     """The optimizer `name` at `lr`, embeddings and vectors to AdamW at PRESET_AUX_LR."""
     if name == "dgd":
         groups = [g.model_copy(update={"lr": PRESET_AUX_LR}) for g in AUX]
-        return Optimizer(type="dgd", lr=lr, groups=groups)
+        return ir.optimizer(type="dgd", lr=lr, groups=groups)
     return noise_specs(dict.fromkeys(LR_GRIDS, lr), True, PRESET_AUX_LR)[name]
 
 
@@ -440,7 +440,7 @@ class PresetLM:
         return v if math.isfinite(v) else float("inf")
 
 
-def run_preset(task: PresetLM, spec: Optimizer, level: float, steps: int, seed: int) -> float:
+def run_preset(task: PresetLM, spec: ir.Optimizer, level: float, steps: int, seed: int) -> float:
     """Final validation loss (nats/byte) of one run; inf if it diverged (stopped early)."""
     model = task.model(seed)
     opt = build(spec, model.named_parameters())
@@ -705,7 +705,7 @@ def cost(out: Path, quick: bool) -> dict[str, Any]:
         for kind in kinds:
             if kind == "dmgd" and width > 1024 and quick:
                 continue
-            opt = build(Optimizer(type=kind, lr=1e-4), model.named_parameters())
+            opt = build(ir.optimizer(type=kind, lr=1e-4), model.named_parameters())
             register_dgd_hooks(model, opt)
             times = []
             n_rep = 2 if kind == "dmgd" and width >= 2048 else reps

@@ -18,9 +18,11 @@ from nestdsl.cli.runtime_options import KernelOpt, _kernels
 
 def _plan_table(system: Any) -> Table:
     table = Table(title=f"{system.spec.name}: lowering plan", show_lines=False, pad_edge=False)
-    for col, kw in (("layer", {}), ("kind", {}), ("implementation", {}), ("C", {"justify": "right"}),
-                    ("read", {}), ("writes", {}), ("params", {"justify": "right"}), ("compiled", {}),
-                    ("kernel", {})):
+    columns: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("layer", {}), ("kind", {}), ("implementation", {}), ("C", {"justify": "right"}),
+        ("read", {}), ("writes", {}), ("params", {"justify": "right"}), ("compiled", {}),
+        ("kernel", {}))
+    for col, kw in columns:
         table.add_column(col, **kw)
     for r in system.plan:
         table.add_row(r.name, r.kind, r.implementation, "" if r.chunk_size is None else str(r.chunk_size),

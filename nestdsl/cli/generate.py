@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nestdsl.cli.app import TracebackOpt, app, err
 from nestdsl.cli.errors import UserError, guard
 from nestdsl.cli.runtime_options import ForceOpt, ThreadsOpt, _check_device, _run_spec, _set_threads
+
+if TYPE_CHECKING:
+    from nestdsl.runtime.generate import Sampling
+    from nestdsl.spec import ir
 
 
 @app.command()
@@ -57,8 +61,8 @@ def generate(
         _generate(run.spec, ckpt, prompt, token_ids, sampling, ids=ids, device=device, force=force)
 
 
-def _generate(spec: object, ckpt: Path, prompt: str | None, token_ids: list[int] | None,
-              sampling: object, *, ids: bool, device: str, force: bool) -> None:
+def _generate(spec: ir.Spec, ckpt: Path, prompt: str | None, token_ids: list[int] | None,
+              sampling: Sampling, *, ids: bool, device: str, force: bool) -> None:
     from nestdsl.runtime.evaluate import _run_folder, load_model
     from nestdsl.runtime.generate import codec_for, generate
     from nestdsl.runtime.train import _make_task, default_data
@@ -67,11 +71,12 @@ def _generate(spec: object, ckpt: Path, prompt: str | None, token_ids: list[int]
     codec = codec_for(spec, lambda: _make_task(default_data(spec), spec, _run_folder(ckpt)))
     if token_ids is None:
         if codec is None:
+            assert spec.model is not None        # `_run_spec` refused specs without a model
             raise UserError(f"model.vocab {spec.model.vocab} has no text form for this data; "
                             "give the prompt as --prompt-ids")
         token_ids = codec.encode(prompt or "")
     text_out = codec is not None and not ids
-    if text_out:
+    if text_out and codec is not None:          # text_out: there is a codec
         sys.stdout.write(codec.decode(token_ids))
     else:
         sys.stdout.write(",".join(map(str, token_ids)) + " |")
@@ -86,6 +91,7 @@ def _generate(spec: object, ckpt: Path, prompt: str | None, token_ids: list[int]
             else:
                 # decode the whole continuation and print what is new (a multi-byte character
                 # shows once complete)
+                assert codec is not None         # text_out: there is a codec
                 text = codec.decode(new)
                 if text.startswith(shown) and not text.endswith("\ufffd"):
                     sys.stdout.write(text[len(shown):])
@@ -93,7 +99,7 @@ def _generate(spec: object, ckpt: Path, prompt: str | None, token_ids: list[int]
             sys.stdout.flush()
     except ValueError as e:
         raise UserError(str(e)) from None
-    if text_out and (final := codec.decode(new)).startswith(shown):
+    if text_out and codec is not None and (final := codec.decode(new)).startswith(shown):
         sys.stdout.write(final[len(shown):])       # a held-back incomplete character
     sys.stdout.write("\n")
 

@@ -4,18 +4,22 @@ devices."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nestdsl.cli.errors import UserError
+
+if TYPE_CHECKING:
+    from nestdsl.runtime.run_spec import RunSpec
+    from nestdsl.spec import ir
 
 
 def _run_dir(spec_path: Path, out_dir: Path | None) -> Path:
     return out_dir if out_dir is not None else Path("runs") / spec_path.stem
 
 
-def _load(spec: Path, sets: list[str]) -> tuple[object, str]:
+def _load(spec: Path, sets: list[str]) -> tuple[ir.Spec, str]:
     """The spec with its `--set` overrides, and the text a checkpoint records for it (the file
     plus the overrides, so `--resume`/`eval` with other overrides is caught by the spec hash)."""
     from nestdsl.spec import load_spec, read_source
@@ -26,7 +30,7 @@ def _load(spec: Path, sets: list[str]) -> tuple[object, str]:
     return spec_obj, read_source(spec) + "".join(f"\n# --set {s}" for s in sets)
 
 
-def _run_spec(spec: Path | None, sets: list[str], ckpt: Path | None, *, what: str) -> object:
+def _run_spec(spec: Path | None, sets: list[str], ckpt: Path | None, *, what: str) -> RunSpec:
     """The spec a command runs with (`runtime.run_spec.RunSpec`): the file when given, else the
     one stored in the checkpoint at `ckpt` (a run folder or a step folder)."""
     from nestdsl.runtime.run_spec import RunSpec, from_checkpoint

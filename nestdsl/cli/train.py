@@ -54,6 +54,7 @@ def train(
 
         dist = from_env(device)
         run_dir = out_dir if spec is None else _run_dir(spec, out_dir)
+        assert run_dir is not None               # no spec: --out was required above
         ok = False
         try:
             if dist is not None:

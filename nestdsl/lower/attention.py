@@ -37,7 +37,7 @@ from nestdsl.spec import ir
 
 
 class AttentionMixer(nn.Module):
-    def __init__(self, ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv: int,
+    def __init__(self, ctx: BuildContext, node: Any, mem: ir.AttentionMemory, name: str, *, conv: int,
                  qk_norm: bool, output_gate: bool) -> None:
         super().__init__()
         H, d = ctx.heads_and_dim(mem, node)

@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -147,7 +148,12 @@ class CMSLayerModule(nn.Module):
         # Stage MLPs run eagerly: two matmuls each, nothing for inductor to fuse, and compiling
         # them would cost one graph per (stage, weight layout) — persistent, broadcast initial
         # and written fast weights — for no measurable gain.
-        self._mlp = [functools.partial(mlp_forward, spec=s.mlp) for s in self.stages]
+        self._mlp = [functools.partial(mlp_forward, spec=s.mlp) for s in self._stage_modules]
+
+    @property
+    def _stage_modules(self) -> Sequence[CMSStageModule]:
+        """`stages` with its element type (an `nn.ModuleList` is typed as holding `nn.Module`)."""
+        return cast("Sequence[CMSStageModule]", self.stages)
 
     @classmethod
     def from_spec(cls, layer_ir: ir.CMSLayer, ctx: BuildContext, *, name: str = "cms") -> CMSLayerModule:
@@ -173,7 +179,7 @@ class CMSLayerModule(nn.Module):
 
     def persistent_levels(self) -> list[tuple[str, list[nn.Parameter], int]]:
         """(level name, its parameters, k): update every k optimizer steps (MultiSteps)."""
-        return [(lv.level, list(self.stages[lv.index].weights), int(lv.every_k or 1))
+        return [(lv.level, list(self._stage_modules[lv.index].weights), int(lv.every_k or 1))
                 for lv in self.levels if lv.kind == LevelKind.PERSISTENT]
 
     def level_params(self) -> dict[str, list[nn.Parameter]]:
@@ -197,7 +203,7 @@ class CMSLayerModule(nn.Module):
     def init_fast(self, i: int, batch: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
         """Stage i's meta-learned initial weights, one copy per sequence: (B, out, in)."""
         ws = []
-        for p in self.stages[i].weights:
+        for p in self._stage_modules[i].weights:
             w = p.to(dtype).expand(batch, *p.shape).contiguous()   # dense: one compiled layout
             if not w.requires_grad:          # the task sweep differentiates the loss w.r.t. it
                 w = w.detach().clone().requires_grad_(True)
@@ -237,7 +243,7 @@ class CMSLayerModule(nn.Module):
         pos = state["pos"]
         fast, anchor = dict(state["fast"]), dict(state["anchor"])
         h, outs = x, []
-        for i, (stage, lv) in enumerate(zip(self.stages, self.levels, strict=True)):
+        for i, (stage, lv) in enumerate(zip(self._stage_modules, self.levels, strict=True)):
             u = stage.norm(h) if stage.norm is not None else h
             if lv.kind == LevelKind.PERSISTENT:
                 out = self._mlp[i](tuple(stage.weights), u)
@@ -251,7 +257,7 @@ class CMSLayerModule(nn.Module):
                 h = out if i == 0 else h + out
         if self.mix is not None:
             w = torch.softmax(self.mix, dim=0).to(x.dtype)
-            h = sum(w[i] * o for i, o in enumerate(outs))
+            h = cast(Tensor, sum(w[i] * o for i, o in enumerate(outs)))
         return h, {"__cms__": self.tag, "pos": pos + T, "fast": fast, "anchor": anchor}
 
     def _reset_due(self, lv: StageLevel, p: int) -> bool:
@@ -270,7 +276,7 @@ class CMSLayerModule(nn.Module):
     def _local_stage(self, lv: StageLevel, u: Tensor, cur: tuple[Tensor, ...], anchor: tuple[Tensor, ...],
                      pos: int) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
         """Associative L2 memory on (u_t, u_t W_v) with GD every C tokens, read at θ_{c(t)}."""
-        stage = self.stages[lv.index]
+        stage = self._stage_modules[lv.index]
         assert stage.value is not None and lv.tokens is not None
         C = lv.tokens
         outs = []
@@ -281,6 +287,7 @@ class CMSLayerModule(nn.Module):
             o, new = mlp_chunk_step(MemoryState(tuple(w[:, None] for w in anchor)), uc, uc,
                                     stage.value(uc), lv.lr, None, None, spec=stage.mlp,
                                     objective="l2", rule="gd", read="chunk")
+            assert o is not None                                        # q was given: a read
             # the partial chunk's update Δ = Σ_t −lr ∇ℓ_t(θ_{c(t)}) accumulates onto cur
             ends = tuple(n[:, 0] for n in new.weights)
             cur = ends if cur is anchor else tuple(
@@ -297,25 +304,27 @@ class CMSLayerModule(nn.Module):
         rows = []
         status, why = "eager", "eager: stage MLPs are two matmuls (nothing to fuse)"
         shared = sum(p.numel() for p in self.parameters()) - sum(
-            p.numel() for s in self.stages for p in s.weights)
-        for lv, stage in zip(self.levels, self.stages, strict=True):
+            p.numel() for s in self._stage_modules for p in s.weights)
+        for lv, stage in zip(self.levels, self._stage_modules, strict=True):
             n = sum(p.numel() for p in stage.weights) + (shared if lv.index == 0 else 0)
             name = f"{self.name}.stages.{lv.index} ({lv.level})"
             mode = f"mode {self.mode}" + (f", reset every {lv.reset_every} tokens" if lv.reset_every else "")
             if lv.kind == LevelKind.PERSISTENT:
                 rows.append(PlanRow(name, "cms stage", f"persistent MLP, outer optimizer every {lv.every_k} "
-                                    "step(s) with accumulated gradients (MultiSteps)", None, None, None, n,
-                                    status, "θ ← outer optimizer step every k steps", [mode, why]))
+                                    "step(s) with accumulated gradients (MultiSteps)", params=n,
+                                    compiled=status, update="θ ← outer optimizer step every k steps",
+                                    notes=[mode, why]))
             elif lv.signal == "task":
                 rows.append(PlanRow(name, "cms stage", "in-context, task signal: stop-gradient write by "
                                     "task_sweep (chunked forward sweep)", lv.tokens, "chunk", "stop", n, status,
-                                    f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ CE_t (first-order)",
-                                    [mode, f"scope {lv.scope}", "initial state meta-learned through reads", why]))
+                                    update=f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ CE_t (first-order)",
+                                    notes=[mode, f"scope {lv.scope}", "initial state meta-learned through reads",
+                                           why]))
             else:
                 rows.append(PlanRow(name, "cms stage", "in-context, local L2 signal: mlp chunk step",
                                     lv.tokens, "chunk", "grad", n, "eager (chunk step)",
-                                    f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ ½‖MLP(θ_{{c(t)}}; u_t) − u_t W_v‖²",
-                                    [mode, f"scope {lv.scope}"]))
+                                    update=f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ ½‖MLP(θ_{{c(t)}}; u_t) − u_t W_v‖²",
+                                    notes=[mode, f"scope {lv.scope}"]))
         return rows
 
 

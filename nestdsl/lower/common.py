@@ -231,7 +231,7 @@ class BuildContext:
                              "choose heads that divide model.width")
         return H, self.width // H
 
-    def chunk_size(self, mem: ir.Memory) -> int:
+    def chunk_size(self, mem: ir.ParametricMemory) -> int:
         """The memory's chunk size C = its level's period in tokens (docs/design.md §3.1)."""
         try:
             period = self.spec.level_period(mem.level)

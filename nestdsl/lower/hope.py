@@ -71,7 +71,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,7 @@ from nestdsl.lower.common import (
     split_heads,
 )
 from nestdsl.lower.inner import (
+    LrWarmup,
     NormParameters,
     ReadNorm,
     erase_of,
@@ -106,7 +107,7 @@ from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, kernels, mlp_chunk_step, mlp_forward
 from nestdsl.ops.objectives import Objective
 from nestdsl.spec import ir
-from nestdsl.vocabulary import PROJECTION_READ
+from nestdsl.vocabulary import PROJECTION_READ, EraseRate, ReadMode, RuleKind
 
 __all__ = ["InnerRule", "SelfModifyingTitans", "build_self_modifying"]
 
@@ -120,18 +121,18 @@ class InnerRule:
     """How one memory group learns in context (from an `ir.Memory`)."""
 
     objective: Objective
-    kind: str                        # "gd" | "dgd"
+    kind: RuleKind                   # "gd" | "dgd"
     lr: ir.Gate
     retention: ir.Gate | None
     momentum: ir.Gate | None
-    read: str                        # "after" | "before" | "chunk"
-    writes: str                      # "grad" | "stop"
-    erase: str = "eta"               # DGD's ε (lower/inner.py)
+    read: ReadMode                   # "after" | "before" | "chunk"
+    writes: ir.WriteGrad             # "grad" | "stop"
+    erase: EraseRate = "eta"         # DGD's ε (lower/inner.py)
     lr_divisor: float = 1.0          # η / d_head with `lr_per_dim`
     normalized_lr: bool = False      # per-layer η/(ε + ‖a_i‖²) (rule.normalized_lr)
 
     @classmethod
-    def of(cls, mem: ir.Memory, head_dim: int = 1) -> InnerRule:
+    def of(cls, mem: ir.ParametricMemory, head_dim: int = 1) -> InnerRule:
         rule = mem.rule or ir.Rule()
         return cls(objective_of(mem), rule.kind, rule.lr, rule.retention, rule.momentum,
                    mem.read, mem.writes, erase_of(mem), lr_divisor(mem, head_dim),
@@ -205,8 +206,8 @@ class SelfModifyingTitans(nn.Module):
         ctx: BuildContext | None = None,
         node: Any = None,
         name: str = "self_modifying",
-        mem_ir: ir.Memory | None = None,
-        proj_ir: ir.Memory | None = None,
+        mem_ir: ir.MLPMemory | None = None,
+        proj_ir: ir.MLPMemory | None = None,
         keys: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -335,7 +336,8 @@ class SelfModifyingTitans(nn.Module):
                       dtype: torch.dtype = torch.float32) -> dict[str, Any]:
         """θ_{□,0} broadcast over the batch, zero momentum, zero conv caches, pos 0."""
         mems = {}
-        for name, plist in self.theta0.items():
+        for name, mod in self.theta0.items():
+            plist = cast(nn.ParameterList, mod)
             rule = self.mem_rule if name == "mem" else self.proj_rule
             # materialised (not stride-0 views), so the compiled step sees one layout per call
             ws = tuple(p.to(dtype).expand(batch, *p.shape).contiguous() for p in plist)
@@ -424,13 +426,14 @@ class SelfModifyingTitans(nn.Module):
         if g is None:
             return None
         div = rule.lr_divisor if role == "lr" else 1.0        # η / d_head (lr_per_dim)
-        warm = self.lr_warmups[group].factor if role == "lr" and group in self.lr_warmups else None
+        warm = (cast(LrWarmup, self.lr_warmups[group]).factor
+                if role == "lr" and group in self.lr_warmups else None)
         key = f"{group}_{role}"
         if key not in self.gates:
             if warm is None:
-                return float(g) / div
+                return float(cast(float, g)) / div   # learned gates all have modules
             # a (B, H, l) gate, like a learned one: the chunk loop slices and concatenates it
-            return warm.expand(xs.shape[0], self.heads, xs.shape[1]) * (float(g) / div)
+            return warm.expand(xs.shape[0], self.heads, xs.shape[1]) * (float(cast(float, g)) / div)
         mod = self.gates[key]
         out = mod(feats[GATE_SOURCE[role]]) if isinstance(mod, GeneratedGate) else mod(xs)
         out = out / div if div != 1.0 else out
@@ -479,7 +482,7 @@ class SelfModifyingTitans(nn.Module):
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         if self.v_norm:      # bounded targets: every memory regresses onto M(v_t) with ‖v_t‖ = 1
             v = F.normalize(v, dim=-1)
-        feats = {r: gen[r] for r in ("eta", "alpha") if r in gen}      # M_η(x_t), M_α(x_t)
+        feats: dict[str, Tensor] = {r: gen[r] for r in ("eta", "alpha") if r in gen}  # M_η, M_α(x_t)
         mem_g = [self._gate("mem", role, xs, feats) for role in GATE_ROLES]
         proj_g = [self._gate("proj", role, xs, feats) for role in GATE_ROLES]
         targets = None
@@ -505,7 +508,8 @@ class SelfModifyingTitans(nn.Module):
         return MemoryState(
             tuple(stack([m.weights[i] for m in old]) for i in range(len(old[0].weights))),
             None if old[0].momentum is None else
-            tuple(stack([m.momentum[i] for m in old]) for i in range(len(old[0].momentum))))
+            tuple(stack([cast("tuple[Tensor, ...]", m.momentum)[i] for m in old])
+                  for i in range(len(old[0].momentum))))
 
     def _write_projections(self, state: MemoryState, k: Tensor, targets: Tensor,
                            gates: list[Tensor | float | None]) -> dict[str, MemoryState]:
@@ -521,7 +525,8 @@ class SelfModifyingTitans(nn.Module):
         g = [x.repeat(R, 1, 1) if isinstance(x, Tensor) else x for x in gates]
         norm = self._proj_norms()     # per-memory gain/bias, stacked like the states: (R·B, H, d)
         if norm is not None:
-            norm = tuple(p[:, None].expand(R, B, *p.shape[1:]).flatten(0, 1) for p in norm)
+            norm = cast("tuple[Tensor, Tensor]",
+                        tuple(p[:, None].expand(R, B, *p.shape[1:]).flatten(0, 1) for p in norm))
         step = self._step_fn("proj", k.shape[2])
         _, new = step(state, None, k.repeat(R, 1, 1, 1), targets,
                                 *g, spec=self.proj_mlp, objective=self.proj_rule.objective,
@@ -581,9 +586,9 @@ class SelfModifyingTitans(nn.Module):
             if record and telemetry.active():
                 with torch.no_grad():
                     kc, obj = k[:, :, sl], self.mem_rule.objective
-                    self._inner_losses.append(tuple(
+                    self._inner_losses.append(cast("tuple[Tensor, Tensor]", tuple(
                         obj.loss(mlp_forward(w, kc, self.mem_mlp, norm), target).mean()
-                        for w in (mems["mem"].weights, new.weights)))
+                        for w in (mems["mem"].weights, new.weights))))
                     self._dynamics.append((telemetry.write_size(mems["mem"].weights, new.weights),
                                            telemetry.state_norm(new.weights).mean(),
                                            telemetry.branch_share(o, q[:, :, sl])))
@@ -639,7 +644,8 @@ class SelfModifyingTitans(nn.Module):
 
     def plan(self) -> list[PlanRow]:
         total = sum(p.numel() for p in self.parameters())
-        proj_counts = {r: sum(p.numel() for p in self.theta0[r]) for r in self.roles}
+        proj_counts = {r: sum(p.numel() for p in cast(nn.ParameterList, self.theta0[r]))
+                       for r in self.roles}
         status, why = compile_status(self.compile_config, [self._gen.name, self._mlp_step.name, self._out.name],
                                      "generation, memory chunk steps, output (Python loop over chunks)")
         static = sorted(self.static.keys())
@@ -669,7 +675,7 @@ class SelfModifyingTitans(nn.Module):
         return rows
 
 
-def _mlp_of(mem: ir.Memory, head_dim: int) -> MLPMemory:
+def _mlp_of(mem: ir.MLPMemory, head_dim: int) -> MLPMemory:
     """The per-head MLP of a resolved memory spec (Hope's memories default to residual)."""
     spec = memory_function(mem, head_dim)
     assert isinstance(spec, MLPMemory)

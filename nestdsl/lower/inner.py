@@ -8,6 +8,8 @@ build their memories from these, so a field means the same thing in both.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -15,6 +17,7 @@ from nestdsl.ops import MLPMemory
 from nestdsl.ops.objectives import Objective, get_objective, soft_clipped_l2
 from nestdsl.spec import ir
 from nestdsl.spec.resolve import DGD_ERASE
+from nestdsl.vocabulary import EraseRate
 
 __all__ = ["memory_function", "objective_of", "erase_of", "lr_divisor", "NormParameters",
            "ReadNorm", "LrWarmup", "lr_warmup_of", "set_outer_step"]
@@ -37,7 +40,7 @@ def memory_function(mem: ir.Memory, head_dim: int) -> str | MLPMemory:
                      residual=mem.residual, norm=mem.norm, renorm=mem.renorm)
 
 
-def objective_of(mem: ir.Memory) -> Objective:
+def objective_of(mem: ir.ParametricMemory) -> Objective:
     """The inner objective; ``rule.clip`` turns l2 into its soft-clipped form."""
     rule = mem.rule or ir.Rule()
     if rule.clip is not None:
@@ -45,15 +48,15 @@ def objective_of(mem: ir.Memory) -> Objective:
     return get_objective(mem.objective or "l2")
 
 
-def erase_of(mem: ir.Memory) -> str:
+def erase_of(mem: ir.ParametricMemory) -> EraseRate:
     """DGD's erase rate ε (resolved: ``eta``, the NL paper's Eq. 88 as written, by default);
     gd erases nothing, and the ops ignore the value."""
     rule = mem.rule or ir.Rule()
     assert rule.kind != "dgd" or rule.erase is not None, "memory defaults are not resolved"
-    return rule.erase or DGD_ERASE
+    return rule.erase or cast(EraseRate, DGD_ERASE)
 
 
-def lr_divisor(mem: ir.Memory, head_dim: int) -> float:
+def lr_divisor(mem: ir.ParametricMemory, head_dim: int) -> float:
     """η is divided by this: d_head with ``lr_per_dim`` (TTT's η/d), else 1."""
     rule = mem.rule or ir.Rule()
     return float(head_dim) if rule.lr_per_dim else 1.0
@@ -106,6 +109,8 @@ class LrWarmup(nn.Module):
     graph reads it as an input instead of recompiling at every step.
     """
 
+    factor: torch.Tensor     # the registered buffer
+
     def __init__(self, steps: int) -> None:
         super().__init__()
         self.steps = int(steps)
@@ -118,7 +123,7 @@ class LrWarmup(nn.Module):
         return f"steps={self.steps}"
 
 
-def lr_warmup_of(mem: ir.Memory) -> LrWarmup | None:
+def lr_warmup_of(mem: ir.ParametricMemory) -> LrWarmup | None:
     """The memory's η warm-up module, or None without ``rule.lr_warmup``."""
     rule = mem.rule or ir.Rule()
     return LrWarmup(rule.lr_warmup) if rule.lr_warmup is not None else None

@@ -30,7 +30,7 @@ gradient from this layer at all (the plan notes it).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,7 @@ class MemoryMixer(nn.Module):
         self.lr_divisor = lr_divisor(mem, d)
         self.lr_warmup = lr_warmup_of(mem)        # η · min(1, (s + 1)/N) (rule.lr_warmup)
         fn = memory_function(mem, d)
-        self.mlp: MLPMemory | None = None if fn == "linear" else fn
+        self.mlp: MLPMemory | None = None if fn == "linear" else cast(MLPMemory, fn)
         read_norm = mem.read_norm if isinstance(mem, ir.MLPMemory) else None
         self.read_norm = ReadNorm(H, d, read_norm) if read_norm is not None else None
         self.norm = NormParameters(H, d, mem.norm_gain) if self.mlp is not None and self.mlp.norm else None
@@ -177,12 +177,13 @@ class MemoryMixer(nn.Module):
             lr = lr / self.lr_divisor
         if self.lr_warmup is not None:
             lr = lr * self.lr_warmup.factor
-        kw = dict(memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
-                  rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
-                  chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
-                  norm=self.norm() if self.norm is not None else None,
-                  checkpoint_every=self._cfg.checkpoint_every,
-                  normalized_lr=self.rule.normalized_lr)
+        kw: dict[str, Any] = dict(
+            memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
+            rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
+            chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
+            norm=self.norm() if self.norm is not None else None,
+            checkpoint_every=self._cfg.checkpoint_every,
+            normalized_lr=self.rule.normalized_lr)
         kernel = kernels.choose(self.call(q, T=q.shape[2]), self.forced_kernel())
         step_name = f"{self.name}.step"
         if kernel.name == "compiled" and step_name not in self._cfg.failures:

@@ -18,15 +18,15 @@ Two ways to carry a sequence across calls:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestdsl.lower.common import BuildContext, RMSNorm, compile_scope, count_params, make_norm
-from nestdsl.lower.layer import PlanRow
+from nestdsl.lower.layer import Layer, PlanRow
 from nestdsl.lower.registry import get_builder
 from nestdsl.spec import ir
 
@@ -35,6 +35,9 @@ ModelState = list[list[Any]]
 
 class LayerSlot(nn.Module):
     """One layer of a block with its pre-norm and residual."""
+
+    # the layer's spec type; an instance attribute shadowing `nn.Module.type` (a method)
+    type: str  # type: ignore[assignment]
 
     def __init__(self, ctx: BuildContext, node: Any, name: str) -> None:
         super().__init__()
@@ -73,7 +76,7 @@ class LayerSlot(nn.Module):
 
     def plan(self) -> list[PlanRow]:
         if hasattr(self.layer, "plan"):
-            rows = list(self.layer.plan())
+            rows = list(cast(Layer, self.layer).plan())
         else:  # a registered layer without a plan: still account for its parameters
             rows = [PlanRow(name=self.name, kind=self.type, implementation=type(self.layer).__name__,
                             params=count_params(self.layer))]
@@ -88,6 +91,11 @@ class Block(nn.Module):
         super().__init__()
         self.slots = nn.ModuleList(
             LayerSlot(ctx, node, f"{name}.{j}") for j, node in enumerate(block.layers))
+
+    @property
+    def slot_modules(self) -> Sequence[LayerSlot]:
+        """`slots` with its element type (an `nn.ModuleList` is typed as holding `nn.Module`)."""
+        return cast("Sequence[LayerSlot]", self.slots)
 
     def forward(self, x: Tensor, state: list[Any] | None) -> tuple[Tensor, list[Any]]:
         state = state if state is not None else [None] * len(self.slots)
@@ -124,17 +132,22 @@ class NestModel(nn.Module):
         # CMS stages with an in-context `task` signal train through the chunked task sweep.
         self.uses_task_sweep = any(getattr(layer, "uses_task_sweep", False) for _, layer in self.iter_layers())
 
+    @property
+    def block_modules(self) -> Sequence[Block]:
+        """`blocks` with its element type (an `nn.ModuleList` is typed as holding `nn.Module`)."""
+        return cast("Sequence[Block]", self.blocks)
+
     # -- forward
 
     def iter_layers(self) -> Iterator[tuple[str, nn.Module]]:
-        for block in self.blocks:
-            for slot in block.slots:
+        for block in self.block_modules:
+            for slot in block.slot_modules:
                 yield slot.name, slot.layer
 
     def hidden(self, tokens: Tensor, state: ModelState | None = None) -> tuple[Tensor, ModelState]:
         """Embedding and blocks (no final norm/head): (B, T, D) and the new state."""
         x = self.embed(tokens)
-        state = state if state is not None else [None] * len(self.blocks)
+        state = state if state is not None else cast(ModelState, [None] * len(self.blocks))
         new: ModelState = []
         with compile_scope(self._compile_config):   # torch settings of the compiled pieces, once
             for block, s in zip(self.blocks, state, strict=True):
@@ -156,12 +169,12 @@ class NestModel(nn.Module):
         """Like `forward_stream`, but a segment may end anywhere (one token at a time for
         generation): chunked layers keep their boundary state plus the inputs since."""
         x = self.embed(tokens)
-        state = state if state is not None else [[None] * len(b.slots) for b in self.blocks]
+        state = state if state is not None else [[None] * len(b.slots) for b in self.block_modules]
         new: ModelState = []
         with compile_scope(self._compile_config):
-            for block, block_state in zip(self.blocks, state, strict=True):
+            for block, block_state in zip(self.block_modules, state, strict=True):
                 states = []
-                for slot, s in zip(block.slots, block_state, strict=True):
+                for slot, s in zip(block.slot_modules, block_state, strict=True):
                     x, s = slot.incremental(x, s)
                     states.append(s)
                 new.append(states)
@@ -186,12 +199,13 @@ class NestModel(nn.Module):
         rows = [PlanRow(name="embed", kind="embedding",
                         implementation=f"{self.vocab}×{self.width}" + (" (tied head)" if tied else ""),
                         params=count_params(self.embed), writes="—")]
-        for block in self.blocks:
-            for slot in block.slots:
+        for block in self.block_modules:
+            for slot in block.slot_modules:
                 rows.extend(slot.plan())
         rows.append(PlanRow(name="norm_f + head", kind="head",
                             implementation="RMSNorm → " + ("embeddingᵀ (tied)" if tied else "linear"),
-                            params=count_params(self.norm_f) + (0 if tied else count_params(self.head)),
+                            params=count_params(self.norm_f)
+                            + (0 if self.head is None else count_params(self.head)),
                             writes="—"))
         return rows
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, Protocol, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,12 @@ from torch.utils._pytree import tree_leaves, tree_map
 from nestdsl.lower.cms import CMSLayerModule
 
 __all__ = ["task_sweep", "task_periods", "find_cms_states"]
+
+
+class _Streaming(Protocol):
+    """What `task_sweep` needs of its model besides being an `nn.Module`."""
+
+    def forward_stream(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]: ...
 
 
 def find_cms_states(state: Any) -> Iterator[dict[str, Any]]:
@@ -70,6 +76,15 @@ def _token_loss(logits: Tensor, targets: Tensor, weight: Tensor) -> Tensor:
     return (ce.view_as(weight) * weight.to(ce.dtype)).sum()
 
 
+@overload
+def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor | None = None, *,
+               state: Any = None, return_state: Literal[False] = False) -> Tensor: ...
+@overload
+def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor | None = None, *,
+               state: Any = None, return_state: Literal[True]) -> tuple[Tensor, Any]: ...
+@overload
+def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor | None = None, *,
+               state: Any = None, return_state: bool = False) -> Tensor | tuple[Tensor, Any]: ...
 def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor | None = None, *,
                state: Any = None, return_state: bool = False) -> Tensor | tuple[Tensor, Any]:
     """Mean next-token loss of `model` on (tokens, targets), with in-context `task` writes.
@@ -99,7 +114,7 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
         chunk_loss: dict[int, Tensor] = {}
         for s in range(a, b, segment):
             e = min(s + segment, b)
-            logits, state = model.forward_stream(tokens[:, s:e], state)
+            logits, state = cast(_Streaming, model).forward_stream(tokens[:, s:e], state)
             seg = _token_loss(logits, targets[:, s:e], weight[:, s:e])
             total = seg if total is None else total + seg
             for P in periods:
@@ -174,7 +189,8 @@ class _Pieces(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, run: Any, bounds: list[tuple[int, int]], *params: Tensor) -> Tensor:
-        starts, total, state = [], None, None
+        starts: list[Any] = []
+        total, state = None, None
         for a, b in bounds:
             starts.append(state)
             with torch.enable_grad():
@@ -185,7 +201,7 @@ class _Pieces(torch.autograd.Function):
         # the recomputation must see the forward's autocast (bf16 training)
         dev = params[0].device.type if params else "cpu"
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
-        return total
+        return cast(Tensor, total)       # `bounds` is never empty (`_piecewise`)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, ...]:

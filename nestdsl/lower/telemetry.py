@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ def record(name: str, stats: dict[str, Tensor | float | None]) -> None:
 
 def state_norm(weights: Sequence[Tensor]) -> Tensor:
     """‖θ‖ per (batch, head): sqrt of the summed squared entries of every weight, (B, H)."""
-    return torch.sqrt(sum(w.detach().float().pow(2).sum((-2, -1)) for w in weights))
+    return torch.sqrt(cast(Tensor, sum(w.detach().float().pow(2).sum((-2, -1)) for w in weights)))
 
 
 def write_size(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:

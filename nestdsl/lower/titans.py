@@ -10,7 +10,7 @@ gate, as the `transformer` preset). Titans' persistent memory tokens are not mod
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +21,12 @@ from nestdsl.lower.memory import MemoryMixer, build_mixer
 from nestdsl.lower.registry import register_layer
 from nestdsl.spec import ir
 
+if TYPE_CHECKING:
+    from nestdsl.lower.attention import AttentionMixer
 
-def _parts(ctx: BuildContext, node: ir.MALLayer | ir.MAGLayer, name: str) -> tuple[nn.Module, nn.Module]:
+
+def _parts(ctx: BuildContext, node: ir.MALLayer | ir.MAGLayer, name: str
+           ) -> tuple[MemoryMixer, AttentionMixer]:
     mem = ctx.memory(node.memory, node)
     att = ctx.memory(node.attention, node)
     if not isinstance(mem, ir.ParametricMemory):
@@ -32,8 +36,8 @@ def _parts(ctx: BuildContext, node: ir.MALLayer | ir.MAGLayer, name: str) -> tup
         raise ctx.error(node, f"'{node.type}' needs an attention memory as `attention`; "
                         f"'{node.attention}' is {att.kind}", "declare e.g. `swa: {kind: attention, window: 64}`")
     m = MemoryMixer(ctx, node, mem, f"{name} {node.memory}", conv=4, qk_norm=True, output_gate=True)
-    a = build_mixer(ctx, node, att, f"{name} {node.attention}", conv=0, qk_norm=False,
-                    output_gate=False)
+    a = cast("AttentionMixer", build_mixer(ctx, node, att, f"{name} {node.attention}", conv=0,
+                                           qk_norm=False, output_gate=False))
     return m, a
 
 

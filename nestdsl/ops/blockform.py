@@ -28,7 +28,7 @@ d_t = ψ_t y_t + δ_t, e.g. the delta rule with ψ = −η) the same solve cover
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -157,7 +157,7 @@ def block_decays(alpha: Tensor, beta: Tensor | None, size: int) -> list[Decays |
         # one unbind per field: its backward is a single stack (per-block slicing would write a
         # full-length zero tensor per block)
         at = alpha.dim() - 1                     # the block axis, after the leading dims
-        fields = [f.unbind(at) if f is not None else [None] * n for f in d]
+        fields: list[Any] = [f.unbind(at) if f is not None else [None] * n for f in d]
         out = [Decays(*(f[i] for f in fields)) for i in range(n)]
     if tail:
         out.append(None)
@@ -176,6 +176,7 @@ def solve_prefix(W0: Tensor, S0: Tensor | None, K: Tensor, dec: Decays, *,
     """
     h = dec.gamma_m[..., None] * _mm(K, W0.mT)
     if S0 is not None:
+        assert dec.Zm is not None                  # a momentum state: the decays have Z
         h = h + dec.Zm[..., None] * _mm(K, S0.mT)
     KK = _mm(K, K.mT)
     if delta is not None:
@@ -211,6 +212,7 @@ def read_weights(W0: Tensor, S0: Tensor | None, X: Tensor, A: Tensor, Ef: Tensor
                     else (dec.gamma_m, dec.D1m, dec.Wcm, dec.Zm))
     out = g[..., None] * _mm(X, W0.mT)
     if S0 is not None:
+        assert Z is not None                       # a momentum state: the decays have Z
         out = out + Z[..., None] * _mm(X, S0.mT)
     XA = _mm(X, A.mT)
     out = out + _mm(XA * Wc, Ed)
@@ -228,6 +230,8 @@ def end_state(W0: Tensor, S0: Tensor | None, A: Tensor, Ef: Tensor | None, Ed: T
     W = dec.gamma[..., -1, None, None] * W0 + _mm(coef.mT, A)
     if S0 is None:
         return W, None
+    # a momentum state: the decays have the momentum terms
+    assert dec.Z is not None and dec.zeta_last is not None and dec.D2_last is not None
     W = W + dec.Z[..., -1, None, None] * S0
     S = dec.zeta_last[..., None, None] * S0 + _mm((Ed * dec.D2_last[..., None]).mT, A)
     return W, S
@@ -235,7 +239,7 @@ def end_state(W0: Tensor, S0: Tensor | None, A: Tensor, Ef: Tensor | None, Ed: T
 
 def scan_blocks(
     step: Callable[..., tuple[Tensor | None, Any]], state: Any, size: int,
-    inputs: tuple[Tensor | None, ...], *, group: int | None = None, **step_kwargs: Any,
+    inputs: tuple[Tensor | list[Any] | None, ...], *, group: int | None = None, **step_kwargs: Any,
 ) -> tuple[Tensor, Any]:
     """Run `step(state, *block_inputs, **step_kwargs)` over blocks of `size` tokens (dim 2).
 
@@ -254,14 +258,15 @@ def scan_blocks(
     # per block (e.g. ``block_decays``)
     pieces = [x if isinstance(x, list) else x.split(size, dim=2) if x is not None else None
               for x in inputs]
+    assert pieces[0] is not None, "the first input (q) is a tensor"
     n = len(pieces[0])
 
     def run(state: Any, lo: int, hi: int) -> tuple[list[Tensor], Any]:
-        outs = []
+        outs: list[Tensor] = []
         for i in range(lo, hi):
             block = tuple(p[i] if p is not None else None for p in pieces)
             o, state = step(state, *block, **step_kwargs)
-            outs.append(o)
+            outs.append(cast(Tensor, o))            # q is given: every block reads
         return outs, state
 
     if not group or n < 2 * group or not torch.is_grad_enabled():

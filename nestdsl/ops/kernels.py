@@ -23,9 +23,9 @@ Triton interpreter is a test vehicle, used only when forced), or the forced one 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -158,13 +158,13 @@ def _common(x: ScanInputs) -> dict[str, Any]:
 
 def _scan_reference(*, x: ScanInputs) -> tuple[Tensor, MemoryState]:
     if x.memory == "linear":
-        def fwd(ws: tuple[Tensor, ...], inp: Tensor) -> Tensor:
+        def fwd(ws: Sequence[Tensor], inp: Tensor) -> Tensor:
             return inp @ ws[0].mT
     else:
         spec = x.memory
         assert isinstance(spec, MLPMemory)
 
-        def fwd(ws: tuple[Tensor, ...], inp: Tensor) -> Tensor:
+        def fwd(ws: Sequence[Tensor], inp: Tensor) -> Tensor:
             return mlp_forward(ws, inp, spec, x.norm)
     renorm = isinstance(x.memory, MLPMemory) and x.memory.renorm
     o, w_out, s_out = reference_scan(
@@ -180,7 +180,7 @@ def _torch_scan(x: ScanInputs, *, compiled: bool) -> tuple[Tensor, MemoryState]:
         step = compiled_step("linear") if compiled else linear_chunk_step
         return linear_scan_chunked(x.qc, x.kc, x.vc, step=step, **_common(x))
     step = compiled_step("mlp") if compiled else mlp_chunk_step
-    return mlp_scan_chunked(x.qc, x.kc, x.vc, spec=x.memory, step=step, norm=x.norm,
+    return mlp_scan_chunked(x.qc, x.kc, x.vc, spec=cast(MLPMemory, x.memory), step=step, norm=x.norm,
                             normalized_lr=x.normalized_lr, **_common(x))
 
 
@@ -195,7 +195,9 @@ def _scan_compiled(*, x: ScanInputs) -> tuple[Tensor, MemoryState]:
 def _scan_triton(*, x: ScanInputs) -> tuple[Tensor, MemoryState]:
     from . import triton_mlp
 
-    return triton_mlp.triton_mlp_scan(x.qc, x.kc, x.vc, spec=x.memory, norm=x.norm, **_common(x))
+    # an MLP memory: `_refuse_triton` refused the linear ones
+    return triton_mlp.triton_mlp_scan(x.qc, x.kc, x.vc, spec=cast(MLPMemory, x.memory),
+                                      norm=x.norm, **_common(x))
 
 
 def _scan_fla(*, x: ScanInputs) -> tuple[Tensor, MemoryState]:
@@ -204,8 +206,10 @@ def _scan_fla(*, x: ScanInputs) -> tuple[Tensor, MemoryState]:
     p = fla_linear.plan(objective=x.objective, rule=x.rule, erase=x.erase, read=x.read,
                         chunk_size=x.chunk_size, retention=x.retention is not None,
                         momentum=x.momentum is not None)
+    # a plan, not a reason: `_refuse_fla` refused the calls without one
     return fla_linear.fla_scan(x.q, x.k, x.v, lr=x.lr, retention=x.retention,
-                               state=MemoryState(x.state.weights, None), p=p)
+                               state=MemoryState(x.state.weights, None),
+                               p=cast(fla_linear.FlaPlan, p))
 
 
 def _triton_chunk_step() -> Callable[..., Any]:

@@ -20,6 +20,8 @@ semantic chunks.
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 from torch import Tensor
 
@@ -42,6 +44,10 @@ __all__ = ["linear_chunk_step", "linear_scan_chunked", "DEFAULT_BLOCK"]
 DEFAULT_BLOCK = 64
 
 
+@overload
+def _gate(x: Tensor | float | None, like: Tensor, default: float) -> Tensor: ...
+@overload
+def _gate(x: Tensor | float | None, like: Tensor, default: float | None) -> Tensor | None: ...
 def _gate(x: Tensor | float | None, like: Tensor, default: float | None) -> Tensor | None:
     """A gate as a (B, H, L) tensor (float constants are broadcast)."""
     if x is None:

@@ -26,6 +26,7 @@ gradients are closed-form, so the fast path compiles with inductor (docs/design.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast, overload
 
 import torch
 from torch import Tensor
@@ -40,6 +41,12 @@ from .state import MemoryState
 __all__ = ["memory_scan", "compiled_step"]
 
 
+@overload
+def _gate(x: Tensor | float, name: str, B: int, H: int, T: int, dtype: torch.dtype,
+          device: torch.device) -> Tensor: ...
+@overload
+def _gate(x: Tensor | float | None, name: str, B: int, H: int, T: int, dtype: torch.dtype,
+          device: torch.device) -> Tensor | None: ...
 def _gate(x: Tensor | float | None, name: str, B: int, H: int, T: int, dtype: torch.dtype,
           device: torch.device) -> Tensor | None:
     """η, α or β as a (B, H, T) tensor (a float is broadcast; a tensor must broadcast)."""
@@ -209,7 +216,7 @@ def memory_scan(
         else:
             weights = _expand_weights(tuple(state.weights), shapes, B, H, cd, "state.weights")
     else:
-        shapes = memory.weight_shapes(Dk, Dv)
+        shapes = cast(MLPMemory, memory).weight_shapes(Dk, Dv)   # validated above
         if state is None:
             raise ValueError("an MLP memory needs its initial weights: "
                              "state=MemoryState(weights=(W_0, …), momentum=None)")
@@ -235,7 +242,7 @@ def memory_scan(
         chunk_size=chunk_size, erase=erase,
         norm=None if norm is None else (norm[0].to(cd), norm[1].to(cd)),
         checkpoint_every=checkpoint_every, normalized_lr=normalized_lr,
-        layer_inputs=_layer_inputs(memory) if normalized_lr else None)
+        layer_inputs=_layer_inputs(cast(MLPMemory, memory)) if normalized_lr else None)
     o, new_state = chosen.scan(x=inputs)
 
     offset = T % chunk_size if chunk_size > 1 else 0

@@ -18,6 +18,8 @@ by chunk (targets v̂ = M(θ_{c(t)}; v_t) computed by the caller with ``mlp_forw
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -101,7 +103,8 @@ def mlp_chunk_step(
 
     Ws = [flat(w) for w in state.weights]
     if norm is not None:   # (H, Dv) or (B, H, Dv) → (B·H, Dv)
-        norm = tuple(p.expand(B, H, p.shape[-1]).reshape(N, p.shape[-1]) for p in norm)
+        norm = cast("tuple[Tensor, Tensor]",
+                    tuple(p.expand(B, H, p.shape[-1]).reshape(N, p.shape[-1]) for p in norm))
     k_c, v_c = flat(k_c), flat(v_c)
     if q_c is not None:
         q_c = flat(q_c)
@@ -156,7 +159,9 @@ def mlp_chunk_step(
         new_s.append(None if s is None else s.reshape(B, H, *s.shape[-2:]))
     if o is not None:
         o = o.reshape(B, H, L, o.shape[-1])
-    return o, MemoryState(tuple(new_w), tuple(new_s) if beta is not None else None)
+    # with momentum (beta) every end state has its S
+    return o, MemoryState(tuple(new_w),
+                          cast("tuple[Tensor, ...]", tuple(new_s)) if beta is not None else None)
 
 
 def mlp_scan_chunked(

@@ -15,6 +15,7 @@ slow (one step per token) and only meant for tests and as the definition of the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -63,7 +64,7 @@ def reference_scan(
     """
     T = q.shape[2]
     theta = list(weights)
-    S = list(moms) if momentum is not None else None
+    S = list(cast(Sequence[Tensor], moms)) if momentum is not None else None   # moms given with it
     anchor = theta  # θ_{c(t)}
     norms0 = [w.norm(dim=-1, keepdim=True) for w in theta]      # ‖θ_0's rows‖ (renorm)
 
@@ -94,6 +95,7 @@ def reference_scan(
         g = torch.func.grad(loss)(tuple(anchor), kt, vt)          # g_t at θ_{c(t)}
 
         if S is not None:                                          # S_t = β_t S_{t−1} − η_t g_t
+            assert momentum is not None                            # S exists only with momentum
             beta = momentum[:, :, t, None, None]
             S = [beta * s - e * gi for s, e, gi in zip(S, etas, g, strict=True)]
             step = S

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor
@@ -840,10 +840,15 @@ def _launch(q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor | None,
     n_chunks = T // C
     n_groups = -(-n_chunks // G)
 
+    @overload
+    def c32(x: Tensor) -> Tensor: ...
+    @overload
+    def c32(x: Tensor | None) -> Tensor | None: ...
     def c32(x: Tensor | None) -> Tensor | None:
         return None if x is None else x.to(torch.float32).contiguous()
 
-    q, k, v, eta, alpha, beta = map(c32, (q, k, v, eta, alpha, beta))
+    q, k, v, eta = map(c32, (q, k, v, eta))
+    alpha, beta = map(c32, (alpha, beta))
     W = [c32(w) for w in W]
     S = None if S is None else [c32(s) for s in S]
     o = torch.empty(N, T, DV, dtype=torch.float32, device=k.device)
@@ -894,6 +899,10 @@ class TritonMLPScan(torch.autograd.Function):
         B, H, T, DK = k.shape
         N = B * H
 
+        @overload
+        def flat(x: Tensor) -> Tensor: ...
+        @overload
+        def flat(x: Tensor | None) -> Tensor | None: ...
         def flat(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.reshape(N, *x.shape[2:])
 
@@ -930,6 +939,10 @@ def _backward_kernel(ctx: Any, grads: tuple[Tensor, ...]) -> tuple[Tensor | None
     n_chunks = T // C
     n_groups = -(-n_chunks // G)
 
+    @overload
+    def flat(x: Tensor) -> Tensor: ...
+    @overload
+    def flat(x: Tensor | None) -> Tensor | None: ...
     def flat(x: Tensor | None) -> Tensor | None:
         return None if x is None else x.reshape(N, *x.shape[2:]).to(torch.float32).contiguous()
 
@@ -1000,7 +1013,7 @@ def triton_mlp_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: T
                read=read, activation=spec.activation, residual=spec.residual, norm=spec.norm,
                spec=spec, objective=objective, group=group)
     has_mom = momentum is not None
-    moms = tuple(state.momentum) if has_mom else ()
+    moms = tuple(cast("tuple[Tensor, ...]", state.momentum)) if has_mom else ()
     gain, bias = (None, None) if norm is None else norm
     if spec.norm and norm is None:
         H, DV = k.shape[1], v.shape[-1]
@@ -1046,7 +1059,8 @@ def triton_chunk_step(state: MemoryState, q_c: Tensor | None, k_c: Tensor, v_c: 
         moms = (tuple(m.to(torch.float32).expand(B, H, *m.shape[-2:]).contiguous()
                       for m in state.momentum) if state.momentum is not None
                 else tuple(torch.zeros_like(w) for w in ws))
-    nrm = None if norm is None else tuple(p.to(torch.float32) for p in norm)
+    nrm = None if norm is None else cast("tuple[Tensor, Tensor]",
+                                         tuple(p.to(torch.float32) for p in norm))
     f32 = [x.to(torch.float32) for x in (k_c, v_c)]
     q = q_c.to(torch.float32) if q_c is not None else f32[0]
     o, new = triton_mlp_scan(q, f32[0], f32[1], lr=_as_gate(lr_c, like),  # type: ignore[arg-type]

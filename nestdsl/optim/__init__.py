@@ -6,7 +6,9 @@
 One concept per module: `momentum.MomentumSGD` (dot objective), `precond.PreconditionedMomentum`,
 `delta_momentum.DeltaMomentum` (l2 objective), `dmgd.DMGD` (MLP momentum), `muon.Muon`
 (Newton-Schulz output), `m3.M3` (multi-scale momenta + Adam denominator), `dgd.DGD` (Delta
-Gradient Descent for nn.Linear, with input hooks); AdamW is `torch.optim.AdamW`.
+Gradient Descent for nn.Linear, with input hooks); AdamW is `torch.optim.AdamW` (`adamw.adamw`).
+Each type's spec model (fields, level description, implementation) is in
+nestdsl/spec/optimizers.py.
 
 This package imports torch lazily: `nestdsl.optim.levels` (and `describe_levels`) is pure
 Python so the level-graph code can use it without torch.

@@ -13,26 +13,21 @@ Parameter classes:
 * ``all``: everything.
 Unnamed parameters (a plain iterable of tensors) can never be embeddings.
 
-Hyper-parameters other than lr/weight_decay come from the spec for every group. AdamW uses
-betas = (beta, beta2) and eps from the spec.
+A group's optimizer is `ir.group_optimizer(spec, group)`: the hyper-parameters the spec's type
+shares with the group's type, then the group's own (nestdsl/spec/optimizers.py). AdamW uses
+betas = (beta, beta2) and eps.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nestdsl.optim.delta_momentum import DeltaMomentum
-from nestdsl.optim.dgd import DGD
-from nestdsl.optim.dmgd import DMGD
 from nestdsl.optim.levels import optimizer_spec
-from nestdsl.optim.m3 import M3
-from nestdsl.optim.momentum import MomentumSGD
-from nestdsl.optim.muon import Muon
-from nestdsl.optim.precond import PreconditionedMomentum
 from nestdsl.spec import ir
 
 __all__ = ["MultiOptimizer", "build", "classify", "make_optimizer"]
@@ -40,37 +35,13 @@ __all__ = ["MultiOptimizer", "build", "classify", "make_optimizer"]
 _EMBED_MARKERS = ("embed", "wte", "lm_head")
 
 
-def _adamw(param_groups: list[dict[str, Any]], *, beta: float, beta2: float, **kw: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups, betas=(beta, beta2), **kw)
-
-
-def _sgd(param_groups: list[dict[str, Any]], **kw: Any) -> torch.optim.Optimizer:
-    return MomentumSGD(param_groups, beta=0.0, **kw)
-
-
-#: optimizer type -> constructor taking (param_groups, lr, weight_decay, *its OPTIMIZER_FIELDS)
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": _sgd,
-    "momentum": MomentumSGD,
-    "precond_momentum": PreconditionedMomentum,
-    "delta_momentum": DeltaMomentum,
-    "dmgd": DMGD,
-    "muon": Muon,
-    "m3": M3,
-    "adamw": _adamw,
-    "dgd": DGD,
-}
-
-
-def make_optimizer(
-    kind: str, spec: Any, param_groups: list[dict[str, Any]]
-) -> torch.optim.Optimizer:
-    """One optimizer of type `kind` over `param_groups` (dicts with params, lr, weight_decay),
-    with the hyper-parameters `ir.OPTIMIZER_FIELDS[kind]` from `spec`."""
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer type {kind!r}")
-    fields = {f: getattr(spec, f) for f in ir.OPTIMIZER_FIELDS[kind]}
-    return OPTIMIZERS[kind](param_groups, lr=spec.lr, weight_decay=spec.weight_decay, **fields)
+def make_optimizer(spec: ir.Optimizer, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The torch optimizer of a typed optimizer spec over `param_groups` (dicts with params, lr,
+    weight_decay): its model's `implementation` with lr, weight_decay and the type's
+    hyper-parameters as keywords."""
+    module, _, name = type(spec).implementation.partition(":")
+    constructor: Callable[..., torch.optim.Optimizer] = getattr(importlib.import_module(module), name)
+    return constructor(param_groups, lr=spec.lr, weight_decay=spec.weight_decay, **spec.hyper_values())
 
 
 def classify(name: str | None, p: Tensor, embedding_ids: set[int] = frozenset()) -> set[str]:  # type: ignore[assignment]
@@ -127,32 +98,29 @@ def build(
     named, found_ids = _named(params_or_named_params)
     embedding_ids = found_ids | set(embedding_ids or ())
     seen: set[int] = set()
-    # (type, lr, weight_decay) -> names, tensors; insertion order keeps the result stable
-    buckets: dict[tuple[str, float, float], tuple[list[str], list[Tensor]]] = {}
+    routes = [(grp.params, ir.group_optimizer(spec, grp)) for grp in spec.groups]
+    # one torch optimizer per (type, hyper-parameters); within it one param group per
+    # (lr, weight_decay). Insertion order keeps the result stable.
+    buckets: dict[tuple[Any, ...], tuple[ir.Optimizer, dict[tuple[float, float], tuple[list[str], list[Tensor]]]]] = {}
     for i, (name, p) in enumerate(named):
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
         classes = classify(name, p, embedding_ids)
-        kind, lr, wd = spec.type, spec.lr, spec.weight_decay
-        for grp in spec.groups:
-            if grp.params in classes:
-                kind = grp.type or spec.type
-                lr = grp.lr if grp.lr is not None else spec.lr
-                wd = grp.weight_decay if grp.weight_decay is not None else spec.weight_decay
-                break
-        names, tensors = buckets.setdefault((kind, lr, wd), ([], []))
+        routed = next((opt for params, opt in routes if params in classes), spec)
+        key = (routed.type, tuple(routed.hyper_values().items()))
+        _, by_rate = buckets.setdefault(key, (routed, {}))
+        names, tensors = by_rate.setdefault((routed.lr, routed.weight_decay), ([], []))
         names.append(name if name is not None else f"param{i}")
         tensors.append(p)
     if not buckets:
         raise ValueError("build(): no trainable parameters")
-
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for (kind, lr, wd), (names, tensors) in buckets.items():
-        by_type.setdefault(kind, []).append(
-            {"params": tensors, "lr": lr, "weight_decay": wd, "names": names, "type": kind}
-        )
-    optimizers = [make_optimizer(kind, spec, groups) for kind, groups in by_type.items()]
+    optimizers = [
+        make_optimizer(routed, [{"params": tensors, "lr": lr, "weight_decay": wd, "names": names,
+                                 "type": routed.type}
+                                for (lr, wd), (names, tensors) in by_rate.items()])
+        for routed, by_rate in buckets.values()
+    ]
     return optimizers[0] if len(optimizers) == 1 else MultiOptimizer(optimizers)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from nestdsl.optim._base import DeepOptimizer, check_output, zeros_f32
 
-__all__ = ["MomentumSGD"]
+__all__ = ["MomentumSGD", "sgd"]
 
 
 class MomentumSGD(DeepOptimizer):
@@ -53,3 +53,8 @@ class MomentumSGD(DeepOptimizer):
         m: Tensor = state["m"]
         m.mul_(group["beta"]).add_(g, alpha=-group["lr"])
         return m
+
+
+def sgd(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0) -> MomentumSGD:
+    """Plain gradient descent (spec type `sgd`): momentum with beta = 0, W <- W - lr g."""
+    return MomentumSGD(params, lr=lr, beta=0.0, weight_decay=weight_decay)

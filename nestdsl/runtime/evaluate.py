@@ -138,7 +138,8 @@ def evaluate(
                         skipped.append(f"S-NIAH-{v} needs length >= {lo}")
                         continue
                     progress.working_on(f"S-NIAH-{v} at length {n}")
-                    t = niah.NIAHTask(seq_len=n, batch=data.batch, seed=data.seed + 1, variant=v)
+                    # (`t` holds each --task's own task class)
+                    t: Any = niah.NIAHTask(seq_len=n, batch=data.batch, seed=data.seed + 1, variant=v)
                     _, acc, _ = _mean_loss_and_acc(model, t, batches, device, "val")
                     row[n] = acc
                     progress.advance()
@@ -171,7 +172,7 @@ def evaluate(
         split = "val" if t.split_size("train") < t.num_tokens else "train"
         loss, _, _ = _mean_loss_and_acc(model, t, batches, device, split, accuracy=False)
         bpt = getattr(t, "bytes_per_token", 1.0)
-        result = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bpt}
+        result: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bpt}
         table = Table(title=f"text · {spec.name} · {path} ({split} split)")
         for k in result:
             table.add_column(k, justify="right")

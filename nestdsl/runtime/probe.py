@@ -143,16 +143,18 @@ def probe(spec: ir.Spec, *, spec_text: str | None = None, steps: int = 0, sequen
     from nestdsl.runtime import checkpoint as ck
     from nestdsl.runtime.train import train
 
+    assert spec.model is not None, "probe needs a model spec"
     if spec.model.vocab < 128:
         raise ValueError(f"the probe feeds byte text (S-NIAH-1): model.vocab {spec.model.vocab} "
                          "< 128; probe a spec with a byte vocabulary (256)")
     text = spec_text if spec_text is not None else spec.model_dump_json()
-    torch.manual_seed(spec.train.seed)
+    train_cfg = spec.train or ir.Train()  # a model spec without `train:` probes with the defaults
+    torch.manual_seed(train_cfg.seed)
     model = nestdsl.compile(spec, compile=False).model
     if steps:
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
-            quiet = spec.model_copy(update={"train": spec.train.model_copy(update={
+            quiet = spec.model_copy(update={"train": train_cfg.model_copy(update={
                 "ckpt_every": steps, "log_every": steps, "compile": False})})
             if progress:
                 progress(f"training {steps} steps")

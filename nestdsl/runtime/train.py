@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -41,8 +41,9 @@ from nestdsl.spec import ir
 
 if TYPE_CHECKING:
     from nestdsl.lower import CompiledSystem
+    from nestdsl.lower.model import NestModel
 
-DEFAULT_OPTIMIZER = ir.Optimizer(type="adamw", lr=3e-3, weight_decay=0.01, beta=0.9, beta2=0.99)
+DEFAULT_OPTIMIZER = ir.AdamWOptimizer(type="adamw", lr=3e-3, weight_decay=0.01, beta=0.9, beta2=0.99)
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,7 +107,7 @@ class LossModule(torch.nn.Module):
     """`forward` = the model's training loss (times `scale`), so DistributedDataParallel can
     wrap it: DDP's hooks fire on `forward`, not on `model.loss`."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: NestModel) -> None:
         super().__init__()
         self.model = model
 
@@ -256,7 +257,7 @@ def _make_task(data_spec: ir.Data, spec: ir.Spec, run_dir: Path) -> Any:
     subs = data_spec.tasks if isinstance(data_spec, ir.ContinualData) else [data_spec]
     if src and any(_rel_missing(d) for d in subs):
         cand = Path(src).parent
-        if all((cand / d.path).exists() for d in subs if _rel_missing(d)):
+        if all((cand / cast(ir.TextData, d).path).exists() for d in subs if _rel_missing(d)):
             base_dir = cand
     return make_task(data_spec, base_dir=base_dir, cache_dir=run_dir)
 
@@ -363,7 +364,7 @@ def train(
     loss_module: torch.nn.Module = LossModule(model)
     if distributed:
         loss_module = distributed.wrap(loss_module)
-    autocast = (
+    autocast: contextlib.AbstractContextManager[Any] = (
         torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
         if train_cfg.precision == "bf16" else contextlib.nullcontext()
     )
@@ -462,8 +463,9 @@ def train(
             # the scored tokens makes that average the gradient of the global-batch mean.
             scale = _valid_count(targets, mask) * world / max(n_global, 1)
         will_log = (step + 1) % train_cfg.log_every == 0 or step + 1 == total_steps
-        recorder = (telemetry.recording() if train_cfg.telemetry and will_log and rank == 0
-                    else contextlib.nullcontext({}))
+        recorder: contextlib.AbstractContextManager[dict[str, dict[str, torch.Tensor]]] = (
+            telemetry.recording() if train_cfg.telemetry and will_log and rank == 0
+            else contextlib.nullcontext({}))
         with recorder as inner_stats, autocast:
             loss = loss_module(tokens, targets, mask, scale)
         loss.backward()
@@ -513,7 +515,7 @@ def train(
             last_loss = mean_loss
             now = time.perf_counter()
             elapsed = now - t_start
-            record = {
+            record: dict[str, Any] = {
                 "step": done,
                 "loss": mean_loss,
                 "lr": _main_lr(level_opts) * factor,
@@ -573,7 +575,7 @@ def _culprit(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) -> st
     firsts = snapshot.tolist()
     for (name, mod), t in zip(probes, firsts, strict=True):
         if 0 <= t < mod.probe.length:
-            chunk = getattr(mod, "chunk", None) or getattr(mod, "c_mem", 1)
+            chunk = cast(int, getattr(mod, "chunk", None) or getattr(mod, "c_mem", 1))
             label = getattr(mod, "name", name)
             return (f": the first non-finite memory output was in '{label}' (module {name}) at "
                     f"token {t}, chunk {t // max(chunk, 1)} of {chunk} tokens")

@@ -15,42 +15,40 @@ import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     WithJsonSchema,
     model_serializer,
 )
-from pydantic.json_schema import SkipJsonSchema
 
-from nestdsl.spec.source import Span
+from nestdsl.spec.node import Node
+from nestdsl.spec.optimizers import (  # noqa: F401 (re-exported: the spec's types are named in ir)
+    GROUP_MODELS,
+    OPTIMIZER_COMMON,
+    OPTIMIZER_FIELDS,
+    OPTIMIZER_MODELS,
+    AdamWOptimizer,
+    AnyGroup,
+    AnyOptimizer,
+    DeltaMomentumOptimizer,
+    DGDOptimizer,
+    DMGDOptimizer,
+    M3Optimizer,
+    MomentumOptimizer,
+    MuonOptimizer,
+    Optimizer,
+    OptimizerType,
+    ParamGroup,
+    PrecondMomentumOptimizer,
+    SGDOptimizer,
+    group_optimizer,
+    optimizer,
+    param_group,
+)
 from nestdsl.vocabulary import EraseRate, MemoryKind, ReadMode, RuleKind
 
 SPEC_VERSION = 1
-
-# ---------------------------------------------------------------------------------------------
-# Base node
-
-
-class Node(BaseModel):
-    """Base of every IR node: unknown fields are errors; `span` is the node's source position."""
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=False, use_enum_values=True, allow_inf_nan=False
-    )
-
-    span: SkipJsonSchema[Span | None] = Field(default=None, exclude=True, repr=False)
-
-    def __eq__(self, other: object) -> bool:
-        # Positions are provenance, not meaning: two specs are equal when their content is.
-        if type(self) is not type(other):
-            return NotImplemented
-        return self.model_dump() == other.model_dump()  # type: ignore[union-attr]
-
-    __hash__ = None  # type: ignore[assignment]
-
 
 # ---------------------------------------------------------------------------------------------
 # Periods: "16 tokens", "4 steps", or a bare int (tokens)
@@ -465,65 +463,9 @@ class Model(Node):
 # ---------------------------------------------------------------------------------------------
 # Outer optimizer (docs/design.md §4)
 
-OptimizerType = Literal[
-    "sgd", "momentum", "precond_momentum", "delta_momentum", "dmgd", "muon", "m3", "adamw", "dgd"
-]
+# One model per optimizer type (fields, level description, implementation):
+# nestdsl/spec/optimizers.py, re-exported here.
 
-
-#: The hyper-parameters each optimizer type reads, besides `lr`, `weight_decay` and `groups` (the
-#: one table: the checker rejects any other field, the builder passes exactly these).
-OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {
-    "sgd": (),
-    "momentum": ("beta", "output", "ns_steps"),
-    "precond_momentum": ("beta", "beta2", "eps"),
-    "delta_momentum": ("beta", "momentum_lr", "normalize", "output", "ns_steps"),
-    "dmgd": ("beta", "momentum_lr", "hidden", "output", "ns_steps"),
-    "muon": ("beta", "ns_steps"),
-    "m3": ("beta", "beta2", "beta_slow", "alpha", "slow_every", "ns_steps", "eps"),
-    "adamw": ("beta", "beta2", "eps"),
-    "dgd": (),
-}
-OPTIMIZER_COMMON = ("type", "lr", "weight_decay", "groups")
-
-
-class ParamGroup(Node):
-    """Route a class of parameters to another optimizer type / lr (Muon-style split)."""
-
-    params: Literal["matrices", "vectors", "embeddings", "all"]
-    type: OptimizerType | None = None
-    lr: float | None = Field(default=None, gt=0)
-    weight_decay: float | None = Field(default=None, ge=0)
-
-
-class Optimizer(Node):
-    """The outer optimizer as a nested memory over gradients.
-
-    momentum-family types keep a momentum memory m with decay `beta` and step size `lr`;
-    `delta_momentum` uses the L2 objective (normalised gradients, `normalize`), `dmgd` an MLP
-    momentum (`hidden`), `muon`/`m3` orthogonalise with Newton-Schulz (`ns_steps`), `m3` adds a
-    slow momentum firing every `slow_every` steps and an Adam-style second moment (`beta2`).
-    """
-
-    type: OptimizerType
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    beta: float = Field(default=0.9, ge=0, le=1, description="momentum decay")
-    beta2: float = Field(default=0.999, ge=0, lt=1, description="second-moment decay")
-    eps: float = Field(default=1e-8, gt=0)
-    momentum_lr: float = Field(default=1.0, gt=0, description="inner step of delta/dmgd memory")
-    normalize: Literal["none", "row", "global"] = Field(
-        default="row", description="delta_momentum: gradient normalisation for the erase term"
-    )
-    hidden: int = Field(default=2, ge=1, description="dmgd: hidden multiple of the MLP momentum")
-    output: Literal["identity", "newton_schulz"] = Field(
-        default="identity",
-        description="momentum / delta_momentum / dmgd: the momentum's read as is, or through "
-                    "Newton-Schulz (NL Eq. 42-44; momentum + newton_schulz is Muon)")
-    ns_steps: int = Field(default=5, ge=1)
-    slow_every: int = Field(default=8, ge=1, description="m3: slow momentum period in steps")
-    beta_slow: float = Field(default=0.99, ge=0, le=1, description="m3: slow momentum decay")
-    alpha: float = Field(default=1.0, ge=0, description="m3: weight of the slow momentum")
-    groups: list[ParamGroup] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,7 +562,7 @@ class Spec(Node):
     memories: dict[str, AnyMemory] = Field(default_factory=dict)
     cms: dict[str, CMS] = Field(default_factory=dict)
     blocks: dict[str, Block] = Field(default_factory=dict)
-    optimizer: Optimizer | str | None = Field(
+    optimizer: AnyOptimizer | str | None = Field(
         default=None,
         description="inline optimizer, the name of a shipped optimizer spec (adamw, muon, m3, "
                     "dmgd, delta-momentum, sgd-momentum), or a path to an optimizer spec file "

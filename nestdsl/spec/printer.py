@@ -73,12 +73,6 @@ def _is_empty_default(field: Any, value: Any) -> bool:
     return empty and _is_default(field, value)
 
 
-def _optimizer_reads(opt: ir.Optimizer) -> set[str]:
-    """The fields of an optimizer its type and its groups' types read (`ir.OPTIMIZER_FIELDS`)."""
-    kinds = [opt.type] + [g.type for g in opt.groups if g.type]
-    return set(ir.OPTIMIZER_COMMON) | {f for k in kinds for f in ir.OPTIMIZER_FIELDS[k]}
-
-
 def to_plain(node: Any, full: bool = False) -> Any:
     """IR → dicts/lists/scalars in canonical order, without fields equal to their defaults
     (`full`: with them, see `print_spec`)."""
@@ -94,7 +88,8 @@ def to_plain(node: Any, full: bool = False) -> Any:
         if isinstance(node, ir.Memory):
             first += [n for n in _MEMORY_ARGS if n in names]  # architecture right after the kind
         ordered = first + [n for n in names if n not in first]
-        reads = _optimizer_reads(node) if full and isinstance(node, ir.Optimizer) else None
+        if isinstance(node, ir.Optimizer):  # the type's hyper-parameters, then the groups
+            ordered = [n for n in ordered if n != "groups"] + ["groups"]
         for name in ordered:
             value = getattr(node, name)
             field = fields[name]
@@ -102,7 +97,7 @@ def to_plain(node: Any, full: bool = False) -> Any:
             if field.is_required() or (name == "kind" and isinstance(node, ir.Rule)):
                 out[name] = to_plain(value, full)
             elif full:
-                if not _is_empty_default(field, value) and (reads is None or name in reads):
+                if not _is_empty_default(field, value):
                     out[name] = to_plain(value, full)
             elif not _is_default(field, value):
                 out[name] = to_plain(value, full)

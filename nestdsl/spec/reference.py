@@ -84,11 +84,9 @@ FIELD_NOTES: dict[tuple[type[BaseModel], str], str] = {
     (ir.ParamGroup, "type"): "optimizer type for these parameters (null: the optimizer's)",
     (ir.ParamGroup, "lr"): "learning rate for these parameters (null: the optimizer's)",
     (ir.ParamGroup, "weight_decay"): "weight decay for these parameters (null: the optimizer's)",
-    (ir.Optimizer, "type"): "the update rule; the table below lists the fields each type reads",
+    (ir.Optimizer, "type"): "the update rule (the discriminator)",
     (ir.Optimizer, "lr"): "outer learning rate, the peak of `train.schedule`",
     (ir.Optimizer, "weight_decay"): "weight decay",
-    (ir.Optimizer, "eps"): "floor of the second-moment denominator",
-    (ir.Optimizer, "ns_steps"): "Newton-Schulz iterations",
     (ir.Optimizer, "groups"): "route parameter classes to another type / lr / weight decay",
     (ir._Data, "seq_len"): "tokens per training sequence",
     (ir._Data, "batch"): "sequences per outer step",
@@ -119,6 +117,10 @@ FIELD_NOTES: dict[tuple[type[BaseModel], str], str] = {
     (ir.Train, "precision"): "fp32, or bf16 autocast",
     (ir.Block, "layers"): "the layers in order, each chosen by `type`",
 }
+
+#: Models documented by another: a typed parameter group is ParamGroup plus its type's fields,
+#: which that type's section lists (`_group_table`).
+_STAND_INS: dict[type[BaseModel], type[BaseModel]] = {m: ir.ParamGroup for m in ir.GROUP_MODELS.values()}
 
 #: Intros of the models ir.py gives no docstring (same rule as FIELD_NOTES).
 MODEL_NOTES: dict[type[BaseModel], str] = {
@@ -199,7 +201,7 @@ def _children(tp: Any, place: str) -> Iterator[tuple[type[BaseModel], str, str |
     elif origin is dict:
         yield from _children(args[1], f"{place}.<name>")
     elif _is_model(tp):
-        yield tp, place, None
+        yield _STAND_INS.get(tp, tp), place, None
 
 
 def _walk(root: type[BaseModel]) -> list[_Section]:
@@ -276,7 +278,7 @@ def _render_type(tp: Any, metadata: list[Any]) -> str:
                     for m in members if _is_model(m)]
             text = f"one of, by `{discriminator}`: " + " \\| ".join(tags)
         else:
-            text = " \\| ".join(_render_type(m, metadata) for m in members if m is not type(None))
+            text = " \\| ".join(dict.fromkeys(_render_type(m, metadata) for m in members if m is not type(None)))
         return text + (" \\| `null`" if type(None) in members else "")
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
@@ -288,6 +290,7 @@ def _render_type(tp: Any, metadata: list[Any]) -> str:
     if origin is dict:
         return f"map: name → {_render_type(args[1], [])}"
     if _is_model(tp):
+        tp = _STAND_INS.get(tp, tp)
         return f"[{tp.__name__}](#{tp.__name__.lower()})"
     if tp in _SCALARS:
         name = _SCALARS[tp]
@@ -382,17 +385,16 @@ a nested section; in a place, `<name>` is a key you choose and `[i]` a list posi
 """
 
 
-def _optimizer_table() -> list[str]:
-    """Which Optimizer fields each `type` reads (ir.OPTIMIZER_FIELDS: the checker rejects any
-    other field, the builder passes exactly these)."""
-    common = ", ".join(f"`{f}`" for f in ir.OPTIMIZER_COMMON if f != "type")
-    rows = ["", f"Every type reads {common}; besides them:", "", "| type | also reads |", "|---|---|"]
+def _group_table() -> list[str]:
+    """The hyper-parameters a group of each `type` may set (those its optimizer section lists)."""
+    rows = ["", "A group with a `type` may also set that type's hyper-parameters:", "",
+            "| type | also takes |", "|---|---|"]
     for kind, names in ir.OPTIMIZER_FIELDS.items():
         rows.append(f"| `{kind}` | {', '.join(f'`{n}`' for n in names) or '—'} |")
     return rows
 
 
-_EXTRAS = {ir.Optimizer: _optimizer_table}
+_EXTRAS = {ir.ParamGroup: _group_table}
 
 
 def _section(section: _Section) -> list[str]:

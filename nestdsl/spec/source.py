@@ -18,6 +18,10 @@ __all__ = ["Document", "Path", "Span"]
 Path = tuple[str | int, ...]
 
 
+#: The tag of a function-discriminated union's member without a `type` (spec/optimizers.py).
+UNTYPED_TAG = "inherit"
+
+
 @dataclass
 class Document:
     """Parsed spec data with a position for every node.
@@ -81,13 +85,17 @@ class Document:
         after the union's position: ``('blocks', 'b', 'layers', 0, 'memory', 'conv')``. A tag
         can collide with a real field name (the `memory` layer has a `memory` field), so a part
         is a tag exactly when it equals the `type`/`task`/`kind` of the mapping at that point and
-        is not one of its keys.
+        is not one of its keys. A union tagged by a function (optimizer `groups`) names its untyped
+        member `inherit` (`UNTYPED_TAG`), a tag where the mapping has no `type`.
         """
         node = self.data
         out: list[Any] = []
         for part in loc:
+            if isinstance(node, dict) and isinstance(part, str) and part not in node and "[" in part:
+                continue  # a union member's schema name (`tagged-union[...]`), not a key
             if isinstance(node, dict) and isinstance(part, str) and part not in node \
-                    and part in (node.get("type"), node.get("task"), node.get("kind")):
+                    and (part in (node.get("type"), node.get("task"), node.get("kind"))
+                         or (part == UNTYPED_TAG and node.get("type") is None)):
                 continue
             out.append(part)
             if isinstance(node, dict):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from nestdsl.diagnostics import Diagnostic, SpecError, choices_hint, did_you_mean
 from nestdsl.spec import ir
-from nestdsl.spec.source import Document, Path
+from nestdsl.spec.source import UNTYPED_TAG, Document, Path
 
 # Error types that only say "this was not of type X": in a union they are noise when another
 # member accepted the type and reported a more specific problem.
@@ -293,7 +293,7 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
     clean = tuple(p for p in doc.strip_tags(loc) if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     field = str(clean[-1]) if clean else "spec"
     parent_model = _model_at(clean[:-1], doc)
-    where = _dotted(doc.written(_without_tags(clean, doc)))
+    where = _dotted(doc.written(doc.strip_tags(clean)))
     if len(path) < len(loc) and not isinstance(doc.find(path), (dict, list)) and etype != "missing":
         # The value was a scalar that a before-validator expanded (a period "16 tokens" becomes
         # {every, unit}): name the field the user wrote, not the expanded one.
@@ -302,7 +302,7 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
         parent_model = _model_at(_clean_doc_path(path[:-1], loc), doc) if path else parent_model
 
     if etype == "extra_forbidden":
-        misplaced = _misplaced_memory_field(clean, doc)
+        misplaced = _misplaced_memory_field(clean, doc) or _misplaced_optimizer_field(clean, doc)
         if misplaced is not None:
             return misplaced
         allowed = _fields(parent_model)
@@ -328,8 +328,9 @@ def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
             code="missing",
         )
     if etype == "union_tag_invalid":
-        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        tags = [t for t in re.findall(r"'([^']*)'", str(ctx.get("expected_tags", ""))) if t != UNTYPED_TAG]
         disc = ctx.get("discriminator", "type").strip("'")
+        disc = "type" if disc.endswith("()") else disc  # a union tagged by a function (groups)
         return Diagnostic(
             doc.position(path + (disc,)),
             f"unknown {disc} '{ctx.get('tag')}' in {_section(clean)}",
@@ -417,22 +418,43 @@ def _misplaced_memory_field(clean: tuple[Any, ...], doc: Document) -> Diagnostic
     return Diagnostic(doc.position(target, key=not at_value), words[0], words[1], code="combination")
 
 
-def _without_tags(loc: tuple[Any, ...], doc: Document) -> tuple[Any, ...]:
-    """Drop discriminator tags pydantic inserts into `loc` (`data.continual.tasks` is
-    `data.tasks` in the file): a part naming the node's own `task`/`type` value is a tag."""
-    node: Any = doc.data
-    out: list[Any] = []
-    for part in loc:
-        if isinstance(node, dict) and part not in node and part in (node.get("task"), node.get("type"), node.get("kind")):
-            continue
-        out.append(part)
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-        else:
-            node = None
-    return tuple(out)
+def _misplaced_optimizer_field(clean: tuple[Any, ...], doc: Document) -> Diagnostic | None:
+    """A hyper-parameter the optimizer's (or a group's) type does not read: which types do, and
+    when one of the spec's groups reads it, that it belongs on that group."""
+    if not clean or clean[0] != "optimizer" or len(clean) not in (2, 4):
+        return None
+    opt = doc.get(("optimizer",))
+    if not isinstance(opt, dict) or not isinstance(opt.get("type"), str) or opt["type"] not in ir.OPTIMIZER_FIELDS:
+        return None
+    field = str(clean[-1])
+    users = sorted(k for k, fs in ir.OPTIMIZER_FIELDS.items() if field in fs)
+    if not users:
+        return None
+    groups = [g for g in opt.get("groups") or [] if isinstance(g, dict)]
+    if len(clean) == 2:
+        kind, what = opt["type"], f"optimizer type '{opt['type']}'"
+        readers = [g for g in groups if g.get("type") in users]
+        fix = (f"the '{readers[0].get('params')}' group's type {readers[0]['type']} reads it: set it "
+               "on that group" if readers else "remove it or change `type`")
+    else:
+        group = doc.get(clean[:-1])
+        if not isinstance(group, dict):
+            return None
+        if group.get("type") is None:
+            return Diagnostic(
+                doc.position(clean, key=True),
+                f"optimizer group '{group.get('params')}' has no `type`: it sets only lr and weight_decay",
+                f"its optimizer is the parent's ({opt['type']}): "
+                + (f"set `{field}` on the optimizer" if opt["type"] in users
+                   else f"`{field}` is read by {', '.join(users)}: give the group one of those types"),
+                code="unknown-key")
+        kind = str(group["type"])
+        what = f"optimizer group '{group.get('params')}' of type '{kind}'"
+        fix = "remove it or change the group's `type`"
+    takes = ", ".join(ir.OPTIMIZER_FIELDS.get(kind, ())) or "nothing beyond lr and weight_decay"
+    return Diagnostic(doc.position(clean, key=True), f"{what} does not use `{field}`",
+                      f"{kind} takes: {takes}; `{field}` is read by {', '.join(users)}; {fix}",
+                      code="unknown-key")
 
 
 _ENTRY_NAMES = {"Level": "level", "Memory": "memory", "LinearMemory": "memory", "MLPMemory": "memory",

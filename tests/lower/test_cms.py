@@ -212,7 +212,11 @@ def test_hope_preset_levels():
     assert [(lv.kind, lv.tokens, lv.every_k, lv.signal) for lv in layer.levels] == [
         ("in-context", 16, 0, "task"), ("in-context", 64, 0, "task"), ("persistent", None, 4, "task")]
     assert [(n, k) for n, _, k in layer.persistent_levels()] == [("cms_slow", 4)]
-    assert len(layer.plan()) == 3
+    rows = layer.plan()
+    assert len(rows) == 3
+    # each stage's row carries its update equation and notes in their own columns
+    assert all(r.update and r.update.startswith("θ ←") and r.kernel is None and r.notes for r in rows)
+    assert rows[2].compiled.startswith("eager") and rows[2].params > 0
 
 
 def test_period_between_levels_is_a_checker_error():

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestdsl.optim import build, register_dgd_hooks
-from nestdsl.spec.ir import Optimizer
+from nestdsl.spec import ir
 
 STEPS = 20
 
@@ -61,11 +61,11 @@ def rows(t: Tensor) -> Tensor:
     return t.reshape(1, -1) if t.ndim == 1 else t
 
 
-def decay(W: Tensor, spec: Optimizer, lr: float | None = None) -> None:
+def decay(W: Tensor, spec: ir.Optimizer, lr: float | None = None) -> None:
     W.mul_(1 - (lr or spec.lr) * spec.weight_decay)
 
 
-def read_out(m: Tensor, spec: Optimizer) -> Tensor:
+def read_out(m: Tensor, spec: ir.Optimizer) -> Tensor:
     """What the parameters take from a momentum memory m: m itself, or with the Newton-Schulz
     output lr · s · NS(m) (Muon's shape scale s; NS discards m's scale, so lr enters after)."""
     if spec.output != "newton_schulz":
@@ -217,15 +217,15 @@ def ref_dgd(Ps, Gs, S, t, spec, X):
 @dataclass
 class Case:
     id: str
-    spec: Optimizer
+    spec: ir.Optimizer
     ref: Callable[..., None]
     ref_atol: float = 1e-6
     syncs_ok: bool = True  # False: not ours (torch's AdamW calls .item() on CPU)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def spec_(**kw: Any) -> Optimizer:
-    return Optimizer(**kw)
+def spec_(**kw: Any) -> ir.Optimizer:
+    return ir.optimizer(**kw)
 
 
 CASES = [

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nestdsl.optim import DGD, M3, MultiOptimizer, Muon, build, describe_levels, register_dgd_hooks
-from nestdsl.spec.ir import Optimizer, ParamGroup
+from nestdsl.spec import ir
 
 
 class TinyLM(nn.Module):
@@ -33,13 +33,13 @@ def _routes(opt: torch.optim.Optimizer) -> dict[str, tuple[str, float, float]]:
 
 
 def test_muon_with_embeddings_and_vectors_to_adamw() -> None:
-    spec = Optimizer(
+    spec = ir.optimizer(
         type="muon",
         lr=0.02,
         weight_decay=0.1,
         groups=[
-            ParamGroup(params="embeddings", type="adamw", lr=3e-3, weight_decay=0.0),
-            ParamGroup(params="vectors", type="adamw", lr=1e-3),
+            ir.param_group(params="embeddings", type="adamw", lr=3e-3, weight_decay=0.0),
+            ir.param_group(params="vectors", type="adamw", lr=1e-3),
         ],
     )
     model = TinyLM()
@@ -65,13 +65,13 @@ def test_muon_with_embeddings_and_vectors_to_adamw() -> None:
 
 
 def test_first_matching_group_wins_and_module_input() -> None:
-    spec = Optimizer(
+    spec = ir.optimizer(
         type="m3",
-        groups=[ParamGroup(params="all", type="adamw"), ParamGroup(params="matrices", type="sgd")],
+        groups=[ir.param_group(params="all", type="adamw"), ir.param_group(params="matrices", type="sgd")],
     )
     opt = build(spec, TinyLM())
     assert isinstance(opt, torch.optim.AdamW)
-    spec2 = Optimizer(type="m3", groups=[ParamGroup(params="vectors", type="adamw")])
+    spec2 = ir.optimizer(type="m3", groups=[ir.param_group(params="vectors", type="adamw")])
     opt2 = build(spec2, TinyLM())  # nn.Embedding detected from the module, even unnamed
     kinds = {n: t for n, (t, _, _) in _routes(opt2).items()}
     assert kinds["embed.weight"] == "m3" and kinds["proj.bias"] == "adamw"
@@ -81,16 +81,16 @@ def test_first_matching_group_wins_and_module_input() -> None:
 def test_plain_tensors_and_tied_weights() -> None:
     model = TinyLM()
     model.lm_head.weight = model.embed.weight  # tied: appears once
-    opt = build(Optimizer(type="momentum"), list(model.parameters()))
+    opt = build(ir.optimizer(type="momentum"), list(model.parameters()))
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     with pytest.raises(TypeError):
-        build(Optimizer(type="sgd"), [1, 2])
+        build(ir.optimizer(type="sgd"), [1, 2])
 
 
 def test_dgd_hooks_and_fallback() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
-    spec = Optimizer(type="dgd", lr=0.1, groups=[ParamGroup(params="vectors", type="adamw")])
+    spec = ir.optimizer(type="dgd", lr=0.1, groups=[ir.param_group(params="vectors", type="adamw")])
     opt = build(spec, model.named_parameters())
     handles = register_dgd_hooks(model, opt)
     assert len(handles) == 2
@@ -112,7 +112,7 @@ def test_dgd_hooks_and_fallback() -> None:
     ["sgd", "momentum", "precond_momentum", "delta_momentum", "dmgd", "muon", "m3", "adamw", "dgd"],
 )
 def test_describe_levels_schema(kind: str) -> None:
-    levels = describe_levels(Optimizer(type=kind, slow_every=16))
+    levels = describe_levels(ir.optimizer(type=kind, **({"slow_every": 16} if kind == "m3" else {})))
     assert levels
     names = [lv["name"] for lv in levels]
     assert len(names) == len(set(names))
@@ -125,17 +125,17 @@ def test_describe_levels_schema(kind: str) -> None:
 
 
 def test_m3_levels_and_groups() -> None:
-    spec = Optimizer(type="m3", slow_every=16, groups=[ParamGroup(params="vectors", type="adamw")])
+    spec = ir.optimizer(type="m3", slow_every=16, groups=[ir.param_group(params="vectors", type="adamw")])
     lv = {x["name"]: x for x in describe_levels(spec)}
     assert lv["fast_momentum"]["period"] == 1
     assert lv["slow_momentum"]["period"] == 16
     assert lv["second_moment"]["period"] == 1
     assert lv["vectors.second_moment"]["params"] == "vectors"
-    muon = {x["name"]: x for x in describe_levels(Optimizer(type="muon"))}
+    muon = {x["name"]: x for x in describe_levels(ir.optimizer(type="muon"))}
     assert muon["newton_schulz"]["objective"] == "orthogonality"
     assert muon["momentum"]["writes"] == "newton_schulz"
-    assert describe_levels(Optimizer(type="dmgd"))[0]["memory"] == "mlp"
-    assert describe_levels(Optimizer(type="delta_momentum"))[0]["objective"] == "l2"
+    assert describe_levels(ir.optimizer(type="dmgd"))[0]["memory"] == "mlp"
+    assert describe_levels(ir.optimizer(type="delta_momentum"))[0]["objective"] == "l2"
 
 
 def test_levels_module_does_not_import_torch() -> None:
@@ -170,8 +170,8 @@ def test_build_takes_a_spec_file_path_a_spec_or_an_ir_node(tmp_path) -> None:
 def test_newton_schulz_output_is_a_level_of_any_momentum_memory(kind: str) -> None:
     """`output: newton_schulz` wraps the momentum memory: it writes into an orthogonality level
     that writes the parameters (momentum + this output is the Muon level structure)."""
-    plain = describe_levels(Optimizer(type=kind))
-    lv = describe_levels(Optimizer(type=kind, output="newton_schulz", ns_steps=3))
+    plain = describe_levels(ir.optimizer(type=kind))
+    lv = describe_levels(ir.optimizer(type=kind, output="newton_schulz", ns_steps=3))
     assert [x["name"] for x in lv] == [x["name"] for x in plain] + ["newton_schulz"]
     assert lv[-2]["writes"] == "newton_schulz" and lv[-1]["writes"] == "params"
     assert lv[-1]["objective"] == "orthogonality" and lv[-1]["inner_steps"] == 3

@@ -1,4 +1,4 @@
-"""Every Deep Optimizer through `nestdsl train`: the tiny transformer preset trains with each
+"""Every Deep ir.Optimizer through `nestdsl train`: the tiny transformer preset trains with each
 shipped optimizer spec (`nestdsl/optim/specs/*.yaml`, by name; and the types no shipped spec uses,
 inline: dgd, precond_momentum, sgd) for 8 steps, logs finite losses, builds the optimizer the spec names, and resumes from its mid-run
 checkpoint bit-identically to the uninterrupted run (CPU, float32).
@@ -167,10 +167,10 @@ def _batch(vocab: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
 def test_dgd_hooks_capture_every_linear_of_the_model() -> None:
     from nestdsl.optim import DGD
     from nestdsl.runtime.train import build_level_optimizers
-    from nestdsl.spec.ir import Optimizer, ParamGroup
+    from nestdsl.spec import ir
 
     _, system = _system()
-    spec = Optimizer(type="dgd", lr=0.05, groups=[ParamGroup(params="embeddings", type="adamw")])
+    spec = ir.optimizer(type="dgd", lr=0.05, groups=[ir.param_group(params="embeddings", type="adamw")])
     (lo,) = build_level_optimizers(system, spec)
     linears = [m for m in system.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and len(lo.hooks) == len(linears)
@@ -194,10 +194,10 @@ def test_dgd_captured_inputs_round_trip_through_a_checkpoint(tmp_path: Path) -> 
     captured so far are part of the optimizer state."""
     from nestdsl.optim import DGD
     from nestdsl.runtime.train import build_level_optimizers
-    from nestdsl.spec.ir import Optimizer
+    from nestdsl.spec import ir
 
     _, system = _system()
-    (lo,) = build_level_optimizers(system, Optimizer(type="dgd", lr=0.05))
+    (lo,) = build_level_optimizers(system, ir.optimizer(type="dgd", lr=0.05))
     dgd = lo.optimizer
     assert isinstance(dgd, DGD)
     tokens, targets = _batch()
@@ -205,7 +205,7 @@ def test_dgd_captured_inputs_round_trip_through_a_checkpoint(tmp_path: Path) -> 
     ck.save_checkpoint(tmp_path, 1, model=system.model, optimizer=[dgd], spec_text="x")
 
     _, system2 = _system()
-    (lo2,) = build_level_optimizers(system2, Optimizer(type="dgd", lr=0.05))
+    (lo2,) = build_level_optimizers(system2, ir.optimizer(type="dgd", lr=0.05))
     ck.load_checkpoint(
         ck.find_latest(tmp_path), model=system2.model, optimizer=[lo2.optimizer], spec_text="x"
     )

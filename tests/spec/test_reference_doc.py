@@ -55,7 +55,10 @@ def test_the_committed_reference_is_the_generated_one() -> None:
 
 
 def test_every_field_of_every_reachable_model_has_a_row_in_its_section() -> None:
-    models = _reachable(ir.Spec)
+    # a typed parameter group is ParamGroup plus its type's hyper-parameters: one section (with
+    # a row per type listing them) documents all of them
+    typed_groups = set(ir.GROUP_MODELS.values())
+    models = _reachable(ir.Spec) - typed_groups
     # the spec's sections, nested models and union members all reach the document
     assert {ir.Model, ir.Rule, ir.LearnedGate, ir.CMSStage, ir.MemoryLayer, ir.SelfModifyingLayer,
             ir.ParamGroup, ir.TextData, ir.ContinualData, ir.Train} <= models
@@ -69,13 +72,17 @@ def test_every_field_of_every_reachable_model_has_a_row_in_its_section() -> None
                 assert row not in sections[model.__name__]
             else:
                 assert row in sections[model.__name__], f"{model.__name__}.{name} has no row"
+    for kind, group in ir.GROUP_MODELS.items():
+        extra = [n for n in group.model_fields if n not in ir.ParamGroup.model_fields]
+        assert extra == list(ir.OPTIMIZER_FIELDS[kind])
+        assert f"| `{kind}` | {', '.join(f'`{n}`' for n in extra) or '—'} |" in sections["ParamGroup"]
 
 
 def test_every_field_and_model_has_a_description() -> None:
     body = reference_markdown()
     assert " |  |\n" not in body, "a field row has an empty description (add Field(description=...))"
     sections = _sections(body)
-    for model in _reachable(ir.Spec):
+    for model in _reachable(ir.Spec) - set(ir.GROUP_MODELS.values()):
         # a docstring or note under the heading, before the "In a spec:" line
         assert not sections[model.__name__].lstrip("\n").startswith("In a spec:"), model.__name__
 
@@ -98,8 +105,8 @@ def test_types_and_defaults_read_like_the_spec() -> None:
     assert "| `lr_warmup` | int ≥ 1 \\| `null` | `null` |" in rule
     assert "| `scale` | float > 0 | `1.0` |" in gate
     assert "| `width` | int ≥ 1 | required |" in model
-    assert "| `beta2` | 0 ≤ float < 1 | `0.999` |" in sections["Optimizer"]
-    assert "| `eps` | float > 0 | `1e-8` |" in sections["Optimizer"]
+    assert "| `beta2` | 0 ≤ float < 1 | `0.999` |" in sections["AdamWOptimizer"]
+    assert "| `eps` | float > 0 | `1e-8` |" in sections["AdamWOptimizer"]
     assert "selected by `type: mal`" in sections["MALLayer"]
     assert "`data`, `data.tasks[i]`, selected by `task: text`" in sections["TextData"]
     # a description's |x| must not split the table row

@@ -193,24 +193,30 @@ MODEL = st.fixed_dictionaries(
     optional={"vocab": st.integers(2, 100_000), "heads": SMALL_INT, "tie_embeddings": st.booleans()},
 )
 OPT_TYPES = ["sgd", "momentum", "precond_momentum", "delta_momentum", "dmgd", "muon", "m3", "adamw", "dgd"]
-GROUP = st.fixed_dictionaries(
-    {"params": st.sampled_from(["matrices", "vectors", "embeddings", "all"])},
-    optional={
-        "type": st.one_of(st.none(), st.sampled_from(OPT_TYPES)),
-        "lr": st.one_of(st.none(), POS),
-        "weight_decay": st.one_of(st.none(), UNIT),
-    },
+# Each optimizer type takes its own hyper-parameters (ir.OPTIMIZER_FIELDS); a typed group may
+# set its type's, null meaning "the optimizer's".
+HYPER = {
+    "beta": UNIT, "beta2": st.floats(0.0, 0.999), "eps": POS, "momentum_lr": POS,
+    "normalize": st.sampled_from(["none", "row", "global"]), "hidden": SMALL_INT,
+    "output": st.sampled_from(["identity", "newton_schulz"]), "ns_steps": SMALL_INT,
+    "slow_every": SMALL_INT, "beta_slow": UNIT, "alpha": POS,
+}
+GROUP_COMMON = {"lr": st.one_of(st.none(), POS), "weight_decay": st.one_of(st.none(), UNIT)}
+PARAMS = st.sampled_from(["matrices", "vectors", "embeddings", "all"])
+GROUP = st.one_of(
+    st.fixed_dictionaries({"params": PARAMS}, optional={"type": st.none(), **GROUP_COMMON}),
+    *[st.fixed_dictionaries(
+        {"params": PARAMS, "type": st.just(kind)},
+        optional={**GROUP_COMMON, **{f: st.one_of(st.none(), HYPER[f]) for f in ir.OPTIMIZER_FIELDS[kind]}})
+      for kind in OPT_TYPES],
 )
-OPTIMIZER = st.fixed_dictionaries(
-    {"type": st.sampled_from(OPT_TYPES)},
-    optional={
-        "lr": POS, "weight_decay": UNIT, "beta": UNIT, "beta2": st.floats(0.0, 0.999), "eps": POS,
-        "momentum_lr": POS, "normalize": st.sampled_from(["none", "row", "global"]),
-        "hidden": SMALL_INT, "output": st.sampled_from(["identity", "newton_schulz"]),
-        "ns_steps": SMALL_INT, "slow_every": SMALL_INT, "beta_slow": UNIT, "alpha": POS,
-        "groups": st.lists(GROUP, max_size=3),
-    },
-)
+OPTIMIZER = st.one_of(*[
+    st.fixed_dictionaries(
+        {"type": st.just(kind)},
+        optional={"lr": POS, "weight_decay": UNIT, **{f: HYPER[f] for f in ir.OPTIMIZER_FIELDS[kind]},
+                  "groups": st.lists(GROUP, max_size=3)})
+    for kind in OPT_TYPES
+])
 DATA_COMMON = {"seq_len": st.integers(2, 8192), "batch": SMALL_INT, "seed": st.integers(-(2**40), 2**40)}
 SIMPLE_DATA = st.one_of(
     st.fixed_dictionaries(
