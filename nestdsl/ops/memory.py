@@ -166,6 +166,48 @@ def memory_scan(
         float64 inputs). Passing the state back continues the sequence exactly, provided the
         split point is a multiple of ``chunk_size`` (checked: ``ValueError`` otherwise).
     """
+    _check_arguments(q, k, v, memory=memory, rule=rule, erase=erase, read=read,
+                     chunk_size=chunk_size, norm=norm, state=state, momentum=momentum,
+                     normalized_lr=normalized_lr, checkpoint_every=checkpoint_every)
+    B, H, T, Dk = k.shape
+    Dv = v.shape[-1]
+    obj = get_objective(objective)
+
+    cd = torch.promote_types(q.dtype, torch.float32)   # states are computed in ≥ float32
+    dev = q.device
+    lr_t = _gate(lr, "lr", B, H, T, cd, dev)
+    ret_t = _gate(retention, "retention", B, H, T, cd, dev)
+    mom_t = _gate(momentum, "momentum", B, H, T, cd, dev)
+    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+
+    weights, moms = _initial_state(memory, state, mom_t is not None, B, H, Dk, Dv, cd, dev)
+
+    call = MemoryCall(
+        memory=memory, objective=obj, rule=rule, erase=erase, read=read, chunk_size=chunk_size,
+        retention=ret_t is not None, momentum=mom_t is not None, d_key=Dk, d_value=Dv,
+        device=dev, dtype=q.dtype, compile=compile, training=torch.is_grad_enabled(), T=T,
+        normalized_lr=normalized_lr)
+    chosen = choose(call, kernel)
+    if chosen.name == "compiled":
+        weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
+    inputs = ScanInputs(
+        q=q, k=k, v=v, qc=qc, kc=kc, vc=vc, lr=lr_t, retention=ret_t, momentum=mom_t,
+        state=MemoryState(weights, moms), memory=memory, objective=obj, rule=rule, read=read,
+        chunk_size=chunk_size, erase=erase,
+        norm=None if norm is None else (norm[0].to(cd), norm[1].to(cd)),
+        checkpoint_every=checkpoint_every, normalized_lr=normalized_lr,
+        layer_inputs=_layer_inputs(cast(MLPMemory, memory)) if normalized_lr else None)
+    o, new_state = chosen.scan(x=inputs)
+
+    offset = T % chunk_size if chunk_size > 1 else 0
+    return o.to(q.dtype), MemoryState(new_state.weights, new_state.momentum, offset)
+
+
+def _check_arguments(q: Tensor, k: Tensor, v: Tensor, *, memory: str | MLPMemory, rule: str,
+                     erase: str, read: str, chunk_size: int, norm: NormParams,
+                     state: MemoryState | None, momentum: Tensor | float | None,
+                     normalized_lr: bool, checkpoint_every: int | None) -> None:
+    """`memory_scan`'s argument errors, each a ValueError naming the argument."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("q, k, v must have shape (B, H, T, D); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -174,7 +216,6 @@ def memory_scan(
     if q.shape != k.shape or v.shape[:3] != (B, H, T):
         raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)} must be equal "
                          f"and v {tuple(v.shape)} must share (B, H, T)")
-    obj = get_objective(objective)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
     if erase not in ERASE_RATES:
@@ -202,13 +243,12 @@ def memory_scan(
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive int or None; got {checkpoint_every!r}")
 
-    cd = torch.promote_types(q.dtype, torch.float32)   # states are computed in ≥ float32
-    dev = q.device
-    lr_t = _gate(lr, "lr", B, H, T, cd, dev)
-    ret_t = _gate(retention, "retention", B, H, T, cd, dev)
-    mom_t = _gate(momentum, "momentum", B, H, T, cd, dev)
-    qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
 
+def _initial_state(memory: str | MLPMemory, state: MemoryState | None, has_momentum: bool,
+                   B: int, H: int, Dk: int, Dv: int, cd: torch.dtype,
+                   dev: torch.device) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
+    """θ_0 (zeros for a linear memory without a state) and the momentum buffers (zeros
+    without them), broadcast to (B, H, …) in the compute dtype."""
     if memory == "linear":
         shapes = [(Dv, Dk)]
         if state is None:
@@ -222,28 +262,9 @@ def memory_scan(
                              "state=MemoryState(weights=(W_0, …), momentum=None)")
         weights = _expand_weights(tuple(state.weights), shapes, B, H, cd, "state.weights")
     moms = None
-    if mom_t is not None:
+    if has_momentum:
         if state is None or state.momentum is None:
             moms = tuple(torch.zeros_like(w) for w in weights)
         else:
             moms = _expand_weights(tuple(state.momentum), shapes, B, H, cd, "state.momentum")
-
-    call = MemoryCall(
-        memory=memory, objective=obj, rule=rule, erase=erase, read=read, chunk_size=chunk_size,
-        retention=ret_t is not None, momentum=mom_t is not None, d_key=Dk, d_value=Dv,
-        device=dev, dtype=q.dtype, compile=compile, training=torch.is_grad_enabled(), T=T,
-        normalized_lr=normalized_lr)
-    chosen = choose(call, kernel)
-    if chosen.name == "compiled":
-        weights, moms = _match_later_states(weights, moms, (qc, kc, vc, lr_t, ret_t, mom_t))
-    inputs = ScanInputs(
-        q=q, k=k, v=v, qc=qc, kc=kc, vc=vc, lr=lr_t, retention=ret_t, momentum=mom_t,
-        state=MemoryState(weights, moms), memory=memory, objective=obj, rule=rule, read=read,
-        chunk_size=chunk_size, erase=erase,
-        norm=None if norm is None else (norm[0].to(cd), norm[1].to(cd)),
-        checkpoint_every=checkpoint_every, normalized_lr=normalized_lr,
-        layer_inputs=_layer_inputs(cast(MLPMemory, memory)) if normalized_lr else None)
-    o, new_state = chosen.scan(x=inputs)
-
-    offset = T % chunk_size if chunk_size > 1 else 0
-    return o.to(q.dtype), MemoryState(new_state.weights, new_state.momentum, offset)
+    return weights, moms

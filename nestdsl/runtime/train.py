@@ -34,7 +34,9 @@ import numpy as np
 import torch
 
 from nestdsl.check.periods import LevelKind
+from nestdsl.lower import telemetry
 from nestdsl.lower.inner import set_outer_step
+from nestdsl.runtime.loop import DivergenceGuard, LogWindow, Ranks, Throughput, shard_batch
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
@@ -304,35 +306,113 @@ def train(
     what the loop is doing between log steps: "compiling" before a compiled run's first step,
     "" once that step is done.
     """
-    import nestdsl
-    from nestdsl.runtime import checkpoint as ckpt
     from nestdsl.runtime.metrics import MetricsWriter
 
-    train_cfg = spec.train or ir.Train()
-    total_steps = steps if steps is not None else train_cfg.steps
-    if total_steps < 1:
-        raise TrainConfigError(f"--steps must be >= 1, got {total_steps}")
-    train_cfg = train_cfg.model_copy(update={"steps": total_steps})
-    from nestdsl.spec.identity import record as spec_record
-
-    spec_rec = spec_record(spec)
-    spec_rec["run"]["train.steps"] = total_steps
-    if spec_text is None:
-        import yaml
-
-        spec_text = yaml.safe_dump(spec_rec["canonical"], sort_keys=False, allow_unicode=True)
+    train_cfg = _train_config(spec, steps)
+    total_steps = train_cfg.steps
+    spec_rec, spec_text = _spec_record(spec, total_steps, spec_text)
     data_spec = default_data(spec)
     if spec.data is None:  # lower with the same data the loop will use (level classification)
         spec = spec.model_copy(update={"data": data_spec})
     use_compile = resolve_compile(train_cfg, device, compile)
-    rank = distributed.rank if distributed else 0
-    world = distributed.world_size if distributed else 1
+    ranks = Ranks(distributed.rank, distributed.world_size, device) if distributed else Ranks(device=device)
+    task = _inputs(spec, data_spec, run_dir, ranks, resume)
+    seed_everything(train_cfg.seed)
+    system, level_opts = _system(spec, device, use_compile, kernels, ranks)
+    model = system.model
+    opt_spec = spec.outer_optimizer or DEFAULT_OPTIMIZER
+    loss_module: torch.nn.Module = distributed.wrap(LossModule(model)) if distributed else LossModule(model)
+    autocast: contextlib.AbstractContextManager[Any] = (
+        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        if train_cfg.precision == "bf16" else contextlib.nullcontext())
 
-    # Inputs first (cheap, and their errors are the user's), then the model.
-    if world > 1 and data_spec.batch % world:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loop = (resume_from(run_dir, model=model, level_opts=level_opts, record=spec_rec,
+                        device=device, rank=ranks.rank, force=force, say=say)
+            if resume else LoopState.fresh(device))
+    start_step = loop.step
+    if start_step == 0:
+        for lo in level_opts:
+            lo.optimizer.zero_grad(set_to_none=True)
+    window = LogWindow(loop)
+    metrics = (MetricsWriter(run_dir, truncate_after=start_step, history=window.history)
+               if ranks.rank == 0 else None)
+    grad_clip = train_cfg.grad_clip
+    guard = DivergenceGuard(model, total_steps, device)
+    speed = Throughput()
+    warned: set[str] = set()
+
+    def diverged(bad: int, where: str | None, culprit: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"loss became non-finite at step {bad + 1}{culprit}; stopped. "
+            f"{_checkpoint_note(run_dir)} To stabilise it: "
+            f"{_stability_advice(spec, opt_spec, grad_clip, where)}.")
+
+    if use_compile and on_status is not None and ranks.rank == 0:
+        on_status("compiling")
+    for step in range(start_step, total_steps):
+        set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
+        batch = task.batch(step)
+        tokens, targets, mask, scale = shard_batch(
+            *(t.to(device) for t in (batch.tokens, batch.targets, batch.loss_mask)), ranks, _valid_count)
+        done = step + 1
+        is_log = done % train_cfg.log_every == 0 or done == total_steps
+        is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps
+        recorder: contextlib.AbstractContextManager[dict[str, dict[str, torch.Tensor]]] = (
+            telemetry.recording() if train_cfg.telemetry and is_log and ranks.rank == 0
+            else contextlib.nullcontext({}))
+        with recorder as inner_stats, autocast:
+            loss = loss_module(tokens, targets, mask, scale)
+        loss.backward()
+        guard.observe(loss, step)
+        window.add(loss)
+        factor = lr_factor(train_cfg, step)
+        for lo in level_opts:
+            lo.step(step, factor, grad_clip)
+        if speed.step_done(tokens.numel() * ranks.world, device) and use_compile \
+                and on_status is not None and ranks.rank == 0:
+            on_status("")                     # the first step (compiled, if on) is done
+        if is_log:
+            guard.check(ranks, diverged)      # host sync, only here
+            record = _log_record(done, window.close(ranks), _main_lr(level_opts) * factor, speed,
+                                 inner_stats, train_cfg.state_norm_warn, warned)
+            window.history.append(record)
+            if metrics is not None:
+                metrics.log(done, **{k: v for k, v in record.items() if k != "step"})
+            if on_log is not None and ranks.rank == 0:
+                on_log(record)
+        if is_ckpt:
+            if not is_log:                    # never checkpoint a diverged state
+                guard.check(ranks, diverged)
+            _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip)
+            _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec)
+
+    if metrics is not None:
+        metrics.close()
+    return TrainResult(
+        run_dir=run_dir, steps=max(total_steps, start_step), final_loss=window.last_loss,
+        first_loss=window.first_loss, tokens_per_s=speed.rate(time.perf_counter()),
+        history=window.history, start_step=start_step, first_step_s=speed.first_step_s,
+        compiled=use_compile)
+
+
+def _train_config(spec: ir.Spec, steps: int | None) -> ir.Train:
+    """The spec's `train:` (or the defaults) with `steps` overriding `train.steps`."""
+    train_cfg = spec.train or ir.Train()
+    total_steps = steps if steps is not None else train_cfg.steps
+    if total_steps < 1:
+        raise TrainConfigError(f"--steps must be >= 1, got {total_steps}")
+    return train_cfg.model_copy(update={"steps": total_steps})
+
+
+def _inputs(spec: ir.Spec, data_spec: ir.Data, run_dir: Path, ranks: Ranks, resume: bool) -> Any:
+    """The task, after the checks on the inputs (cheap, and their errors are the user's)."""
+    from nestdsl.runtime import checkpoint as ckpt
+
+    if ranks.world > 1 and data_spec.batch % ranks.world:
         raise TrainConfigError(
-            f"data.batch = {data_spec.batch} is not divisible by the {world} processes; "
-            f"use a multiple of {world} (the global batch is split evenly across ranks)"
+            f"data.batch = {data_spec.batch} is not divisible by the {ranks.world} processes; "
+            f"use a multiple of {ranks.world} (the global batch is split evenly across ranks)"
         )
     if not resume and ckpt.holds_run(run_dir):        # readable or not: never overwrite work
         raise TrainConfigError(
@@ -341,256 +421,98 @@ def train(
         )
     task = _make_task(data_spec, spec, run_dir)
     _check_vocab(spec, task)
+    return task
 
+
+def _system(spec: ir.Spec, device: str, use_compile: bool, kernels: dict[str, str] | None,
+            ranks: Ranks) -> tuple[CompiledSystem, list[LevelOptimizer]]:
+    """The compiled model (after its size check) and one optimizer per clock."""
+    import nestdsl
     from nestdsl.lower.common import BuildContext, CompileConfig
     from nestdsl.lower.size import check_size
 
     check_size(spec, BuildContext(spec=spec, compile=CompileConfig(enabled=False)), device=device,
                training=True)
-    seed_everything(train_cfg.seed)
     try:
         system = nestdsl.compile(spec, device=device, compile=use_compile, kernels=kernels)
     except ValueError as e:       # an unknown kernel or memory name in `kernels`
         raise TrainConfigError(str(e)) from None
-    model = system.model
-    if world > 1 and getattr(model, "uses_task_sweep", False):
+    if ranks.world > 1 and getattr(system.model, "uses_task_sweep", False):
         raise TrainConfigError(
             "this model's loss trains in-context CMS levels through the chunked task sweep "
             "(torch.autograd.grad inside the forward), which DistributedDataParallel cannot "
             "synchronise; train it in one process, or use `signal: local` for its CMS stages"
         )
-    opt_spec = spec.outer_optimizer or DEFAULT_OPTIMIZER
-    level_opts = build_level_optimizers(system, opt_spec)
-    loss_module: torch.nn.Module = LossModule(model)
-    if distributed:
-        loss_module = distributed.wrap(loss_module)
-    autocast: contextlib.AbstractContextManager[Any] = (
-        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-        if train_cfg.precision == "bf16" else contextlib.nullcontext()
+    return system, build_level_optimizers(system, spec.outer_optimizer or DEFAULT_OPTIMIZER)
+
+
+def _save(run_dir: Path, step: int, ranks: Ranks, model: torch.nn.Module,
+          level_opts: list[LevelOptimizer], window: LogWindow, spec_text: str,
+          spec_rec: dict[str, Any]) -> None:
+    """Rank 0 writes the checkpoint of `step`; every rank learns whether it succeeded."""
+    from nestdsl.runtime import checkpoint as ckpt
+
+    error: BaseException | None = None
+    if ranks.rank == 0:
+        try:
+            ckpt.save_checkpoint(
+                run_dir, step, model=model, optimizer=[lo.optimizer for lo in level_opts],
+                spec_text=spec_text, spec_record=spec_rec, data_position=step,
+                extra=extra_of(window.state(step), level_opts))
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+            error = e
+    if not ranks.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise TrainConfigError(f"rank 0 could not write the checkpoint of step {step}; stopped")
+
+
+def _spec_record(spec: ir.Spec, total_steps: int, spec_text: str | None) -> tuple[dict[str, Any], str]:
+    """The checkpoint's record of the spec (canonical form, identity) and its text for people."""
+    from nestdsl.spec.identity import record as spec_record
+
+    spec_rec = spec_record(spec)
+    spec_rec["run"]["train.steps"] = total_steps
+    if spec_text is None:
+        import yaml
+
+        spec_text = yaml.safe_dump(spec_rec["canonical"], sort_keys=False, allow_unicode=True)
+    return spec_rec, spec_text
+
+
+def _log_record(done: int, mean_loss: float, lr: float, speed: Throughput,
+                inner_stats: dict[str, dict[str, torch.Tensor]], state_norm_warn: float | None,
+                warned: set[str]) -> dict[str, Any]:
+    """One metrics.jsonl record, with the memories' inner-loop statistics when recorded."""
+    now = time.perf_counter()
+    record: dict[str, Any] = {
+        "step": done,
+        "loss": mean_loss,
+        "lr": lr,
+        "tokens_per_s": speed.rate(now),          # without the first step (compile)
+        "elapsed": now - speed.t_start,
+        "first_step_s": speed.first_step_s,       # the first step alone, compile included
+    }
+    if inner_stats:
+        record["memories"] = {name: {k: float(v) for k, v in st.items()} for name, st in inner_stats.items()}
+        _warn_state_norms(record["memories"], state_norm_warn, done, warned)
+    return record
+
+
+def _check_parameters(model: torch.nn.Module, run_dir: Path, done: int, spec: ir.Spec,
+                      opt_spec: ir.Optimizer, grad_clip: float | None) -> None:
+    """A finite loss can still be followed by an update that overflows the parameters."""
+    from nestdsl.runtime import checkpoint as ckpt
+
+    if _finite(model):
+        return
+    last = ckpt.find_latest(run_dir)
+    since = f"after step {ckpt.read_meta(last)['step']}" if last is not None else "since the start"
+    raise TrainingDiverged(
+        f"parameters became non-finite by step {done} ({since}; the loss was still "
+        f"finite); stopped. {_checkpoint_note(run_dir)} To stabilise it: "
+        f"{_stability_advice(spec, opt_spec, grad_clip, None, memories=False)}."
     )
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loop = (resume_from(run_dir, model=model, level_opts=level_opts, record=spec_rec,
-                        device=device, rank=rank, force=force, say=say)
-            if resume else LoopState.fresh(device))
-    start_step, history, loss_acc, n_acc = loop.step, loop.history, loop.loss_acc, loop.n_acc
-    if start_step == 0:
-        for lo in level_opts:
-            lo.optimizer.zero_grad(set_to_none=True)
-    metrics = (MetricsWriter(run_dir, truncate_after=start_step, history=history)
-               if rank == 0 else None)
-
-    grad_clip = train_cfg.grad_clip
-    from nestdsl.lower import telemetry
-
-    # Every memory layer leaves a sync-free probe (first non-finite token of its output) per
-    # forward; at the first non-finite step they are snapshotted, so the error names the memory.
-    probes = [(name, m) for name, m in model.named_modules()
-              if isinstance(getattr(m, "probe", None), telemetry.NonFiniteProbe)]
-    bad_snapshot: torch.Tensor | None = None
-    warned: set[str] = set()
-    t_start = time.perf_counter()
-    tokens_seen = 0
-    # Throughput is measured from the end of this process's first step: that step compiles
-    # (torch.compile), allocates and warms caches, and would dominate a short run's tok/s.
-    t_warm: float | None = None
-    tokens_warm = 0
-    first_step_s = math.nan
-
-    def throughput(now: float) -> float:
-        """Tokens/s since the first step ended (over the first step alone until there is more)."""
-        if t_warm is not None and tokens_seen > tokens_warm and now > t_warm:
-            return (tokens_seen - tokens_warm) / (now - t_warm)
-        return tokens_seen / max(now - t_start, 1e-9)
-
-    first_loss = history[0]["loss"] if history else math.nan
-    last_loss = history[-1]["loss"] if history else math.nan
-    no_bad = total_steps + 1  # "no non-finite step yet" (a min-reduction sentinel)
-    bad_step = torch.full((), no_bad, dtype=torch.long, device=device)
-
-    def all_ok(ok: bool) -> bool:
-        """Whether every rank is ok (one collective; trivially `ok` in one process)."""
-        if world == 1:
-            return ok
-        import torch.distributed as dist
-
-        flag = torch.tensor(1 if ok else 0, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-
-    def stop_if_diverged(bad: int) -> None:
-        if bad != no_bad:
-            where = _bad_memory(probes, bad_snapshot)
-            raise TrainingDiverged(
-                f"loss became non-finite at step {bad + 1}{_culprit(probes, bad_snapshot)}; "
-                f"stopped. {_checkpoint_note(run_dir)} To stabilise it: "
-                f"{_stability_advice(spec, opt_spec, grad_clip, where)}."
-            )
-
-    def save(step: int) -> None:
-        error: BaseException | None = None
-        if rank == 0:
-            try:
-                ckpt.save_checkpoint(
-                    run_dir,
-                    step,
-                    model=model,
-                    optimizer=[lo.optimizer for lo in level_opts],
-                    spec_text=spec_text,
-                    spec_record=spec_rec,
-                    data_position=step,
-                    extra=extra_of(LoopState(step, history, loss_acc, n_acc), level_opts),
-                )
-            except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
-                error = e
-        if not all_ok(error is None):
-            if error is not None:
-                raise error
-            raise TrainConfigError(f"rank 0 could not write the checkpoint of step {step}; stopped")
-
-    step = start_step
-    if use_compile and on_status is not None and rank == 0:
-        on_status("compiling")
-    for step in range(start_step, total_steps):
-        set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
-        batch = task.batch(step)
-        tokens, targets, mask = (t.to(device) for t in (batch.tokens, batch.targets, batch.loss_mask))
-        scale: float | None = None
-        if world > 1:
-            n_global = _valid_count(targets, mask)
-            tokens, targets, mask = (t.chunk(world)[rank] for t in (tokens, targets, mask))
-            # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of
-            # the scored tokens makes that average the gradient of the global-batch mean.
-            scale = _valid_count(targets, mask) * world / max(n_global, 1)
-        will_log = (step + 1) % train_cfg.log_every == 0 or step + 1 == total_steps
-        recorder: contextlib.AbstractContextManager[dict[str, dict[str, torch.Tensor]]] = (
-            telemetry.recording() if train_cfg.telemetry and will_log and rank == 0
-            else contextlib.nullcontext({}))
-        with recorder as inner_stats, autocast:
-            loss = loss_module(tokens, targets, mask, scale)
-        loss.backward()
-
-        # Record the first non-finite step (and where the memories first went non-finite)
-        # without a host sync.
-        finite = torch.isfinite(loss.detach())
-        first_bad = ~finite & (bad_step == no_bad)
-        if probes and all(m.probe.first_bad is not None for _, m in probes):
-            snap = torch.stack([m.probe.first_bad for _, m in probes])
-            if bad_snapshot is None:
-                bad_snapshot = torch.full_like(snap, -1)
-            bad_snapshot = torch.where(first_bad, snap, bad_snapshot)
-        bad_step = torch.where(first_bad, torch.tensor(step, device=device), bad_step)
-        loss_acc = loss_acc + loss.detach().float()
-        n_acc += 1
-        tokens_seen += tokens.numel() * world
-
-        factor = lr_factor(train_cfg, step)
-        for lo in level_opts:
-            lo.step(step, factor, grad_clip)
-        if t_warm is None:                    # this process's first step (compiled, if on)
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize(device)    # once: the first step's kernels end here
-            t_warm = time.perf_counter()
-            tokens_warm, first_step_s = tokens_seen, t_warm - t_start
-            if use_compile and on_status is not None and rank == 0:
-                on_status("")
-
-        done = step + 1
-        is_log = done % train_cfg.log_every == 0 or done == total_steps
-        is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps
-        if is_log:
-            summed = loss_acc.clone()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-                dist.all_reduce(summed)
-                summed /= world
-            stop_if_diverged(int(bad_step))      # host sync, only here
-            mean_loss = float(summed) / max(n_acc, 1)
-            loss_acc = torch.zeros((), device=device)
-            n_acc = 0
-            if math.isnan(first_loss):
-                first_loss = mean_loss
-            last_loss = mean_loss
-            now = time.perf_counter()
-            elapsed = now - t_start
-            record: dict[str, Any] = {
-                "step": done,
-                "loss": mean_loss,
-                "lr": _main_lr(level_opts) * factor,
-                "tokens_per_s": throughput(now),      # without the first step (compile)
-                "elapsed": elapsed,
-                "first_step_s": first_step_s,         # the first step alone, compile included
-            }
-            if inner_stats:
-                record["memories"] = {name: {k: float(v) for k, v in st.items()}
-                                      for name, st in inner_stats.items()}
-                _warn_state_norms(record["memories"], train_cfg.state_norm_warn, done, warned)
-            history.append(record)
-            if metrics is not None:
-                metrics.log(done, **{k: v for k, v in record.items() if k != "step"})
-            if on_log is not None and rank == 0:
-                on_log(record)
-        if is_ckpt:
-            if not is_log:
-                # Never checkpoint a diverged state: check (and agree on) the flag first.
-                if world > 1:
-                    import torch.distributed as dist
-
-                    dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-                stop_if_diverged(int(bad_step))
-            # A finite loss can still be followed by an update that overflows the parameters.
-            if not _finite(model):
-                last = ckpt.find_latest(run_dir)
-                since = f"after step {ckpt.read_meta(last)['step']}" if last is not None else "since the start"
-                raise TrainingDiverged(
-                    f"parameters became non-finite by step {done} ({since}; the loss was still "
-                    f"finite); stopped. {_checkpoint_note(run_dir)} To stabilise it: "
-                    f"{_stability_advice(spec, opt_spec, grad_clip, None, memories=False)}."
-                )
-            save(done)
-
-    if metrics is not None:
-        metrics.close()
-    return TrainResult(
-        run_dir=run_dir,
-        steps=max(total_steps, start_step),
-        final_loss=last_loss,
-        first_loss=first_loss,
-        tokens_per_s=throughput(time.perf_counter()),
-        history=history,
-        start_step=start_step,
-        first_step_s=first_step_s,
-        compiled=use_compile,
-    )
-
-
-def _culprit(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) -> str:
-    """', first non-finite in memory M (layer L) at token t (chunk c)' from the probe snapshot
-    taken at the first non-finite step; memories are in forward order, so the first one listed
-    is where it started."""
-    if snapshot is None or not probes:
-        return ""
-    firsts = snapshot.tolist()
-    for (name, mod), t in zip(probes, firsts, strict=True):
-        if 0 <= t < mod.probe.length:
-            chunk = cast(int, getattr(mod, "chunk", None) or getattr(mod, "c_mem", 1))
-            label = getattr(mod, "name", name)
-            return (f": the first non-finite memory output was in '{label}' (module {name}) at "
-                    f"token {t}, chunk {t // max(chunk, 1)} of {chunk} tokens")
-    return ": every memory's output was finite (the divergence is outside the memories)"
-
-
-def _bad_memory(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) -> str | None:
-    """The label of the memory whose output went non-finite first (as `_culprit` names it);
-    "" when every memory's output was finite; None when the probes cannot tell."""
-    if snapshot is None or not probes:
-        return None
-    for (name, mod), t in zip(probes, snapshot.tolist(), strict=True):
-        if 0 <= t < mod.probe.length:
-            return str(getattr(mod, "name", name))
-    return ""
 
 
 def _checkpoint_note(run_dir: Path) -> str:
