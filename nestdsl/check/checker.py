@@ -463,7 +463,7 @@ def _check_layers(ctx: _Ctx) -> None:
 
 
 def _check_self_modifying_shapes(ctx: _Ctx, base: Path, where: str, layer: ir.SelfModifyingLayer,
-                                 mem: ir.Memory, proj: ir.Memory) -> None:
+                                 mem: ir.MLPMemory, proj: ir.MLPMemory) -> None:
     """Heads and chunk sizes the main memory and its projections must share (lower/hope.py)."""
     model = ctx.spec.model
     heads = mem.heads or (model.heads if model else None)
@@ -855,6 +855,7 @@ def _optimizer_not_found(ctx: _Ctx, ref: str, path: FsPath) -> None:
         return
     base = FsPath(ctx.spec.source_file).parent if ctx.spec.source_file else FsPath(".")
     stem = FsPath(ref).stem
+    dym: str | None
     if stem in names:
         # `optim/adamw.yaml`, the reference presets used before the specs moved into the package
         dym = f"did you mean '{stem}' (the shipped optimizer spec, by name)?"

@@ -135,6 +135,7 @@ def update_equation(mem: ir.Memory, chunk: int = 1, *, target: str = "v") -> str
     if isinstance(mem, ir.AttentionMemory):
         w = f"keep the last {mem.window}" if mem.window else "keep all"
         return f"cache ← cache ∪ {{(k_t, v_t)}} ({w}); o_t = softmax(q_t Kᵀ) V"
+    assert isinstance(mem, ir.ParametricMemory)
     rule = mem.rule or ir.Rule()
     eta = _gate(rule.lr, "η")
     if rule.lr_per_dim:
@@ -243,27 +244,28 @@ class _Builder:
         mem = self.spec.memories[name]
         key = f"{name}.{role}" if role else name
         nid = f"memory:{key}"
-        cache = not isinstance(mem, ir.ParametricMemory)    # attention: a k/v cache, no weights
-        level = "token" if cache else self.level_of(mem.level)
-        chunk = 1 if cache else self.chunk_of(mem.level)
+        pmem = mem if isinstance(mem, ir.ParametricMemory) else None
+        cache = pmem is None    # attention: a k/v cache, no weights
+        level = "token" if pmem is None else self.level_of(pmem.level)
+        chunk = 1 if pmem is None else self.chunk_of(pmem.level)
         if nid in self.g:
             self.g.nodes[nid]["instances"].append(instance)
             return nid
-        rule = None if cache else mem.rule
+        rule = None if pmem is None else pmem.rule
         self.node(
             nid, "memory", key, level,
             memory=name, role=role or "", mem_kind=mem.kind,
-            objective="" if cache else (mem.objective or ""),
-            rule=(rule.kind if rule else ""), read="after" if cache else mem.read,
-            read_text=read_text(mem), writes="grad" if cache else mem.writes, chunk=chunk,
+            objective="" if pmem is None else (pmem.objective or ""),
+            rule=(rule.kind if rule else ""), read="after" if pmem is None else pmem.read,
+            read_text=read_text(mem), writes="grad" if pmem is None else pmem.writes, chunk=chunk,
             update=update_equation(mem, chunk, target=target), instances=[instance],
         )
         sid = self.node(
             f"state:{key}", "state", key, level,
             memory=name, what=("k/v cache" if cache else "θ (per sequence, head)"),
         )
-        write_label = "append k, v" if cache else (
-            f"{rule.kind if rule else 'gd'} on {mem.objective or 'l2'}, every {chunk} token"
+        write_label = "append k, v" if pmem is None else (
+            f"{rule.kind if rule else 'gd'} on {pmem.objective or 'l2'}, every {chunk} token"
             + ("s" if chunk != 1 else "")
         )
         # Attention's cache append is differentiable like any activation; parametric writes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import networkx as nx
 from rich.console import Console, Group
@@ -274,6 +274,20 @@ def _flow_rank(g: nx.MultiDiGraph, nodes: list[str]) -> dict[str, int]:
     return rank
 
 
+def _fold_states(g: nx.MultiDiGraph) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """States are drawn inside the box of the memory that writes them: (memory -> its states,
+    state -> its memory)."""
+    states: dict[str, list[str]] = {}
+    folded: dict[str, str] = {}
+    for n, d in g.nodes(data=True):
+        if d["kind"] == "state":
+            owners = [u for u, _, e in g.in_edges(n, data=True) if e["kind"] == "writes"]
+            if owners:
+                states.setdefault(owners[0], []).append(n)
+                folded[n] = owners[0]
+    return states, folded
+
+
 def to_png(g: nx.MultiDiGraph, path: Path) -> Path:
     """Draw the levels as horizontal bands, fastest on top (the paper's nested-levels view); each
     memory, CMS stage and parameter group sits in its level's band, columns follow the data
@@ -287,15 +301,7 @@ def to_png(g: nx.MultiDiGraph, path: Path) -> Path:
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     levels = levels_in_order(g)
-    # states are folded into the box of the memory that writes them
-    states: dict[str, list[str]] = {}
-    folded: dict[str, str] = {}
-    for n, d in g.nodes(data=True):
-        if d["kind"] == "state":
-            owners = [u for u, _, e in g.in_edges(n, data=True) if e["kind"] == "writes"]
-            if owners:
-                states.setdefault(owners[0], []).append(n)
-                folded[n] = owners[0]
+    states, folded = _fold_states(g)
     shown = [n for n in g.nodes if g.nodes[n]["kind"] != "level" and n not in folded]
     rank = _flow_rank(g, shown)
     ncols = max(rank.values(), default=0) + 1
@@ -434,7 +440,7 @@ def render_graph(
     if fmt == "text":
         renderable = to_text(spec, g, sched)
         # Render once to plain text so `output` files carry no ANSI codes.
-        plain = Console(width=140, record=True, file=_Null())
+        plain = Console(width=140, record=True, file=cast(IO[str], _Null()))  # rich only writes, flushes
         plain.print(renderable, soft_wrap=False)
         text = plain.export_text()
         if out_path is None:

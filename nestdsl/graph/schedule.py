@@ -248,6 +248,7 @@ class Schedule:
             tok_head = f"tokens 1..{self.seq_len} (1 column = {unit})"
             for lv in in_ctx:
                 e = lv.tokens_every
+                assert e is not None  # in_ctx: the levels with a token period
                 # column c covers tokens c·g+1 .. min((c+1)·g, T): it fires iff a multiple of e is in it
                 row = "".join(
                     "|" if min((c + 1) * g, self.seq_len) // e * e >= c * g + 1 else "."

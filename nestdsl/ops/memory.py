@@ -31,7 +31,7 @@ from typing import cast, overload
 import torch
 from torch import Tensor
 
-from nestdsl.vocabulary import ERASE_RATES, READ_MODES, RULES
+from nestdsl.vocabulary import ERASE_RATES, READ_MODES, RULES, EraseRate, ReadMode, RuleKind
 
 from .kernels import MemoryCall, ScanInputs, choose, compiled_step
 from .mlp import MLPMemory, NormParams
@@ -117,16 +117,16 @@ def memory_scan(
     *,
     memory: str | MLPMemory = "linear",
     objective: str | Objective = "l2",
-    rule: str = "gd",
+    rule: RuleKind = "gd",
     lr: Tensor | float = 1.0,
     retention: Tensor | float | None = None,
     momentum: Tensor | float | None = None,
     chunk_size: int = 16,
-    read: str = "after",
+    read: ReadMode = "after",
     state: MemoryState | None = None,
     kernel: str = "auto",
     compile: bool = False,
-    erase: str = "eta",
+    erase: EraseRate = "eta",
     norm: NormParams = None,
     checkpoint_every: int | None = None,
     normalized_lr: bool = False,

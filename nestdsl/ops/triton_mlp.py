@@ -892,7 +892,7 @@ class TritonMLPScan(torch.autograd.Function):
     """``_mlp_scan_fwd`` forward, ``_mlp_scan_bwd`` backward (from the saved group states)."""
 
     @staticmethod
-    def forward(ctx, cfg: dict[str, Any], n_w: int, has_mom: bool, *tensors: Tensor):  # type: ignore[override]
+    def forward(ctx, cfg: dict[str, Any], n_w: int, has_mom: bool, *tensors: Tensor):
         q, k, v, eta, alpha, beta, gain, bias, *rest = tensors
         W = list(rest[:n_w])
         S = list(rest[n_w:]) if has_mom else None
@@ -923,7 +923,7 @@ class TritonMLPScan(torch.autograd.Function):
         return tuple(outs)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+    def backward(ctx, *grads: Tensor):
         return _backward_kernel(ctx, grads)
 
 
@@ -1024,7 +1024,7 @@ def triton_mlp_scan(q: Tensor, k: Tensor, v: Tensor, *, lr: Tensor, retention: T
     o = outs[0]
     W = tuple(outs[1:1 + n])
     S = tuple(outs[1 + n:]) if has_mom else None
-    return o, MemoryState(W, S)  # type: ignore[return-value]
+    return o, MemoryState(W, S)
 
 
 def _as_gate(x: Tensor | float | None, like: Tensor) -> Tensor | None:

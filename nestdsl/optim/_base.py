@@ -104,7 +104,7 @@ class DeepOptimizer(torch.optim.Optimizer, metaclass=ABCMeta):
         """The additive update Delta W for one parameter (float32)."""
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():

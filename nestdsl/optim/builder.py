@@ -140,7 +140,7 @@ class MultiOptimizer(torch.optim.Optimizer):
         self._ready = True
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -149,10 +149,10 @@ class MultiOptimizer(torch.optim.Optimizer):
             opt.step()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict["optimizers"]
         if len(saved) != len(self.optimizers):
             raise ValueError(

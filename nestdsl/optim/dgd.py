@@ -84,7 +84,7 @@ class DGD(DeepOptimizer):
         return hook
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         self._all_reduce_captured()
         return super().step(closure)
 
@@ -126,7 +126,7 @@ class DGD(DeepOptimizer):
     def _all_params(self) -> list[Tensor]:
         return list(chain.from_iterable(g["params"] for g in self.param_groups))
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         index = {id(p): i for i, p in enumerate(self._all_params())}
         sd["captured"] = {

@@ -22,7 +22,8 @@ optimizer type's own levels are `levels()` on its spec model (nestdsl/spec/optim
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 __all__ = ["describe_levels", "optimizer_spec"]
 
@@ -36,7 +37,9 @@ def optimizer_spec(spec: Any) -> Any:
 
     if isinstance(spec, (str, os.PathLike)):
         shipped = shipped_optimizer(str(spec)) if isinstance(spec, str) else None
-        spec = load_spec(shipped if shipped is not None and not os.path.isfile(spec) else spec)
+        # any os.PathLike is read through pathlib.Path (spec/__init__.py: read_source)
+        spec = load_spec(shipped if shipped is not None and not os.path.isfile(spec)
+                         else cast(str | Path, spec))
     if isinstance(spec, ir.Spec):
         if spec.outer_optimizer is None:
             raise ValueError(f"{spec.source_file or spec.name}: has no `optimizer:` section")

@@ -354,7 +354,8 @@ def train(
         set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
         batch = task.batch(step)
         tokens, targets, mask, scale = shard_batch(
-            *(t.to(device) for t in (batch.tokens, batch.targets, batch.loss_mask)), ranks, _valid_count)
+            batch.tokens.to(device), batch.targets.to(device), batch.loss_mask.to(device), ranks,
+            _valid_count)
         done = step + 1
         is_log = done % train_cfg.log_every == 0 or done == total_steps
         is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps

@@ -394,6 +394,10 @@ class MAGLayer(_Layer):
 Adaptive = Literal["k", "v", "q", "eta", "alpha"]
 
 
+def _default_adaptive() -> list[Adaptive]:
+    return ["k", "v", "eta", "alpha"]
+
+
 class SelfModifyingLayer(_Layer):
     """Hope's self-modifying Titans (docs/design.md §3.4): k, v, eta, alpha (and optionally q) are
     themselves memories (`projections`) that generate their own targets."""
@@ -402,7 +406,7 @@ class SelfModifyingLayer(_Layer):
     memory: str = Field(description="the main memory M_mem (its level gives C_mem)")
     projections: str = Field(description="memory used for k, v, eta, alpha (level: C_other)")
     adaptive: list[Adaptive] = Field(
-        default_factory=lambda: ["k", "v", "eta", "alpha"],
+        default_factory=_default_adaptive,
         description="which projections are memories; the rest are static linear maps",
     )
     conv: int = Field(default=4, ge=0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from functools import cache, lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -184,6 +184,7 @@ def _keyword_hint(word: str, expected: list[str]) -> str | None:
 def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
     if isinstance(e, UnexpectedCharacters):
         span = Span(file, e.line, e.column, e.line, e.column + 1)
+        assert e.pos_in_stream is not None  # lark sets it to the lexer's position
         char = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else ""
         if char == '"':
             return Diagnostic(
@@ -213,7 +214,7 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
         message = f"unexpected {_describe_token(tok)}"
         if len(expected) == 1:
             message += f", expected {expected[0]}"
-        hint: str | None = None
+        hint = None
         if tok.type == "NAME" or (isinstance(tok.value, str) and tok.value.isidentifier()):
             hint = _keyword_hint(str(tok.value), expected)
             if hint and set(_keywords_in(expected)) >= set(STATEMENTS) - {"nestdsl"}:
@@ -384,7 +385,7 @@ class _Builder:
         return path
 
     def stmt_version(self, stmt: Tree, data: dict[str, Any]) -> None:
-        tok = stmt.children[0]
+        tok = cast(Token, stmt.children[0])
         self.singleton(stmt, data, "version", self.number(tok), self.span(tok))
 
     def stmt_spec(self, stmt: Tree, data: dict[str, Any]) -> None:
@@ -402,7 +403,7 @@ class _Builder:
             self.put(data, (), "doc", self.string(doc_tok), self.span(doc_tok), self.span(doc_tok))
 
     def stmt_doc(self, stmt: Tree, data: dict[str, Any]) -> None:
-        tok = stmt.children[0]
+        tok = cast(Token, stmt.children[0])
         self.put(data, (), "doc", self.string(tok), self.span(tok), self.keyword_span(stmt, "doc"))
 
     def stmt_model(self, stmt: Tree, data: dict[str, Any]) -> None:
@@ -532,7 +533,7 @@ class _Builder:
         self.entry(e, path, target)
 
     def stmt_optimizer_ref(self, stmt: Tree, data: dict[str, Any]) -> None:
-        tok = stmt.children[0]
+        tok = cast(Token, stmt.children[0])
         self.singleton(stmt, data, "optimizer", self.string(tok), self.span(tok))
 
     def stmt_optimizer(self, stmt: Tree, data: dict[str, Any]) -> None:
@@ -624,9 +625,9 @@ class _Builder:
             return str(tree), span
         kind = tree.data
         if kind == "number":
-            return self.number(tree.children[0]), span
+            return self.number(cast(Token, tree.children[0])), span
         if kind == "string":
-            return self.string(tree.children[0]), span
+            return self.string(cast(Token, tree.children[0])), span
         if kind == "word":
             return str(tree.children[0]), span
         if kind == "true":
@@ -667,7 +668,7 @@ class _Builder:
         raise AssertionError(f"unknown value node {kind}")  # pragma: no cover
 
     def period(self, tree: Tree) -> tuple[Any, Span]:
-        first = tree.children[0]
+        first = cast(Token, tree.children[0])
         if first.type == "STRING":
             return self.string(first), self.span(first)
         unit = tree.children[1]
@@ -697,7 +698,7 @@ class _Builder:
             return body
 
     def name(self, tree: Tree) -> tuple[str, Span]:
-        tok = tree.children[0]
+        tok = cast(Token, tree.children[0])
         if tok.type == "STRING":
             return self.string(tok), self.span(tok)
         return str(tok), self.span(tok)
@@ -705,8 +706,8 @@ class _Builder:
 
 @cache
 def _layer_fields(type_: str) -> frozenset[str]:
-    model = {
+    models: dict[str, type[ir.Node]] = {
         "memory": ir.MemoryLayer, "mal": ir.MALLayer, "mag": ir.MAGLayer,
         "self_modifying": ir.SelfModifyingLayer, "cms": ir.CMSLayer, "mlp": ir.MLPLayer,
-    }[type_]
-    return frozenset(model.model_fields)
+    }
+    return frozenset(models[type_].model_fields)

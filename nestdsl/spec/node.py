@@ -23,6 +23,6 @@ class Node(BaseModel):
         # Positions are provenance, not meaning: two specs are equal when their content is.
         if type(self) is not type(other):
             return NotImplemented
-        return self.model_dump() == other.model_dump()  # type: ignore[union-attr]
+        return self.model_dump() == other.model_dump()
 
     __hash__ = None  # type: ignore[assignment]

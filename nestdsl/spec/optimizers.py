@@ -23,7 +23,7 @@ field inherited or defaulted has the value it had when optimizers were one flat 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, TypeAdapter, create_model
 
@@ -307,9 +307,10 @@ OPTIMIZER_FIELDS: dict[str, tuple[str, ...]] = {k: m.hyper_parameters() for k, m
 def _typed_group(kind: str, model: type[Optimizer]) -> type[ParamGroup]:
     """The group model of a type: ParamGroup + the type's hyper-parameters, each optional
     (null: inherit, see the module doc)."""
-    fields: dict[str, Any] = {"type": (Literal[kind], ...)}  # type: ignore[valid-type]
+    fields: dict[str, Any] = {"type": (Literal[kind], ...)}
     for name in model.hyper_parameters():
         info = model.model_fields[name]
+        assert info.annotation is not None  # every hyper-parameter is a declared, annotated field
         bounds = {b: getattr(m, b) for m in info.metadata for b in ("ge", "gt", "le", "lt") if hasattr(m, b)}
         fields[name] = (info.annotation | None, Field(default=None, description=info.description, **bounds))
     name = model.__name__.removesuffix("Optimizer") + "Group"
@@ -319,10 +320,15 @@ def _typed_group(kind: str, model: type[Optimizer]) -> type[ParamGroup]:
 
 
 GROUP_MODELS: dict[str, type[ParamGroup]] = {k: _typed_group(k, m) for k, m in OPTIMIZER_MODELS.items()}
-AnyGroup = Annotated[
-    Union[tuple(Annotated[m, Tag(t)] for t, m in [(UNTYPED_TAG, ParamGroup), *GROUP_MODELS.items()])],  # type: ignore[misc]
-    Discriminator(_group_tag),
-]
+if TYPE_CHECKING:
+    # The union below is built from the generated group models, which mypy cannot see; every
+    # member is a ParamGroup (the typed groups subclass it).
+    AnyGroup = ParamGroup
+else:
+    AnyGroup = Annotated[
+        Union[tuple(Annotated[m, Tag(t)] for t, m in [(UNTYPED_TAG, ParamGroup), *GROUP_MODELS.items()])],
+        Discriminator(_group_tag),
+    ]
 Optimizer.model_rebuild()
 for _model in _MODELS:
     _model.model_rebuild(force=True)

@@ -312,7 +312,7 @@ def _plain_spec(spec: ir.Spec, full: bool) -> dict[str, Any]:
 def _print_yaml(spec: ir.Spec, full: bool = False) -> str:
     plain = _plain_spec(spec, full)
     plain["nestdsl"] = spec.nestdsl  # the version line is always printed
-    header = {k: plain.pop(k) for k in ("nestdsl", "name", "doc") if k in plain}
+    header: dict[str, Any] = {k: plain.pop(k) for k in ("nestdsl", "name", "doc") if k in plain}
     chunks = ["\n".join(_yaml_block(header, 0))]
     for key, value in plain.items():
         chunks.append("\n".join(_yaml_block({key: value}, 0)))
@@ -409,8 +409,8 @@ def nest_from_plain(plain: dict[str, Any]) -> str:
         width = max(len(h) for h in heads)
         for stage, level in zip(cms["stages"], heads, strict=True):
             rest = {k: v for k, v in stage.items() if k != "level"}
-            head = f"stage {level.ljust(width)}"
-            lines.append(("  " + "  ".join([head, *_entries(rest)])).rstrip())
+            stage_head = f"stage {level.ljust(width)}"
+            lines.append(("  " + "  ".join([stage_head, *_entries(rest)])).rstrip())
         lines.append("}")
         chunks.append(lines)
 

@@ -19,7 +19,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -394,7 +394,7 @@ def _group_table() -> list[str]:
     return rows
 
 
-_EXTRAS = {ir.ParamGroup: _group_table}
+_EXTRAS: dict[type[BaseModel], Callable[[], list[str]]] = {ir.ParamGroup: _group_table}
 
 
 def _section(section: _Section) -> list[str]:

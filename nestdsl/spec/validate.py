@@ -12,6 +12,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from nestdsl.diagnostics import Diagnostic, SpecError, choices_hint, did_you_mean
 from nestdsl.spec import ir
@@ -248,8 +249,8 @@ def _union_site(loc: tuple[Any, ...], doc: Document) -> tuple[Any, ...] | None:
 def _diagnostics(error: ValidationError, doc: Document) -> list[Diagnostic]:
     errors = error.errors(include_url=False)
     # Collapse union-member noise: per union site keep specific errors, or one "expected" message.
-    by_site: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    plain: list[dict[str, Any]] = []
+    by_site: dict[tuple[Any, ...], list[ErrorDetails]] = {}
+    plain: list[ErrorDetails] = []
     for err in errors:
         site = _union_site(err["loc"], doc)
         if site is None:
@@ -270,7 +271,7 @@ def _diagnostics(error: ValidationError, doc: Document) -> list[Diagnostic]:
     return _unique(diags)
 
 
-def _union_mismatch(site: tuple[Any, ...], errs: list[dict[str, Any]], doc: Document) -> Diagnostic:
+def _union_mismatch(site: tuple[Any, ...], errs: list[ErrorDetails], doc: Document) -> Diagnostic:
     path = doc.resolve_path(site)
     value = doc.get(path) if path == tuple(site) else None
     field = site[-1] if site else "spec"
@@ -284,7 +285,7 @@ def _union_mismatch(site: tuple[Any, ...], errs: list[dict[str, Any]], doc: Docu
     )
 
 
-def _one(err: dict[str, Any], doc: Document) -> Diagnostic:
+def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
     loc: tuple[Any, ...] = tuple(err["loc"])
     etype: str = err["type"]
     ctx: dict[str, Any] = err.get("ctx") or {}
