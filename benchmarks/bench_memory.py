@@ -64,7 +64,7 @@ def measure(preset: str, *, width: int, heads: int, depth: int, seq: int, dtype:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import nestdsl
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     torch.set_num_threads(threads)
     spec = load_spec(SPECS / f"{preset}.yaml", overrides=[

@@ -106,7 +106,7 @@ def _spawn(preset: str, mode: str, seq_len: int, batch: int, steps: int, device:
 
 def tiny_presets() -> list[str]:
     from nestdsl.lower.registry import provider_available
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     out = []
     for p in sorted(SPECS.glob("*.yaml")):

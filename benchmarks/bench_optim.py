@@ -397,7 +397,7 @@ class PresetLM:
         self, text: bytes, spec_path: Path, seq_len: int, batch: int, depth: int | None,
         val_windows: int = 32,
     ) -> None:  # fmt: skip
-        from nestdsl.spec import load_spec
+        from nestdsl.pipeline import load_spec
 
         overrides = [f"data.seq_len={seq_len}", f"data.batch={batch}"]
         if depth is not None:

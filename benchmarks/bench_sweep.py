@@ -27,7 +27,7 @@ def measure(mode: str, lengths: list[int], spec_path: str, piece_tokens: int | N
 
     import nestdsl
     from nestdsl.lower import sweep
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     torch.set_num_threads(1)
     sweep.PIECEWISE_FROM = 10**9 if mode == "uncut" else 1

@@ -21,7 +21,7 @@ import torch
 
 import nestdsl
 from nestdsl.lower import telemetry
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -65,9 +65,9 @@ def run_one(preset: str, task: str, seed: int, steps: int, sets: list[str]) -> d
     import torch
 
     torch.set_num_threads(1)
+    from nestdsl.pipeline import load_spec
     from nestdsl.runtime.train import TrainingDiverged, train
     from nestdsl.runtime.train import _make_task as make_task
-    from nestdsl.spec import load_spec
 
     path = spec_path(preset)
     if task == "default":

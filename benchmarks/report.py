@@ -18,11 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+REPRODUCE = RESULTS / "reproduce"  # one folder per suite; its tables are docs/reproduction.md
 PAGE = ROOT / "docs" / "results.md"
 
 # Sections of the page, in reading order: what a result file's `benchmark` field (or, for older
 # files without one, its name) says it measured.
 SECTIONS = {
+    "reproduce": "Reproduction suites (`nestdsl reproduce`)",
     "learn": "Does it learn (benchmarks/learn.py)",
     "probe_map": "Memory probes at initialisation (benchmarks/probe_map.py, `nestdsl probe`)",
     "sensitivity": "Needle sensitivity (`nestdsl probe` end to end)",
@@ -244,9 +246,22 @@ def render_other(paths: list[Path]) -> list[str]:
     return lines
 
 
+def render_reproduce() -> list[str]:
+    """The suites' records are tabulated, with the paper's figures and verdicts, by
+    `nestdsl reproduce --report` in reproduction.md: here, where they are."""
+    lines = []
+    for folder in sorted(p for p in REPRODUCE.iterdir() if p.is_dir()) if REPRODUCE.is_dir() else []:
+        runs = [p for p in folder.glob("*.json") if p.name != "suite.json"]
+        lines.append(f"- `{folder.relative_to(ROOT).as_posix()}/`: {len(runs)} runs and `suite.json` "
+                     "(tables, the paper's figures and a verdict per claim: "
+                     "[reproduction.md](reproduction.md))")
+    return lines + [""] if lines else []
+
+
 def page() -> str:
-    paths = sorted(p for p in RESULTS.rglob("*") if p.is_file())
+    paths = sorted(p for p in RESULTS.rglob("*") if p.is_file() and REPRODUCE not in p.parents)
     sections: dict[str, list[str]] = {kind: [] for kind in SECTIONS}
+    sections["reproduce"] = render_reproduce()
     singles: dict[Path, list[Path]] = {}
     for path in paths:
         if path.suffix == ".json" and _single_run(path):
@@ -264,7 +279,7 @@ def page() -> str:
         else:
             continue
         sections[kind] += lines
-    count = sum(p.suffix in (".json", ".jsonl") for p in paths)
+    count = sum(p.suffix in (".json", ".jsonl") for p in RESULTS.rglob("*") if p.is_file())
     lines = [
         "# Results: every recorded run",
         "",

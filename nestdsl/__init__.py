@@ -15,7 +15,7 @@ __all__ = ["__version__", "compile", "load"]
 
 def load(path: str) -> Any:
     """Parse and check a spec file (YAML or .nest); raises `SpecError` on problems."""
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     return load_spec(path)
 

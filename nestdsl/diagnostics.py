@@ -9,7 +9,10 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from nestdsl.codes import Code
+from nestdsl.errors import NestdslError
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,17 @@ class Span:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One problem in a spec, positioned at a source span."""
+    """One problem in a spec, positioned at a source span. `code` (keyword-only, required) is
+    a registry code (`nestdsl/codes.py`); a string outside the registry is refused."""
 
     span: Span
     message: str
     hint: str | None = None
-    code: str = "spec"
+    code: Code = field(kw_only=True)
     severity: str = "error"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", Code(self.code))  # ValueError: not a registry code
 
     def sort_key(self) -> tuple[str, int, int, str]:
         return (self.span.file, self.span.line, self.span.col, self.message)
@@ -42,7 +49,7 @@ class Diagnostic:
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
         d.update(
-            file=self.span.file, line=self.span.line, column=self.span.col
+            code=self.code.value, file=self.span.file, line=self.span.line, column=self.span.col
         )
         del d["span"]
         return d
@@ -71,12 +78,15 @@ class Diagnostic:
         return "\n".join(lines)
 
 
-class SpecError(Exception):
+class SpecError(NestdslError):
     """A spec is invalid. Carries every diagnostic found (sorted by position)."""
 
     def __init__(self, diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None = None):
         self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
         self.sources = dict(sources or {})
+        # Set by validation: the part of a rejected spec that did validate (spec/validate.py
+        # PartialSpec), so the check stage can report its semantic problems in the same run.
+        self.partial: object | None = None
         first = self.diagnostics[0] if self.diagnostics else None
         super().__init__(f"{first.span}: {first.message}" if first else "invalid spec")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 from nestdsl.spec.shipped import OPTIMIZER_DIR, optimizer_names
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"

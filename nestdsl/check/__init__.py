@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from nestdsl.check.checker import check_spec, collect_diagnostics
+from nestdsl.check.checker import check_spec, collect_diagnostics, with_semantic_problems
 
-__all__ = ["check_spec", "collect_diagnostics"]
+__all__ = ["check_spec", "collect_diagnostics", "with_semantic_problems"]

@@ -12,16 +12,18 @@ at the offending field. Nothing here imports torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-from nestdsl.check.periods import DataShape, LevelClass, LevelKind, classify, divisors_near
 from nestdsl.check.registry import objective_names
+from nestdsl.codes import Code
 from nestdsl.diagnostics import Diagnostic, SpecError, SpecWarning, choices_hint, did_you_mean
 from nestdsl.spec import ir
+from nestdsl.spec.periods import DataShape, LevelClass, LevelKind, classify, divisors_near
 from nestdsl.spec.source import Document, Path
+from nestdsl.spec.validate import PartialSpec
 from nestdsl.vocabulary import PROJECTION_READ
 
 __all__ = ["check_spec", "collect_diagnostics"]
@@ -51,6 +53,18 @@ def collect_diagnostics(
         if include_warnings or d.severity != "warning":
             unique.setdefault((d.span.file, d.span.line, d.span.col, d.message), d)
     return sorted(unique.values(), key=Diagnostic.sort_key)
+
+
+def with_semantic_problems(error: SpecError) -> SpecError:
+    """A validation error plus the semantic problems of the part of the spec that did validate,
+    so one run shows every error instead of one section at a time."""
+    partial = error.partial
+    if not isinstance(partial, PartialSpec):
+        return error
+    extra = collect_diagnostics(partial.spec, partial.doc, broken=partial.broken)
+    seen = {(d.span.file, d.span.line, d.span.col, d.message) for d in error.diagnostics}
+    extra = [d for d in extra if (d.span.file, d.span.line, d.span.col, d.message) not in seen]
+    return SpecError([*error.diagnostics, *extra], error.sources) if extra else error
 
 
 def check_spec(spec: ir.Spec, doc: Document) -> None:
@@ -106,7 +120,7 @@ class _Ctx:
             self._used = used
         return self._used
 
-    def add(self, path: Path, message: str, hint: str | None, code: str, *, key: bool = False,
+    def add(self, path: Path, message: str, hint: str | None, code: Code, *, key: bool = False,
             severity: str = "error") -> None:
         self.diags.append(Diagnostic(self.doc.position(path, key=key), message, hint, code=code,
                                      severity=severity))
@@ -189,18 +203,18 @@ def _check_header(ctx: _Ctx) -> None:
     spec = ctx.spec
     if spec.nestdsl != ir.SPEC_VERSION:
         ctx.add(("nestdsl",), f"unsupported spec language version {spec.nestdsl}",
-                f"this nestdsl reads version {ir.SPEC_VERSION}; write `nestdsl: {ir.SPEC_VERSION}`", "version")
+                f"this nestdsl reads version {ir.SPEC_VERSION}; write `nestdsl: {ir.SPEC_VERSION}`", Code.VERSION)
     if spec.model is None and spec.optimizer is None and not ctx.is_broken("optimizer"):
         ctx.add((), "the spec has neither a `model` nor an `optimizer` section",
                 "a spec describes a model (`model:` with blocks) or an outer optimizer (`optimizer:`), or both",
-                "missing")
+                Code.MISSING)
     if spec.model is None:
         # Architecture sections without a model: nothing would ever use them.
         for section in ("levels", "memories", "cms", "blocks"):
             if getattr(spec, section):
                 ctx.add((section,), f"'{section}' is given but the spec has no `model` section",
                         "add `model: {width: 64, depth: 2, pattern: [<block>]}` or remove this section",
-                        "missing", key=True)
+                        Code.MISSING, key=True)
                 break
 
 
@@ -209,7 +223,7 @@ def _check_level_names(ctx: _Ctx) -> None:
         if name in ir.BUILTIN_LEVELS:
             ctx.add(("levels", name), f"level '{name}' redefines a built-in level",
                     f"'token' (1 token) and 'step' (1 step) are built in; pick another name such as '{name}s_2'",
-                    "duplicate", key=True)
+                    Code.DUPLICATE, key=True)
 
 
 def _check_references(ctx: _Ctx) -> None:
@@ -222,29 +236,29 @@ def _check_references(ctx: _Ctx) -> None:
                 and mem.level not in spec.levels and mem.level not in ir.BUILTIN_LEVELS
                 and not ctx.is_broken("levels", mem.level)):
             ctx.add(("memories", mname, "level"), f"unknown level '{mem.level}' in memory '{mname}'",
-                    _unknown_ref_hint(ctx, "level", mem.level, levels, builtin), "unknown-ref")
+                    _unknown_ref_hint(ctx, "level", mem.level, levels, builtin), Code.UNKNOWN_REF)
     for cname, c in spec.cms.items():
         for i, stage in enumerate(c.stages):
             if (stage.level not in spec.levels and stage.level not in ir.BUILTIN_LEVELS
                     and not ctx.is_broken("levels", stage.level)):
                 ctx.add(("cms", cname, "stages", i, "level"),
                         f"unknown level '{stage.level}' in cms '{cname}' stage {i + 1}",
-                        _unknown_ref_hint(ctx, "level", stage.level, levels, builtin), "unknown-ref")
+                        _unknown_ref_hint(ctx, "level", stage.level, levels, builtin), Code.UNKNOWN_REF)
     for bname, i, layer in _layers(spec):
         for fld, ref in _memory_refs(layer):
             if ref not in spec.memories and not ctx.is_broken("memories", ref):
                 ctx.add(("blocks", bname, "layers", i, fld),
                         f"unknown memory '{ref}' in block '{bname}' layer {i + 1} ({fld})",
-                        _unknown_ref_hint(ctx, "memory", ref, memories), "unknown-ref")
+                        _unknown_ref_hint(ctx, "memory", ref, memories), Code.UNKNOWN_REF)
         if isinstance(layer, ir.CMSLayer) and layer.cms not in spec.cms and not ctx.is_broken("cms", layer.cms):
             ctx.add(("blocks", bname, "layers", i, "cms"),
                     f"unknown cms '{layer.cms}' in block '{bname}' layer {i + 1}",
-                    _unknown_ref_hint(ctx, "cms", layer.cms, cms), "unknown-ref")
+                    _unknown_ref_hint(ctx, "cms", layer.cms, cms), Code.UNKNOWN_REF)
     if spec.model is not None:
         for i, bname in enumerate(spec.model.pattern):
             if bname not in spec.blocks and not ctx.is_broken("blocks", bname):
                 ctx.add(("model", "pattern", i), f"unknown block '{bname}' in model.pattern",
-                        _unknown_ref_hint(ctx, "block", bname, blocks), "unknown-ref")
+                        _unknown_ref_hint(ctx, "block", bname, blocks), Code.UNKNOWN_REF)
 
 
 def _check_memories(ctx: _Ctx) -> None:
@@ -256,7 +270,7 @@ def _check_memories(ctx: _Ctx) -> None:
         base: Path = ("memories", mname)
         if mem.heads is not None and width is not None and width % mem.heads != 0:
             ctx.add(base + ("heads",), f"memory '{mname}': {mem.heads} heads do not divide model width {width}",
-                    f"heads split the width; use a divisor of {width}: {_divisors(width)}", "heads")
+                    f"heads split the width; use a divisor of {width}: {_divisors(width)}", Code.HEADS)
         if isinstance(mem, ir.ParametricMemory):
             _check_parametric_memory(ctx, base, mname, mem, objectives)
 
@@ -265,47 +279,47 @@ def _check_parametric_memory(ctx: _Ctx, base: Path, mname: str, mem: ir.Parametr
                              objectives: list[str]) -> None:
     example = "e.g. `objective: l2` (regression, DeltaNet/Titans) or `objective: dot` (linear attention)"
     if mem.objective is None:
-        ctx.add(base, f"{mem.kind} memory '{mname}' needs an `objective`", example, "missing", key=True)
+        ctx.add(base, f"{mem.kind} memory '{mname}' needs an `objective`", example, Code.MISSING, key=True)
     elif mem.objective not in objectives:
         dym = did_you_mean(mem.objective, objectives)
         allowed = f"registered objectives: {_names(objectives)}"
         ctx.add(base + ("objective",), f"unknown objective '{mem.objective}' in memory '{mname}'",
-                f"{dym} {allowed}" if dym else allowed, "unknown-ref")
+                f"{dym} {allowed}" if dym else allowed, Code.UNKNOWN_REF)
     if mem.rule is None:
         ctx.add(base, f"{mem.kind} memory '{mname}' needs an update `rule`",
                 "e.g. `rule: {kind: gd, lr: 1.0}`; add `retention:`/`momentum:` for decay and momentum",
-                "missing", key=True)
+                Code.MISSING, key=True)
     if isinstance(mem, ir.MLPMemory):
         if mem.init == "zeros":
             ctx.add(base + ("init",), f"mlp memory '{mname}' cannot start from zeros",
                     "an all-zero MLP has zero inner gradients in every layer but the last; "
-                    "remove `init` (mlp memories learn their initial state)", "combination")
+                    "remove `init` (mlp memories learn their initial state)", Code.COMBINATION)
         if mem.read_norm is not None and mem.residual is False:
             ctx.add(base + ("read_norm",), f"`read_norm` on memory '{mname}' without a residual",
                     "`read_norm` normalises the branch M(q) - q of a residual mlp memory "
-                    "(x + W1 s(W2 x)); use `kind: mlp` with `residual: true`", "combination",
+                    "(x + W1 s(W2 x)); use `kind: mlp` with `residual: true`", Code.COMBINATION,
                     key=True)
     elif not mem.norm:      # a linear memory
         if mem.residual:
             ctx.add(base + ("residual",), f"`residual` on linear memory '{mname}' without `norm`",
                     "a linear memory's residual belongs to TTT-Linear's x + LN(W x): add "
-                    "`norm: true`, or remove `residual`", "combination", key=True)
+                    "`norm: true`, or remove `residual`", Code.COMBINATION, key=True)
         if mem.rule is not None and mem.rule.normalized_lr:
             ctx.add(base + ("rule", "normalized_lr"),
                     f"`normalized_lr` on linear memory '{mname}' without `norm`",
                     "the per-layer normalised step divides each MLP weight's step by its input's "
                     "|a|^2; for a bare matrix use unit-norm keys or `erase: normalized` (dgd)",
-                    "combination", key=True)
+                    Code.COMBINATION, key=True)
     if mem.rule is not None:
         _check_rule(ctx, base + ("rule",), mname, mem.rule)
         if mem.rule.clip is not None and mem.objective not in (None, "l2"):
             ctx.add(base + ("rule", "clip"),
                     f"memory '{mname}': `clip` soft-clips the l2 error, but the objective is "
-                    f"'{mem.objective}'", "use `objective: l2`, or remove `clip`", "combination")
+                    f"'{mem.objective}'", "use `objective: l2`, or remove `clip`", Code.COMBINATION)
         if mem.rule.erase is not None and mem.rule.kind != "dgd":
             ctx.add(base + ("rule", "erase"),
                     f"memory '{mname}': `erase` is the erase rate of dgd, but the rule is "
-                    f"'{mem.rule.kind}'", "use `kind: dgd`, or remove `erase`", "combination")
+                    f"'{mem.rule.kind}'", "use `kind: dgd`, or remove `erase`", Code.COMBINATION)
 
 
 # Beyond this inner step an unclipped mlp memory's state blew up within the first step
@@ -343,7 +357,7 @@ def _check_memory_stability(ctx: _Ctx) -> None:
                 f"set {' and '.join(fix)} (the Titans presets' `rule: {{lr: {{learned: sigmoid, "
                 f"scale: 0.1}}, clip: 1.0}}`, specs/titans-lmm.yaml); `norm: true` bounds the "
                 f"predictions instead of the clip, `rule.lr_per_dim: true` the step instead of "
-                f"the scale", "stability", severity="warning")
+                f"the scale", Code.STABILITY, severity="warning")
 
 
 def _divisors(n: int) -> str:
@@ -357,7 +371,7 @@ def _divisors(n: int) -> str:
 def _check_rule(ctx: _Ctx, base: Path, mname: str, rule: ir.Rule) -> None:
     # Gate ranges: lr > 0; retention alpha in (0, 1] (above 1 the state explodes); momentum
     # beta in [0, 1). A learned gate must be able to reach its `init` value.
-    bounds = {
+    bounds: dict[str, tuple[str, Callable[[float], bool]]] = {
         "lr": ("> 0", lambda v: v > 0),
         "retention": ("in (0, 1]", lambda v: 0 < v <= 1),
         "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
@@ -370,23 +384,23 @@ def _check_rule(ctx: _Ctx, base: Path, mname: str, rule: ir.Rule) -> None:
         if isinstance(gate, (int, float)):
             if not ok(float(gate)):
                 ctx.add(path, f"memory '{mname}': rule {name} must be {text}, got {gate}",
-                        _GATE_HINTS[name], "range")
+                        _GATE_HINTS[name], Code.RANGE)
             continue
         if name in ("retention", "momentum"):
             if gate.learned == "softplus":
                 ctx.add(path + ("learned",), f"memory '{mname}': a softplus {name} gate is unbounded",
-                        f"{name} must stay {text}; use `learned: sigmoid`", "range")
+                        f"{name} must stay {text}; use `learned: sigmoid`", Code.RANGE)
             elif gate.scale > 1:
                 ctx.add(path + ("scale",), f"memory '{mname}': {name} gate scale {gate.scale} lets it exceed 1",
-                        f"{name} must stay {text}; use a scale <= 1", "range")
+                        f"{name} must stay {text}; use a scale <= 1", Code.RANGE)
         if gate.init is not None:
             if gate.learned == "sigmoid" and not 0 < gate.init < gate.scale:
                 ctx.add(path + ("init",), f"memory '{mname}': {name} init {gate.init} is out of reach of the gate",
                         f"a sigmoid gate with scale {gate.scale} takes values strictly between 0 and {gate.scale}",
-                        "range")
+                        Code.RANGE)
             elif gate.learned == "softplus" and gate.init <= 0:
                 ctx.add(path + ("init",), f"memory '{mname}': {name} init {gate.init} is out of reach of the gate",
-                        "a softplus gate takes positive values only", "range")
+                        "a softplus gate takes positive values only", Code.RANGE)
 
 
 _GATE_HINTS = {
@@ -402,7 +416,7 @@ def _check_model(ctx: _Ctx) -> None:
         return
     if model.width % model.heads != 0:
         ctx.add(("model", "heads"), f"{model.heads} heads do not divide model width {model.width}",
-                f"heads split the width; use a divisor of {model.width}: {_divisors(model.width)}", "heads")
+                f"heads split the width; use a divisor of {model.width}: {_divisors(model.width)}", Code.HEADS)
 
 
 def _check_layers(ctx: _Ctx) -> None:
@@ -416,27 +430,27 @@ def _check_layers(ctx: _Ctx) -> None:
                 ctx.add(base + ("attention",),
                         f"{where} ({layer.type}): '{layer.attention}' is a {att.kind} memory, not attention",
                         f"`attention` must name a memory with `kind: attention` (the sliding-window branch of {layer.type.upper()})",
-                        "combination")
+                        Code.COMBINATION)
             mem = mems.get(layer.memory)
             if mem is not None and not isinstance(mem, ir.ParametricMemory):
                 ctx.add(base + ("memory",),
                         f"{where} ({layer.type}): `memory` '{layer.memory}' is an attention memory",
                         "`memory` must name a parametric (linear or mlp) memory, the long-term memory of Titans",
-                        "combination")
+                        Code.COMBINATION)
         if isinstance(layer, ir.SelfModifyingLayer):
             mem = mems.get(layer.memory)
             if mem is not None and not isinstance(mem, ir.MLPMemory):
                 ctx.add(base + ("memory",),
                         f"{where} (self_modifying): memory '{layer.memory}' is {mem.kind}, not mlp",
                         "Hope's self-modifying Titans uses an mlp memory (residual x + W1 s(W2 x)); set `kind: mlp`",
-                        "combination")
+                        Code.COMBINATION)
             proj = mems.get(layer.projections)
             if proj is not None and not isinstance(proj, ir.MLPMemory):
                 ctx.add(base + ("projections",),
                         f"{where} (self_modifying): projections '{layer.projections}' is {'an' if proj.kind == 'attention' else 'a'} "
                         f"{proj.kind} memory, not mlp",
                         "Hope's k/v/eta/alpha memories are residual MLPs x + W1 s(W2 x) (NL Eq. 89); set `kind: mlp`",
-                        "combination")
+                        Code.COMBINATION)
             # an unset `read` resolves to PROJECTION_READ (spec/resolve.py)
             if isinstance(proj, ir.ParametricMemory) and "read" in proj.model_fields_set \
                     and proj.read != PROJECTION_READ:
@@ -444,7 +458,7 @@ def _check_layers(ctx: _Ctx) -> None:
                         f"projections '{layer.projections}' of {where} have `read: {proj.read}`; the generated "
                         "k, v, eta, alpha read the chunk-start state",
                         "set `read: chunk` (NL paper Eq. 90: the elements of a chunk are generated from the "
-                        "state at the end of the previous chunk)", "combination")
+                        "state at the end of the previous chunk)", Code.COMBINATION)
             if isinstance(mem, ir.MLPMemory) and isinstance(proj, ir.MLPMemory):
                 _check_self_modifying_shapes(ctx, base, where, layer, mem, proj)
             if layer.projections == layer.memory:
@@ -452,13 +466,13 @@ def _check_layers(ctx: _Ctx) -> None:
                         f"{where}: a memory cannot generate its own keys ('{layer.memory}' is both "
                         "`memory` and `projections`)",
                         "declare a separate memory for the k/v/eta/alpha projections (Hope uses two: the main "
-                        "memory and the projection memories)", "cycle")
+                        "memory and the projection memories)", Code.CYCLE)
             seen: dict[str, int] = {}
             for j, a in enumerate(layer.adaptive):
                 if a in seen:
                     ctx.add(base + ("adaptive", j), f"'{a}' is listed twice in `adaptive`",
                             f"each projection appears once (first at position {seen[a] + 1}); remove this one",
-                            "duplicate")
+                            Code.DUPLICATE)
                 seen.setdefault(a, j)
 
 
@@ -471,7 +485,7 @@ def _check_self_modifying_shapes(ctx: _Ctx, base: Path, where: str, layer: ir.Se
         ctx.add(("memories", layer.projections, "heads"),
                 f"projections '{layer.projections}' have {proj.heads} heads but the main memory "
                 f"'{layer.memory}' of {where} has {heads}",
-                "all memories of a self_modifying layer share the keys, hence the heads", "heads")
+                "all memories of a self_modifying layer share the keys, hence the heads", Code.HEADS)
     periods = []
     for m in (mem, proj):
         try:
@@ -486,7 +500,7 @@ def _check_self_modifying_shapes(ctx: _Ctx, base: Path, where: str, layer: ir.Se
         ctx.add(base, f"{where} (self_modifying): chunk sizes C_mem = {c_mem} ('{layer.memory}') and "
                 f"C_other = {c_other} ('{layer.projections}') do not nest",
                 "one must divide the other (e.g. C_mem = 4·C_other), so both memories advance together "
-                "chunk by chunk", "periods")
+                "chunk by chunk", Code.PERIOD)
 
 
 def _check_cycles(ctx: _Ctx) -> None:
@@ -519,7 +533,7 @@ def _check_cycles(ctx: _Ctx) -> None:
         ctx.add(path, "reference cycle: " + " -> ".join(names + [names[0]]),
                 "projections generate the keys/values of another memory; a memory cannot (through other "
                 "memories) generate its own inputs. Use a memory outside the loop as `projections`",
-                "cycle")
+                Code.CYCLE)
 
 
 def find_cycles(graph: dict[str, list[tuple[str, Path]]]) -> list[tuple[list[str], Path]]:
@@ -568,12 +582,12 @@ def _check_periods(ctx: _Ctx) -> None:
         if period.unit == "steps":
             ctx.add(path, f"memory '{mname}' uses level '{mem.level}' ({period}), a period in optimizer steps",
                     "memories update inside the sequence, so their level (chunk size C) must be in tokens, "
-                    "e.g. '16 tokens'; per-step updates belong in a CMS stage", "period")
+                    "e.g. '16 tokens'; per-step updates belong in a CMS stage", Code.PERIOD)
         elif period.every >= shape.seq_len:
             ctx.add(path, f"memory '{mname}': chunk size {period} (level '{mem.level}') is not smaller than "
                     f"seq_len {shape.seq_len}",
                     f"a memory's level is its chunk size C and must be < seq_len ({shape.describe()}) or the "
-                    "memory never updates inside a sequence", "period")
+                    "memory never updates inside a sequence", Code.PERIOD)
     reported: set[str] = set()
     for cname, c in spec.cms.items():
         for i, stage in enumerate(c.stages):
@@ -627,7 +641,7 @@ def _check_sweep_segments(ctx: _Ctx, shape: DataShape) -> None:
                         f"segments (the gcd of the `task` CMS periods, e.g. cms '{cname}' stage "
                         f"{j + 1}, level '{stage.level}')",
                         f"make every task-signal CMS period a multiple of {period.every} tokens, or use "
-                        "`signal: local` for the faster stages", "period")
+                        "`signal: local` for the faster stages", Code.PERIOD)
 
 
 def _period_error(ctx: _Ctx, cname: str, i: int, level: str, cls: LevelClass, shape: DataShape) -> None:
@@ -642,12 +656,12 @@ def _period_error(ctx: _Ctx, cname: str, i: int, level: str, cls: LevelClass, sh
         near = " or ".join(str(d) for d in (below, above) if d is not None)
         ctx.add(path, f"level '{level}' period {period} does not divide seq_len {shape.seq_len} ({used})",
                 f"an in-context level fires every C tokens and C must divide seq_len ({shape.describe()}); "
-                f"nearest valid: {near} tokens", "period")
+                f"nearest valid: {near} tokens", Code.PERIOD)
     else:
         ctx.add(path, f"level '{level}' period {period} is between in-context and persistent ({used})",
                 f"in-context periods are < seq_len ({shape.seq_len} tokens) and divide it; persistent periods are "
                 f"in steps or a multiple of tokens per step ({tps} = batch {shape.batch} x seq_len {shape.seq_len}), "
-                f"e.g. '{tps} tokens' or '1 step'", "period")
+                f"e.g. '{tps} tokens' or '1 step'", Code.PERIOD)
 
 
 def _persistent_only(ctx: _Ctx, cname: str, i: int, stage: ir.CMSStage, cls: LevelClass) -> None:
@@ -658,7 +672,7 @@ def _persistent_only(ctx: _Ctx, cname: str, i: int, stage: ir.CMSStage, cls: Lev
             ctx.add(("cms", cname, "stages", i, f),
                     f"`{f}` on persistent cms stage {i + 1} of '{cname}' (level '{stage.level}', every {cls.every_k} step(s))",
                     f"`{f}` applies to in-context stages (period < seq_len); a persistent stage is updated by the "
-                    "outer optimizer. Remove it", "combination", key=True)
+                    "outer optimizer. Remove it", Code.COMBINATION, key=True)
 
 
 def _check_nested(ctx: _Ctx, cname: str, c: ir.CMS, shape: DataShape) -> None:
@@ -682,7 +696,7 @@ def _check_nested(ctx: _Ctx, cname: str, c: ir.CMS, shape: DataShape) -> None:
                     f"nested cms '{cname}': stage {i + 1} (level '{sb.level}', {pb}) {relation} "
                     f"stage {i} (level '{sa.level}', {pa})",
                     "in `mode: nested` stages go from fastest to slowest and each period is a multiple of the "
-                    "previous one (a slower stage resets the faster ones when it fires)", "period")
+                    "previous one (a slower stage resets the faster ones when it fires)", Code.PERIOD)
 
 
 def _check_unused(ctx: _Ctx) -> None:
@@ -707,7 +721,7 @@ def _check_unused(ctx: _Ctx) -> None:
         for name in defined:
             if name not in ctx.used[ns] and (ns, name) not in ctx.suggested:
                 ctx.add((section, name), f"{ns} '{name}' is never used", f"remove it or {how}",
-                        "unused", key=True)
+                        Code.UNUSED, key=True)
 
 
 def _check_data(ctx: _Ctx) -> None:
@@ -724,7 +738,7 @@ def _check_data(ctx: _Ctx) -> None:
                 if ctx.given(("data", "tasks", i, f)) and getattr(t, f) != getattr(data, f):
                     ctx.add(("data", "tasks", i, f),
                             f"continual task {i + 1} sets {f} {getattr(t, f)}, but data.{f} is {getattr(data, f)}",
-                            f"all tasks share the run's {f}; set it once on the `data` section", "data")
+                            f"all tasks share the run's {f}; set it once on the `data` section", Code.DATA)
     for path, t in tasks:
         seq_len = data.seq_len  # the run's shape, also for continual sub-tasks
         # Point at seq_len when it was written, else at the task's section key.
@@ -732,7 +746,7 @@ def _check_data(ctx: _Ctx) -> None:
         if isinstance(t, ir.TextData):
             if not t.path.strip():
                 ctx.add(path + ("path",), "text data needs a non-empty `path`",
-                        "a text file or a folder of text files", "data")
+                        "a text file or a folder of text files", Code.DATA)
             need = 256 if t.tokenizer == "bytes" else t.vocab_size
             what = "byte-level text (256 symbols)" if t.tokenizer == "bytes" else f"a BPE vocabulary of {need}"
         elif isinstance(t, ir.MQARData):
@@ -740,28 +754,28 @@ def _check_data(ctx: _Ctx) -> None:
             q = t.num_queries if t.num_queries is not None else t.num_pairs
             if t.num_pairs > 127:
                 ctx.add(path + ("num_pairs",), f"mqar: num_pairs {t.num_pairs} exceeds the 127 distinct keys",
-                        "keys and values split the 256 byte ids (127 each); use num_pairs <= 127", "data")
+                        "keys and values split the 256 byte ids (127 each); use num_pairs <= 127", Code.DATA)
             if seq_len + 1 < 2 * t.num_pairs + 2 * q:
                 ctx.add(seq_path, f"mqar: seq_len {seq_len} is too short for {t.num_pairs} pairs and {q} queries",
                         f"each pair and each query takes 2 tokens: need seq_len >= {2 * t.num_pairs + 2 * q - 1}",
-                        "data", key=True)
+                        Code.DATA, key=True)
         elif isinstance(t, ir.NIAHData):
             need, what = 256, "niah (byte-level text, 256 symbols)"
             # Mirrors nestdsl.runtime.tasks.niah.min_seq_len (not imported: keeps check light).
             lo = {1: 64, 2: 96, 3: 128}[int(t.variant)]
             if seq_len < lo:
                 ctx.add(seq_path, f"niah variant {t.variant} needs seq_len >= {lo}, got {seq_len}",
-                        "the needle, query and answer need room in the haystack", "data", key=True)
+                        "the needle, query and answer need room in the haystack", Code.DATA, key=True)
         elif isinstance(t, ir.CopyData):
             need, what = 256, "copy (byte-level ids, 256 symbols)"
             if seq_len < 2 * t.length:
                 ctx.add(seq_path, f"copy: seq_len {seq_len} is too short to copy length {t.length}",
-                        f"the string, a separator and the copy need seq_len >= {2 * t.length}", "data", key=True)
+                        f"the string, a separator and the copy need seq_len >= {2 * t.length}", Code.DATA, key=True)
         else:
             continue
         if model is not None and need is not None and model.vocab < need:
             ctx.add(("model", "vocab"), f"model.vocab {model.vocab} is smaller than the data's vocabulary ({need})",
-                    f"{what} needs vocab >= {need}", "data")
+                    f"{what} needs vocab >= {need}", Code.DATA)
 
 
 def _check_train(ctx: _Ctx) -> None:
@@ -770,13 +784,13 @@ def _check_train(ctx: _Ctx) -> None:
         # No silent default: the outer optimizer is part of the experiment (docs/design.md §4).
         ctx.add(("train",), "`train` needs an outer `optimizer`",
                 "add `optimizer: adamw` (a shipped optimizer spec), a path to an optimizer spec "
-                "file or an inline `optimizer: {type: adamw, lr: 3e-3}`", "missing", key=True)
+                "file or an inline `optimizer: {type: adamw, lr: 3e-3}`", Code.MISSING, key=True)
     if spec.train is not None and spec.train.warmup > spec.train.steps:
         ctx.add(("train", "warmup"), f"warmup {spec.train.warmup} is longer than the run ({spec.train.steps} steps)",
-                "use warmup < train.steps", "range")
+                "use warmup < train.steps", Code.RANGE)
     if spec.train is not None and spec.model is None:
         ctx.add(("train",), "`train` is given but the spec has no `model` section",
-                "an optimizer-only spec is referenced from a model spec; train the model spec", "missing", key=True)
+                "an optimizer-only spec is referenced from a model spec; train the model spec", Code.MISSING, key=True)
 
 
 def _check_optimizer(ctx: _Ctx) -> None:
@@ -789,7 +803,7 @@ def _check_optimizer(ctx: _Ctx) -> None:
             if g.params in seen:
                 ctx.add(("optimizer", "groups", i, "params"),
                         f"optimizer parameter group '{g.params}' is given twice",
-                        f"first at group {seen[g.params] + 1}; merge them", "duplicate")
+                        f"first at group {seen[g.params] + 1}; merge them", Code.DUPLICATE)
             seen.setdefault(g.params, i)
     elif isinstance(opt, str):
         _check_optimizer_ref(ctx)
@@ -810,7 +824,7 @@ def _check_optimizer_ref(ctx: _Ctx) -> None:
             # a.yaml -> b.yaml -> a.yaml: following it would recurse forever.
             loop = chain[chain.index(target):] + [target]
             ctx.add(("optimizer",), "optimizer reference cycle: " + " -> ".join(p.name for p in loop),
-                    "an optimizer reference must name a file with an inline `optimizer:` mapping", "cycle")
+                    "an optimizer reference must name a file with an inline `optimizer:` mapping", Code.CYCLE)
             return
     if not path.is_file():
         _optimizer_not_found(ctx, str(spec.optimizer), path)
@@ -820,12 +834,13 @@ def _check_optimizer_ref(ctx: _Ctx) -> None:
         _ACTIVE_REFS.append(here)
     try:
         opt_doc, opt_spec = parse_file(path)
-    except SpecError as e:
+    except SpecError as rejected:
+        e = with_semantic_problems(rejected)
         # Say at the reference why this spec fails, then list the referenced file's errors.
         first = e.diagnostics[0].span if e.diagnostics else None
         where = f" (first at {first})" if first else ""
         ctx.add(("optimizer",), f"optimizer spec '{spec.optimizer}' is invalid",
-                f"fix the errors reported in {path}{where}", "unknown-ref")
+                f"fix the errors reported in {path}{where}", Code.UNKNOWN_REF)
         ctx.diags.extend(e.diagnostics)
         return
     finally:
@@ -834,7 +849,7 @@ def _check_optimizer_ref(ctx: _Ctx) -> None:
     if opt_spec.outer_optimizer is None:
         ctx.add(("optimizer",), f"'{spec.optimizer}' has no inline `optimizer:` section",
                 "an optimizer reference must name a file whose `optimizer:` is a mapping (no chained references)",
-                "unknown-ref")
+                Code.UNKNOWN_REF)
         return
     # The referenced file's own semantic problems (e.g. duplicate groups) count too.
     ctx.diags.extend(collect_diagnostics(opt_spec, opt_doc))
@@ -851,7 +866,7 @@ def _optimizer_not_found(ctx: _Ctx, ref: str, path: FsPath) -> None:
     if is_bare_name(ref):
         ctx.add(("optimizer",), f"unknown optimizer '{ref}': not a shipped optimizer spec nor a file",
                 f"{choices_hint(ref, names)} (or give the path of an optimizer spec file, relative "
-                "to this spec file)", "unknown-ref")
+                "to this spec file)", Code.UNKNOWN_REF)
         return
     base = FsPath(ctx.spec.source_file).parent if ctx.spec.source_file else FsPath(".")
     stem = FsPath(ref).stem
@@ -866,7 +881,7 @@ def _optimizer_not_found(ctx: _Ctx, ref: str, path: FsPath) -> None:
         dym = did_you_mean(ref, siblings + names)
     hint = f"looked for {path}; a path is relative to this spec file; {shipped}"
     ctx.add(("optimizer",), f"optimizer spec '{ref}' not found", f"{dym} {hint}" if dym else hint,
-            "unknown-ref")
+            Code.UNKNOWN_REF)
 
 
 # Spec files whose optimizer reference is being followed (innermost last): a referenced file that

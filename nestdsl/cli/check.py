@@ -30,14 +30,15 @@ def _spec_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def check(
     paths: Annotated[list[Path], typer.Argument(help="spec files or folders")],
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable diagnostics")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable diagnostics "
+                                                             "(`nestdsl codes` explains each code)")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value "
                                                    "(checked as if written in each file)")] = None,
     traceback: TracebackOpt = False,
 ) -> None:
     """Validate specs: every error with file:line:col, sorted by position. Exit 0 valid, 2 errors."""
     from nestdsl.diagnostics import Diagnostic
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     with guard(traceback, as_json=as_json):
         files = _spec_files(paths)

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from nestdsl.check.periods import LevelKind
 from nestdsl.cli.app import TracebackOpt, app, out
 from nestdsl.cli.errors import UserError, guard
 from nestdsl.cli.runtime_options import KernelOpt, _kernels
+from nestdsl.spec.periods import LevelKind
 
 
 def _plan_table(system: Any) -> Table:
@@ -143,7 +143,7 @@ def compile_command(
     traceback: TracebackOpt = False,
 ) -> None:
     """Lower a spec and print the plan: what each memory/level became, and the parameter count."""
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     with guard(traceback):
         spec_obj = load_spec(spec)

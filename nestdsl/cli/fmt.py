@@ -42,7 +42,8 @@ def fmt(
     traceback: TracebackOpt = False,
 ) -> None:
     """Print a spec in canonical YAML or .nest form (comments are not kept)."""
-    from nestdsl.spec import load_spec, syntax_of
+    from nestdsl.pipeline import load_spec
+    from nestdsl.spec import syntax_of
     from nestdsl.spec.printer import print_spec
     from nestdsl.spec.resolve import resolve
     from nestdsl.spec.shipped import shown_path

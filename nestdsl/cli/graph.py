@@ -37,7 +37,7 @@ def graph(
     the spec), or to `-o`."""
     from nestdsl.cli.runtime_options import _run_dir
     from nestdsl.graph.render import render_graph
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     with guard(traceback):
         spec = load_spec(path)

@@ -22,7 +22,8 @@ def _run_dir(spec_path: Path, out_dir: Path | None) -> Path:
 def _load(spec: Path, sets: list[str]) -> tuple[ir.Spec, str]:
     """The spec with its `--set` overrides, and the text a checkpoint records for it (the file
     plus the overrides, so `--resume`/`eval` with other overrides is caught by the spec hash)."""
-    from nestdsl.spec import load_spec, read_source
+    from nestdsl.pipeline import load_spec
+    from nestdsl.spec import read_source
 
     spec_obj = load_spec(spec, overrides=sets)
     if spec_obj.model is None:

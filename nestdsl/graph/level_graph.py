@@ -201,7 +201,7 @@ class _Builder:
     def __init__(self, spec: ir.Spec, sched: Schedule) -> None:
         self.spec = resolve(spec)         # the defaults the compiler uses (spec/resolve.py)
         self.sched = sched
-        self.g = nx.MultiDiGraph()
+        self.g: nx.MultiDiGraph[str] = nx.MultiDiGraph()
         self.outer_params: list[tuple[str, str]] = []  # (node, parameter class) the optimizer updates
 
     # -- primitives ----------------------------------------------------------------------------
@@ -450,7 +450,7 @@ class _Builder:
 
     # -- whole spec ------------------------------------------------------------------------------
 
-    def build(self) -> nx.MultiDiGraph:
+    def build(self) -> nx.MultiDiGraph[str]:
         spec = self.spec
         self.g.graph.update(name=spec.name, seq_len=self.sched.seq_len, batch=self.sched.batch,
                             tokens_per_step=self.sched.tokens_per_step)
@@ -487,7 +487,7 @@ class _Builder:
 def build_graph(
     spec: ir.Spec, seq_len: int | None = None, batch: int | None = None,
     sched: Schedule | None = None,
-) -> nx.MultiDiGraph:
+) -> nx.MultiDiGraph[str]:
     """The level graph of `spec` (see the module doc for the node and edge model).
 
     `seq_len`/`batch` (default: the spec's `data`) decide which token periods are in-context and
@@ -497,7 +497,7 @@ def build_graph(
     return _Builder(spec, sched).build()
 
 
-def levels_in_order(g: nx.MultiDiGraph) -> list[str]:
+def levels_in_order(g: nx.MultiDiGraph[str]) -> list[str]:
     """Level node ids, fastest first."""
     return sorted((n for n, d in g.nodes(data=True) if d["kind"] == "level"),
                   key=lambda n: g.nodes[n]["rank"])

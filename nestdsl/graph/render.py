@@ -44,7 +44,7 @@ def _level_header(d: dict[str, Any]) -> str:
     return f"{d['name']} · every {d['period_text']} · {d['cls']}"
 
 
-def _owned(g: nx.MultiDiGraph, lid: str) -> list[str]:
+def _owned(g: nx.MultiDiGraph[str], lid: str) -> list[str]:
     # Computations first, then their states, so the tree reads top-down.
     order = {"memory": 0, "cms_stage": 1, "opt_memory": 2, "mlp": 3, "projection": 4,
              "combine": 5, "param": 6, "optimizer": 7, "state": 8}
@@ -69,7 +69,7 @@ def _node_line(d: dict[str, Any]) -> str:
     return f"{title} {d['label']}"
 
 
-def _edge_rows(g: nx.MultiDiGraph) -> list[tuple[str, str, str, str, str]]:
+def _edge_rows(g: nx.MultiDiGraph[str]) -> list[tuple[str, str, str, str, str]]:
     """(kind, grad, source, target, label) for every edge, in a stable order."""
     rows = [(d["kind"], d["grad"], u, v, d.get("label", "")) for u, v, d in g.edges(data=True)]
     return sorted(rows, key=lambda r: (EDGE_ORDER.index(r[0]), r[2], r[3]))
@@ -79,7 +79,7 @@ def _edge_rows(g: nx.MultiDiGraph) -> list[tuple[str, str, str, str, str]]:
 # text
 
 
-def to_text(spec: ir.Spec, g: nx.MultiDiGraph, sched: Schedule) -> Group:
+def to_text(spec: ir.Spec, g: nx.MultiDiGraph[str], sched: Schedule) -> Group:
     """A rich renderable: the level tree (fastest first), the edges, the firing timeline."""
     shape = ""
     if sched.seq_len:
@@ -158,7 +158,7 @@ def _short_label(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def to_mermaid(g: nx.MultiDiGraph) -> str:
+def to_mermaid(g: nx.MultiDiGraph[str]) -> str:
     out = ["flowchart LR", f"  %% {g.graph.get('name', '')}: level graph, levels fastest first"]
     for i, lid in enumerate(levels_in_order(g)):
         d = g.nodes[lid]
@@ -184,7 +184,7 @@ def _dq(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_dot(g: nx.MultiDiGraph) -> str:
+def to_dot(g: nx.MultiDiGraph[str]) -> str:
     out = [f"digraph {_dq(g.graph.get('name', 'spec'))} {{", "  rankdir=LR;",
            '  node [shape=box, fontsize=10, fontname="Helvetica"];',
            '  edge [fontsize=9, fontname="Helvetica"];']
@@ -215,7 +215,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def to_json(g: nx.MultiDiGraph, sched: Schedule) -> str:
+def to_json(g: nx.MultiDiGraph[str], sched: Schedule) -> str:
     """Node-link data (`nx.node_link_graph(data, edges="edges")` reads it back) + the schedule."""
     rank = {n: g.nodes[n]["rank"] for n in levels_in_order(g)}
     by_level = {d["name"]: rank[n] for n, d in g.nodes(data=True) if d["kind"] == "level"}
@@ -241,7 +241,7 @@ def to_json(g: nx.MultiDiGraph, sched: Schedule) -> str:
 # png (matplotlib + networkx layout)
 
 
-def _box_text(g: nx.MultiDiGraph, n: str, states: dict[str, list[str]]) -> str:
+def _box_text(g: nx.MultiDiGraph[str], n: str, states: dict[str, list[str]]) -> str:
     """A node's label in the picture: name, what it is, and the state it writes (folded in)."""
     d = g.nodes[n]
     kind = d["kind"]
@@ -258,10 +258,10 @@ def _box_text(g: nx.MultiDiGraph, n: str, states: dict[str, list[str]]) -> str:
     return text
 
 
-def _flow_rank(g: nx.MultiDiGraph, nodes: list[str]) -> dict[str, int]:
+def _flow_rank(g: nx.MultiDiGraph[str], nodes: list[str]) -> dict[str, int]:
     """Column of each node: its depth in the data flow (generates / reads between computations),
     so a chain such as projections → titans → CMS stages runs left to right."""
-    flow = nx.DiGraph()
+    flow: nx.DiGraph[str] = nx.DiGraph()
     flow.add_nodes_from(nodes)
     for u, v, d in g.edges(data=True):
         if u in flow and v in flow and d["kind"] in ("generates", "reads"):
@@ -274,7 +274,7 @@ def _flow_rank(g: nx.MultiDiGraph, nodes: list[str]) -> dict[str, int]:
     return rank
 
 
-def _fold_states(g: nx.MultiDiGraph) -> tuple[dict[str, list[str]], dict[str, str]]:
+def _fold_states(g: nx.MultiDiGraph[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
     """States are drawn inside the box of the memory that writes them: (memory -> its states,
     state -> its memory)."""
     states: dict[str, list[str]] = {}
@@ -288,7 +288,7 @@ def _fold_states(g: nx.MultiDiGraph) -> tuple[dict[str, list[str]], dict[str, st
     return states, folded
 
 
-def to_png(g: nx.MultiDiGraph, path: Path) -> Path:
+def to_png(g: nx.MultiDiGraph[str], path: Path) -> Path:
     """Draw the levels as horizontal bands, fastest on top (the paper's nested-levels view); each
     memory, CMS stage and parameter group sits in its level's band, columns follow the data
     flow, a memory's own state is folded into its box. Solid arrows carry gradients, dashed ones
@@ -350,7 +350,7 @@ def to_png(g: nx.MultiDiGraph, path: Path) -> Path:
         if g.nodes[u]["kind"] == "state" and d["kind"] == "reads":
             continue                                   # a memory reading its own state
         drawn.setdefault((u, v), []).append(d)
-    meta_bands: set[str] = set()
+    meta_bands: set[str | None] = set()  # a node's `level` may be None
     for (u, v), ds in drawn.items():
         kind, grad = ds[0]["kind"], ds[0]["grad"]
         if g.nodes[u]["kind"] == "level":            # meta: the outer level learns θ₀

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nestdsl.check.periods import DataShape, LevelKind, classify
 from nestdsl.spec import ir
+from nestdsl.spec.periods import DataShape, LevelKind, classify
 
 __all__ = ["Level", "Schedule", "optimizer_levels", "schedule", "spec_levels"]
 
@@ -32,7 +32,7 @@ __all__ = ["Level", "Schedule", "optimizer_levels", "schedule", "spec_levels"]
 @dataclass(frozen=True)
 class Level:
     """A level (docs/design.md §2): a named clock, classified against the sequence length and the
-    tokens per optimizer step (`check.periods.classify`). The one Level type: built once from
+    tokens per optimizer step (`spec.periods.classify`). The one Level type: built once from
     the spec by `spec_levels` / `schedule` and handed to the graph, the lowering (CMS stages,
     `CompiledSystem.levels`) and the train loop."""
 
@@ -90,7 +90,7 @@ class Level:
 
 def _classify(period: ir.Period, seq_len: int | None, batch: int | None, *, builtin_step: bool
               ) -> tuple[LevelKind, int | None, int | None]:
-    """(class, tokens_every, steps_every) of a period: `check.periods.classify` (docs/design.md §3.3)."""
+    """(class, tokens_every, steps_every) of a period: `spec.periods.classify` (docs/design.md §3.3)."""
     shape = DataShape(seq_len, batch) if seq_len and batch else None
     c = classify(period, shape, outer=builtin_step)
     # a period that does not divide seq_len still fires in context (a memory's last chunk is

@@ -9,12 +9,12 @@
     y = (RMSNorm_head(o) ⊙ σ(x W_g)) W_o           (output_gate; else y = o W_o)
 
 Streaming state: the KV cache (post-RoPE keys and values, at most `window` of them when a window
-is set), the conv cache and the next position.
+is set), the conv cache and the next position (`AttentionState`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -36,11 +36,20 @@ from nestdsl.ops import causal_attention
 from nestdsl.spec import ir
 
 
+class AttentionState(TypedDict):
+    """Streaming state of softmax attention (`AttentionMixer`), a plain dict at runtime."""
+
+    k: Tensor              # KV cache keys after RoPE, (B, H, S, d); S ≤ window when one is set
+    v: Tensor              # KV cache values, (B, H, S, d)
+    conv: Tensor | None    # the short conv's last K−1 inputs (B, K−1, 3·H·d); None: no conv
+    pos: int               # tokens seen: the next token's RoPE position
+
+
 class AttentionMixer(nn.Module):
     def __init__(self, ctx: BuildContext, node: Any, mem: ir.AttentionMemory, name: str, *, conv: int,
                  qk_norm: bool, output_gate: bool) -> None:
         super().__init__()
-        H, d = ctx.heads_and_dim(mem, node)
+        H, d = ctx.heads_and_dim(mem)
         D = ctx.width
         self.name, self.ir = name, mem
         self.H, self.d, self.window = H, d, mem.window
@@ -85,7 +94,8 @@ class AttentionMixer(nn.Module):
             return k[:, :, -self.window:], v[:, :, -self.window:]
         return k, v
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, x: Tensor, state: AttentionState | None = None
+                ) -> tuple[Tensor, AttentionState]:
         if state is None:
             y, k, v, conv_cache = self.full(x)
             pos = x.shape[1]

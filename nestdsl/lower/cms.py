@@ -11,7 +11,7 @@ own level. Wiring (`mode`):
                  stage s+1 (stages go fastest → slowest, as the checker requires; §3.2 "Nested
                  CMS": the slower level owns and re-initialises the faster one)
 
-Each stage's level is classified from its period (`nestdsl.check.periods.classify`, with seq_len
+Each stage's level is classified from its period (`nestdsl.spec.periods.classify`, with seq_len
 and tokens per step = batch × seq_len from the spec's `data`, or the ir._Data defaults):
 
 * **persistent** (period in steps, or a multiple of tokens per step): the weights are ordinary
@@ -37,9 +37,9 @@ stages needs compiled graphs that can be back-propagated through twice (`task_sw
 retain_graph): such a layer sets `CompileConfig.repeated_backward`, which turns off AOTAutograd's
 donated buffers and inductor's in-place buffer reuse for this model's compiled functions only.
 
-Streaming state: {"__cms__": tag, "pos": tokens seen, "fast": {stage: (W_in, W_out)} current fast
-weights (B, out, in) of in-context stages, "anchor": {stage: chunk-start weights} of local stages};
-segments may be split anywhere (local stages accumulate the partial chunk exactly: with plain GD
+Streaming state (`CMSState`): {"__cms__": tag, "pos": tokens seen, "fast": {stage: (W_in,
+W_out)} current fast weights (B, out, in) of in-context stages, "anchor": {stage: chunk-start
+weights} of local stages}; segments may be split anywhere (local stages accumulate the partial chunk exactly: with plain GD
 the chunk update is a sum of per-token gradients at θ_{c(t)}).
 """
 
@@ -49,22 +49,32 @@ import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
-from nestdsl.check.periods import LevelKind
 from nestdsl.graph.schedule import Level
 from nestdsl.lower.common import BuildContext, CompileConfig, RMSNorm
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
 from nestdsl.spec import ir
+from nestdsl.spec.periods import LevelKind
 
-__all__ = ["StageLevel", "CMSLayerModule", "build_cms"]
+__all__ = ["CMSState", "StageLevel", "CMSLayerModule", "build_cms"]
 
 _TAGS = itertools.count()
+
+
+class CMSState(TypedDict):
+    """Streaming state of a CMS layer (`CMSLayerModule`), a plain dict at runtime."""
+
+    __cms__: str                           # the owning layer's tag (`task_sweep` finds it by it)
+    pos: int                               # tokens seen
+    fast: dict[int, tuple[Tensor, ...]]    # in-context stage index → current (W_in, W_out),
+                                           # (B, hidden·D, D) and (B, D, hidden·D)
+    anchor: dict[int, tuple[Tensor, ...]]  # local stages: the chunk-start weights θ_{c(t)}
 
 
 @dataclass(frozen=True)
@@ -210,14 +220,14 @@ class CMSLayerModule(nn.Module):
             ws.append(w)
         return tuple(ws)
 
-    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    def initial_state(self, batch: int, dtype: torch.dtype = torch.float32) -> CMSState:
         fast = {lv.index: self.init_fast(lv.index, batch, dtype)
                 for lv in self.levels if lv.kind == LevelKind.IN_CONTEXT}
         anchor = {lv.index: fast[lv.index] for lv in self.levels
                   if lv.kind == LevelKind.IN_CONTEXT and lv.signal == "local"}
         return {"__cms__": self.tag, "pos": 0, "fast": fast, "anchor": anchor}
 
-    def carry(self, state: dict[str, Any]) -> dict[str, Any] | None:
+    def carry(self, state: CMSState) -> CMSState | None:
         """The state to start the next sequence with: `scope: stream` stages continue, the
         others restart from their initial state."""
         keep = [lv.index for lv in self.levels if lv.kind == LevelKind.IN_CONTEXT and lv.scope == "stream"]
@@ -236,7 +246,7 @@ class CMSLayerModule(nn.Module):
     # ------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, x: Tensor, state: CMSState | None = None) -> tuple[Tensor, CMSState]:
         B, T, _ = x.shape
         if state is None:
             state = self.initial_state(B, x.dtype)

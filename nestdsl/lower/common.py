@@ -17,18 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nestdsl.check.periods import DataShape
+from nestdsl.codes import Code
 from nestdsl.diagnostics import Diagnostic, Span, SpecError
-from nestdsl.graph.schedule import Level, Schedule, schedule
+from nestdsl.graph.schedule import Level, Schedule
+from nestdsl.pipeline import Resolved, resolve_spec
 from nestdsl.spec import ir
-from nestdsl.spec.resolve import resolve
 
 # ---------------------------------------------------------------------------------------------
 # Errors with spec positions
 
 
 def spec_error(spec: ir.Spec, node: Any, message: str, hint: str | None = None,
-               code: str = "lower") -> SpecError:
+               code: Code = Code.LOWER) -> SpecError:
     """A `SpecError` pointing at `node`'s span (or the top of the file when it has none)."""
     file = spec.source_file or f"<spec {spec.name}>"
     span = getattr(node, "span", None) or Span(file, 1, 1)
@@ -184,17 +184,24 @@ def compile_status(config: CompileConfig, names: list[str], what: str) -> tuple[
 
 @dataclass
 class BuildContext:
-    """What a layer builder needs: the spec, sizes, and the shared compile configuration."""
+    """What a layer builder needs: the resolved spec (defaults, schedule, chunk sizes: decided
+    once by the resolve stage, nestdsl/pipeline.py) and the shared compile configuration.
+
+    The spec has passed the checker (`compile_spec` checks an unchecked one first), so nothing
+    here re-validates: a broken invariant is a bug, asserted, not a user error."""
 
     spec: ir.Spec
     compile: CompileConfig
-    schedule: Schedule = field(init=False)
+    resolved: Resolved = field(init=False)
 
     def __post_init__(self) -> None:
-        self.spec = resolve(self.spec)      # every memory default decided once (spec/resolve.py)
-        # the levels, classified once against the data shape the checker and the runtime use
-        shape = DataShape.of(self.spec)
-        self.schedule = schedule(self.spec, shape.seq_len, shape.batch)
+        self.resolved = resolve_spec(self.spec)
+        self.spec = self.resolved.spec
+
+    @property
+    def schedule(self) -> Schedule:
+        """The levels, classified once against the data shape the checker and the runtime use."""
+        return self.resolved.schedule
 
     def level(self, name: str) -> Level:
         """The spec's level `name` (declared or built-in), classified (the checker accepted it)."""
@@ -212,39 +219,19 @@ class BuildContext:
     def error(self, node: Any, message: str, hint: str | None = None) -> SpecError:
         return spec_error(self.spec, node, message, hint)
 
-    def memory(self, name: str, node: Any) -> ir.Memory:
-        """Look up a memory by name; an unknown name is a positioned error."""
-        if name not in self.spec.memories:
-            from nestdsl.diagnostics import choices_hint
-
-            raise self.error(node, f"unknown memory '{name}'",
-                             choices_hint(name, list(self.spec.memories)) if self.spec.memories
-                             else "declare it under `memories:`")
+    def memory(self, name: str) -> ir.Memory:
+        """The resolved memory `name` (the checker resolved every reference)."""
         return self.spec.memories[name]
 
-    def heads_and_dim(self, mem: ir.Memory | None, node: Any) -> tuple[int, int]:
+    def heads_and_dim(self, mem: ir.Memory | None) -> tuple[int, int]:
         """(heads, head_dim): heads from the memory (default model.heads) split the width."""
         H = (mem.heads if mem is not None and mem.heads else None) or self.model.heads
-        if self.width % H:
-            raise self.error(mem if mem is not None and mem.heads else node,
-                             f"width {self.width} is not divisible by {H} heads",
-                             "choose heads that divide model.width")
+        assert self.width % H == 0, "heads divide the width (checker)"
         return H, self.width // H
 
-    def chunk_size(self, mem: ir.ParametricMemory) -> int:
-        """The memory's chunk size C = its level's period in tokens (docs/design.md §3.1)."""
-        try:
-            period = self.spec.level_period(mem.level)
-        except KeyError:
-            from nestdsl.diagnostics import choices_hint
-
-            raise self.error(mem, f"unknown level '{mem.level}'",
-                             choices_hint(str(mem.level), [*self.spec.levels, "token", "step"])) from None
-        if period.unit != "tokens":
-            raise self.error(mem, f"memory level '{mem.level}' has period {period}; a memory "
-                             "updates inside the sequence, so its level needs a period in tokens",
-                             "use e.g. `every: 16 tokens`")
-        return period.every
+    def chunk_size(self, memory: str) -> int:
+        """The chunk size C of the memory named `memory` (docs/design.md §3.1), resolved once."""
+        return self.resolved.chunk_size(memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,8 +270,7 @@ class LearnedGateModule(nn.Module):
     (clipped into the squash's range).
     """
 
-    def __init__(self, width: int, heads: int, gate: ir.LearnedGate, role: str, ctx: BuildContext,
-                 node: Any) -> None:
+    def __init__(self, width: int, heads: int, gate: ir.LearnedGate, role: str) -> None:
         super().__init__()
         self.squash = gate.learned
         self.scale = float(gate.scale)
@@ -295,15 +281,13 @@ class LearnedGateModule(nn.Module):
         if init is not None:
             r = init / self.scale
             if self.squash == "sigmoid":
-                if not 0 < r < 1:
-                    if gate.init is not None:
-                        raise ctx.error(gate, f"{role} gate init {init} is outside (0, scale={self.scale}) "
-                                        "of a sigmoid gate", "pick 0 < init < scale")
-                else:
+                # a library default outside (0, scale) leaves the bias at 0; a written init
+                # outside it is a checker error (`range`)
+                assert gate.init is None or 0 < r < 1, "a sigmoid gate's init lies in (0, scale) (checker)"
+                if 0 < r < 1:
                     b = math.log(r / (1 - r))
             else:
-                if r <= 0:
-                    raise ctx.error(gate, f"{role} gate init {init} must be > 0 for a softplus gate")
+                assert r > 0, "a softplus gate's init is positive (checker)"
                 b = r + math.log(-math.expm1(-r))          # softplus⁻¹(r), stable
         nn.init.constant_(self.proj.bias, b)
         # in floats, not tensors: a model built on the meta device (size estimates) has no values

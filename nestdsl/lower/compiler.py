@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nestdsl.check.periods import LevelKind
 from nestdsl.graph.schedule import Level, Schedule
 from nestdsl.lower.common import BuildContext, CompileConfig, spec_error
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.model import NestModel
 from nestdsl.lower.size import check_size
 from nestdsl.ops.kernels import Refusal
+from nestdsl.pipeline import ensure_checked, load_spec
 from nestdsl.spec import ir
+from nestdsl.spec.periods import LevelKind
 from nestdsl.vocabulary import PARAMETRIC_KINDS
 
 
@@ -155,7 +156,8 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
     """Lower a spec to a trainable system.
 
     Args:
-        spec_or_path: a `Spec` or a path to a spec file (loaded and checked).
+        spec_or_path: a `Spec` (checked first unless it came from `load_spec`) or a path to a
+            spec file (loaded and checked).
         device, dtype: where the parameters live.
         compile: torch.compile the per-layer pieces and per-chunk steps (eager twins otherwise;
             switch later with `system.set_compile(flag)`).
@@ -164,12 +166,9 @@ def compile_spec(spec_or_path: ir.Spec | str | Path, *, device: str | torch.devi
     Raises:
         SpecError: the spec cannot be lowered (positioned diagnostics).
     """
-    if isinstance(spec_or_path, ir.Spec):
-        spec = spec_or_path
-    else:
-        from nestdsl.spec import load_spec
-
-        spec = load_spec(spec_or_path)
+    # the check stage first: a parsed-only or Python-built spec is checked here, so the
+    # lowering below never re-validates (nestdsl/pipeline.py)
+    spec = ensure_checked(spec_or_path) if isinstance(spec_or_path, ir.Spec) else load_spec(spec_or_path)
     if spec.model is None:
         raise spec_error(spec, spec, f"spec '{spec.name}' has no `model:` section to lower",
                          "this looks like an optimizer spec; use it from a model spec's `optimizer:`")

@@ -51,7 +51,7 @@ Semantics decisions (documented here and printed by `plan()`):
 * **Inner norm** (`norm: true`): M(x) = x + LN(W_1 σ(W_2 x))·γ + b, γ, b outer-learned per
   memory and head: bounds every generated k, v, η, α and every self-generated target M(v_t).
 * **Streaming state** = {"mems": {name: MemoryState}, "conv": {q|k|v: last K−1 inputs},
-  "pos": tokens seen}. Segments must be split at multiples of max(C_mem, C_other).
+  "pos": tokens seen} (`HopeState`). Segments must be split at multiples of max(C_mem, C_other).
 * **Checkpointing.** Under `CompileConfig.checkpoint_every` = G (and grad mode) the window loop
   keeps the state only every G windows and re-runs a group in backward (sequences of 2·G windows
   or more), like the memory scans: saved bytes drop from every window's intermediates to one
@@ -71,7 +71,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -109,11 +109,27 @@ from nestdsl.ops.objectives import Objective
 from nestdsl.spec import ir
 from nestdsl.vocabulary import PROJECTION_READ, EraseRate, ReadMode, RuleKind
 
-__all__ = ["InnerRule", "SelfModifyingTitans", "build_self_modifying"]
+__all__ = ["HopeState", "HopeWindowState", "InnerRule", "SelfModifyingTitans",
+           "build_self_modifying"]
 
 ROLES = ("q", "k", "v", "eta", "alpha")      # projections that can be memories
 GATE_ROLES = ("lr", "retention", "momentum")  # η, α, β
 GATE_SOURCE = {"lr": "eta", "retention": "alpha"}  # which generated memory feeds a learned gate
+
+
+class HopeWindowState(TypedDict):
+    """What the window loop carries from window to window (a plain dict at runtime)."""
+
+    mems: dict[str, MemoryState]   # "mem" (M_mem) and each adaptive role (q, k, v, eta, alpha):
+                                   # θ (and momentum) per weight, (B, H, out, in)
+    conv: dict[str, Tensor]        # q | k | v: the short conv's last K−1 inputs (B, K−1, D);
+                                   # empty without conv
+
+
+class HopeState(HopeWindowState):
+    """Streaming state of Hope's self-modifying layer (`SelfModifyingTitans`), a plain dict."""
+
+    pos: int                       # tokens seen (a multiple of max(C_mem, C_other) to continue)
 
 
 @dataclass(frozen=True)
@@ -145,12 +161,11 @@ class InnerRule:
 class GeneratedGate(nn.Module):
     """g_t = scale · squash(⟨w_h, f_t⟩ + b_h) per head, f_t = M_η(x_t) (or M_α(x_t)), f: (B, H, L, d)."""
 
-    def __init__(self, heads: int, head_dim: int, gate: ir.LearnedGate, role: str,
-                 ctx: BuildContext, node: Any) -> None:
+    def __init__(self, heads: int, head_dim: int, gate: ir.LearnedGate, role: str) -> None:
         super().__init__()
         self.squash, self.scale = gate.learned, float(gate.scale)
         # Same bias rule (init / library default, validation) as the static gates.
-        ref = LearnedGateModule(1, heads, gate, role, ctx, node)
+        ref = LearnedGateModule(1, heads, gate, role)
         self.weight = nn.Parameter(torch.zeros(heads, head_dim))
         self.bias = nn.Parameter(ref.proj.bias.detach().clone())
 
@@ -280,9 +295,9 @@ class SelfModifyingTitans(nn.Module):
                     continue
                 src = GATE_SOURCE.get(role)
                 if src is not None and src in self.roles:
-                    self.gates[f"{group}_{role}"] = GeneratedGate(H, d, g, role, ctx, node)
+                    self.gates[f"{group}_{role}"] = GeneratedGate(H, d, g, role)
                 else:
-                    self.gates[f"{group}_{role}"] = LearnedGateModule(width, H, g, role, ctx, node)
+                    self.gates[f"{group}_{role}"] = LearnedGateModule(width, H, g, role)
 
         self.out_norm = RMSNorm(d) if output_gate else None
         self.gate_proj = nn.Linear(width, width, bias=False) if output_gate else None
@@ -306,15 +321,14 @@ class SelfModifyingTitans(nn.Module):
                   compile_config: CompileConfig | None = None,
                   name: str = "self_modifying") -> SelfModifyingTitans:
         ctx = BuildContext(spec, compile_config or CompileConfig(enabled=False))
-        mem = ctx.memory(layer_ir.memory, layer_ir)
-        proj = ctx.memory(layer_ir.projections, layer_ir)
+        mem, proj = ctx.memory(layer_ir.memory), ctx.memory(layer_ir.projections)
         # the checker's rules (check/checker.py `_check_layers`): asserted, not re-validated
         assert isinstance(mem, ir.MLPMemory) and isinstance(proj, ir.MLPMemory), \
             "self_modifying memories are mlps (checker)"
         H = mem.heads or heads
         assert proj.heads in (None, H) and width % H == 0, "heads agree and divide the width (checker)"
         d = width // H
-        c_mem, c_other = ctx.chunk_size(mem), ctx.chunk_size(proj)
+        c_mem, c_other = ctx.chunk_size(layer_ir.memory), ctx.chunk_size(layer_ir.projections)
         assert max(c_mem, c_other) % min(c_mem, c_other) == 0, "chunk sizes nest (checker)"
         assert proj.read == PROJECTION_READ, "resolved and checked (spec/resolve.py, checker)"
         mem_rule, proj_rule = InnerRule.of(mem, d), InnerRule.of(proj, d)
@@ -333,9 +347,9 @@ class SelfModifyingTitans(nn.Module):
     # state
 
     def initial_state(self, batch: int, device: torch.device | None = None,
-                      dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                      dtype: torch.dtype = torch.float32) -> HopeState:
         """θ_{□,0} broadcast over the batch, zero momentum, zero conv caches, pos 0."""
-        mems = {}
+        mems: dict[str, MemoryState] = {}
         for name, mod in self.theta0.items():
             plist = cast(nn.ParameterList, mod)
             rule = self.mem_rule if name == "mem" else self.proj_rule
@@ -344,7 +358,7 @@ class SelfModifyingTitans(nn.Module):
             mom = (tuple(_zeros((batch, *p.shape), p.device, dtype) for p in plist)
                    if rule.momentum is not None else None)
             mems[name] = MemoryState(ws, mom)
-        conv = {}
+        conv: dict[str, Tensor] = {}
         if self.conv is not None:
             dev = device if device is not None else self.out_proj.weight.device
             conv = {r: _zeros((batch, self.conv_width - 1, self.width), dev, dtype)
@@ -354,7 +368,7 @@ class SelfModifyingTitans(nn.Module):
     # ------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, x: Tensor, state: HopeState | None = None) -> tuple[Tensor, HopeState]:
         B, T, _ = x.shape
         if state is None:
             state = self.initial_state(B, x.device, x.dtype)
@@ -363,7 +377,7 @@ class SelfModifyingTitans(nn.Module):
                              f"middle of a chunk of {self.window}; split segments at multiples of "
                              f"max(C_mem, C_other) = {self.window} (the model's forward_incremental "
                              "continues anywhere)")
-        st = {"mems": state["mems"], "conv": state["conv"]}
+        st: HopeWindowState = {"mems": state["mems"], "conv": state["conv"]}
         self._inner_losses, self._dynamics = [], []
         windows = x.split(self.window, dim=1)   # one concatenation in backward (not T-long zeros)
         G = self.compile_config.checkpoint_every
@@ -382,8 +396,8 @@ class SelfModifyingTitans(nn.Module):
             self._telemetry(state["mems"], st["mems"])
         return y, {**st, "pos": state["pos"] + T}
 
-    def _windows(self, windows: Sequence[Tensor], st: dict[str, Any], first: list[bool]
-                 ) -> tuple[Tensor, dict[str, Any], Tensor]:
+    def _windows(self, windows: Sequence[Tensor], st: HopeWindowState, first: list[bool]
+                 ) -> tuple[Tensor, HopeWindowState, Tensor]:
         """Run consecutive windows from state `st` (a Python loop: the step graph is one window
         long). Under `checkpoint_every` = G the forward keeps only every G-th window's state and
         backward re-runs a group from it; `first` (a one-element flag, cleared after the forward)
@@ -401,7 +415,7 @@ class SelfModifyingTitans(nn.Module):
         """State and update norms of every memory; M_mem's inner loss before/after each write."""
         for name, st in last.items():
             w0 = [w.expand_as(w1) for w, w1 in zip(first[name].weights, st.weights, strict=True)]
-            stats: dict[str, Any] = {
+            stats: telemetry.MemoryStats = {
                 "state_norm": telemetry.state_norm(st.weights).mean(),
                 "update_norm": telemetry.state_norm(
                     [a - b for a, b in zip(st.weights, w0, strict=True)]).mean()}
@@ -451,7 +465,8 @@ class SelfModifyingTitans(nn.Module):
         return torch.stack([p[0] for p in ps]), torch.stack([p[1] for p in ps])
 
     def _generate(self, xs: Tensor, stacked: tuple[Tensor, ...], conv: dict[str, Tensor]
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[Any], list[Any], dict[str, Tensor]]:
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, list[Tensor | float | None],
+                             list[Tensor | float | None], dict[str, Tensor]]:
         """Everything one C_other chunk generates from the chunk-start states (Eqs. 83–84, 90).
 
         xs: (B, l, D); stacked: the projection memories' θ_{□,c(t)} stacked along the batch in
@@ -538,8 +553,8 @@ class SelfModifyingTitans(nn.Module):
         return {r: MemoryState(tuple(w[j] for w in ws), None if ms is None else tuple(m[j] for m in ms))
                 for j, r in enumerate(roles)}
 
-    def _chunk_step(self, x: Tensor, st: dict[str, Any], *, record: bool = True
-                    ) -> tuple[Tensor, dict[str, Any], Tensor]:
+    def _chunk_step(self, x: Tensor, st: HopeWindowState, *, record: bool = True
+                    ) -> tuple[Tensor, HopeWindowState, Tensor]:
         """One step of max(C_mem, C_other) tokens (fewer at the end): x (B, L, D).
 
         Glue in Python; the pieces (`_generate`, the memories' `mlp_chunk_step`, `_output`) are

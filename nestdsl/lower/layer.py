@@ -23,11 +23,26 @@ Builders register per layer type in `nestdsl.lower.registry` (`register_layer`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import torch
 
-LayerState = Any  # per-layer: a dict of tensors (and nested dicts), or None
+#: A layer's streaming state: the TypedDict of the layer that owns it (each defined next to its
+#: layer), or None (start of a sequence; stateless layers such as `mlp`). States stay plain dicts
+#: at runtime (pytree handling, checkpointed streams and the generate loop rely on that). The
+#: owning modules import this one, so the union exists for type checkers only; at runtime the
+#: alias stays `Any` (usable in runtime annotations and unions as before).
+if TYPE_CHECKING:
+    from nestdsl.lower.attention import AttentionState
+    from nestdsl.lower.cms import CMSState
+    from nestdsl.lower.hope import HopeState
+    from nestdsl.lower.memory import MemoryLayerState
+    from nestdsl.lower.titans import HybridState
+
+    LayerState: TypeAlias = (
+        MemoryLayerState | AttentionState | HybridState | HopeState | CMSState | None)
+else:
+    LayerState = Any
 
 
 @dataclass

@@ -30,7 +30,7 @@ gradient from this layer at all (the plan notes it).
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,37 @@ from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, kernels, memory_scan, mlp_forward
 from nestdsl.ops.linear_chunked import DEFAULT_BLOCK
+from nestdsl.ops.mlp import NormParams
+from nestdsl.ops.objectives import Objective
 from nestdsl.spec import ir
+from nestdsl.vocabulary import EraseRate, ReadMode, RuleKind
 
 GATE_ROLES = ("lr", "retention", "momentum")
+
+
+class MemoryLayerState(TypedDict):
+    """Streaming state of a `memory` layer (`MemoryMixer`), a plain dict at runtime."""
+
+    conv: Tensor | None      # the short conv's last K−1 inputs (B, K−1, 3·H·d); None: no conv
+    memory: MemoryState      # θ (and momentum S) at the last chunk boundary, (B, H, out, in) each
+
+
+class ScanKwargs(TypedDict):
+    """The keyword arguments of one layer's `memory_scan` call (and its telemetry re-run)."""
+
+    memory: str | MLPMemory              # "linear" or the MLP f_θ
+    objective: Objective                 # the inner loss ℓ
+    rule: RuleKind                       # "gd" | "dgd"
+    lr: Tensor | float                   # η: (B, H, T) or a constant
+    retention: Tensor | float | None     # α: (B, H, T), a constant or None (α = 1)
+    momentum: Tensor | float | None      # β: (B, H, T), a constant or None (no momentum)
+    chunk_size: int                      # C
+    read: ReadMode                       # "after" | "before" | "chunk"
+    state: MemoryState | None            # θ to continue from (None: θ_0 of the memory kind)
+    erase: EraseRate                     # DGD's ε
+    norm: NormParams                     # inner norm (gain, bias) (H, d) each, or None
+    checkpoint_every: int | None         # G: keep every G-th chunk's state in training
+    normalized_lr: bool                  # η/(ε + ‖a_i‖²) per layer
 
 
 class MemoryMixer(nn.Module):
@@ -74,23 +102,17 @@ class MemoryMixer(nn.Module):
     def __init__(self, ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv: int,
                  qk_norm: bool, output_gate: bool) -> None:
         super().__init__()
-        if not isinstance(mem, ir.ParametricMemory):
-            raise ctx.error(node, f"memory kind '{mem.kind}' is not a parametric memory")
-        if mem.objective is None:
-            raise ctx.error(mem, f"memory of kind '{mem.kind}' needs an `objective`",
-                            "objective: l2 (delta rule / Titans) or dot (linear attention)")
-        try:
-            self.objective = objective_of(mem)
-        except ValueError as e:
-            raise ctx.error(mem, str(e)) from None
+        assert isinstance(mem, ir.ParametricMemory) and mem.objective is not None, \
+            "a memory layer's memory is parametric with an objective (checker)"
+        self.objective = objective_of(mem)
         self.name, self.ir = name, mem
         # the spec's name for this memory: what `--kernel NAME=…` refers to
         self.key = next((k for k, m in ctx.spec.memories.items() if m is mem), name)
         self.rule = mem.rule or ir.Rule()
-        H, d = ctx.heads_and_dim(mem, node)
+        H, d = ctx.heads_and_dim(mem)
         D = ctx.width
         self.H, self.d = H, d
-        self.chunk = ctx.chunk_size(mem)
+        self.chunk = ctx.chunk_size(self.key)
         self.stream_chunk = self.chunk     # a stream continues from chunk-boundary states only
         self.conv_width, self.qk_norm, self.output_gate = conv, qk_norm, output_gate
         self.writes = mem.writes
@@ -104,7 +126,7 @@ class MemoryMixer(nn.Module):
         for role in GATE_ROLES:
             g = getattr(self.rule, role)
             if isinstance(g, ir.LearnedGate):
-                self.gates[role] = LearnedGateModule(D, H, g, role, ctx, node)
+                self.gates[role] = LearnedGateModule(D, H, g, role)
                 self.const[role] = None
             else:
                 self.const[role] = None if g is None else float(g)
@@ -177,13 +199,14 @@ class MemoryMixer(nn.Module):
             lr = lr / self.lr_divisor
         if self.lr_warmup is not None:
             lr = lr * self.lr_warmup.factor
-        kw: dict[str, Any] = dict(
-            memory=self.mlp if self.mlp is not None else "linear", objective=self.objective,
-            rule=self.rule.kind, lr=lr, retention=g["retention"], momentum=g["momentum"],
-            chunk_size=self.chunk, read=self.ir.read, state=state, erase=self.erase,
-            norm=self.norm() if self.norm is not None else None,
-            checkpoint_every=self._cfg.checkpoint_every,
-            normalized_lr=self.rule.normalized_lr)
+        kw: ScanKwargs = {
+            "memory": self.mlp if self.mlp is not None else "linear", "objective": self.objective,
+            "rule": self.rule.kind, "lr": lr, "retention": g["retention"],
+            "momentum": g["momentum"], "chunk_size": self.chunk, "read": self.ir.read,
+            "state": state, "erase": self.erase,
+            "norm": self.norm() if self.norm is not None else None,
+            "checkpoint_every": self._cfg.checkpoint_every,
+            "normalized_lr": self.rule.normalized_lr}
         kernel = kernels.choose(self.call(q, T=q.shape[2]), self.forced_kernel())
         step_name = f"{self.name}.step"
         if kernel.name == "compiled" and step_name not in self._cfg.failures:
@@ -234,7 +257,7 @@ class MemoryMixer(nn.Module):
         return mlp_forward(ws, x, self.mlp, norm)
 
     @torch.no_grad()
-    def _telemetry(self, q: Tensor, k: Tensor, v: Tensor, kw: dict[str, Any], o: Tensor) -> None:
+    def _telemetry(self, q: Tensor, k: Tensor, v: Tensor, kw: ScanKwargs, o: Tensor) -> None:
         """Chunk by chunk again (no grad; log steps only): state norms, write sizes and the inner
         loss on each chunk's (k, v) before and after its writes (lower/telemetry.py)."""
         B, H, T, _ = k.shape
@@ -251,8 +274,8 @@ class MemoryMixer(nn.Module):
         for a in range(0, T, L):
             b = min(a + L, T)
             kc, vc = k[:, :, a:b].float(), v[:, :, a:b].float()
-            part = {**kw, "lr": sl(kw["lr"], a, b), "retention": sl(kw["retention"], a, b),
-                    "momentum": sl(kw["momentum"], a, b), "state": state}
+            part: ScanKwargs = {**kw, "lr": sl(kw["lr"], a, b), "retention": sl(kw["retention"], a, b),
+                                "momentum": sl(kw["momentum"], a, b), "state": state}
             before.append(self.objective.loss(self._forward_fn(state.weights, kc, kw["norm"]), vc).mean())
             prev = state
             _, state = memory_scan(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], compile=False, **part)
@@ -272,10 +295,10 @@ class MemoryMixer(nn.Module):
             **telemetry.gate_means(lr=kw["lr"], retention=kw["retention"], momentum=kw["momentum"]),
         })
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
-        state = state or {}
-        q, k, v, gates, conv_cache = self.pre(x, state.get("conv"))
-        o, mem_state = self.scan(q, k, v, gates, state.get("memory"))
+    def forward(self, x: Tensor, state: MemoryLayerState | None = None
+                ) -> tuple[Tensor, MemoryLayerState]:
+        q, k, v, gates, conv_cache = self.pre(x, state.get("conv") if state else None)
+        o, mem_state = self.scan(q, k, v, gates, state.get("memory") if state else None)
         return self.post(o, x), {"conv": conv_cache, "memory": mem_state}
 
     # -- plan
@@ -346,6 +369,6 @@ def build_mixer(ctx: BuildContext, node: Any, mem: ir.Memory, name: str, *, conv
 
 @register_layer("memory")
 def build_memory_layer(ctx: BuildContext, node: ir.MemoryLayer, name: str) -> nn.Module:
-    mem = ctx.memory(node.memory, node)
+    mem = ctx.memory(node.memory)
     return build_mixer(ctx, node, mem, f"{name} {node.memory}", conv=node.conv,
                        qk_norm=node.qk_norm, output_gate=node.output_gate)

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,7 +32,8 @@ class MLPBlock(nn.Module):
             return self.w2(F.silu(self.w1(x)) * self.w3(x))
         return self.w2(_act(self.w1(x), self.activation))
 
-    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, None]:
+    def forward(self, x: Tensor, state: None = None) -> tuple[Tensor, None]:
+        """Stateless: the state is always None."""
         return self.run(x), None
 
     def plan(self) -> list[PlanRow]:

@@ -26,11 +26,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestdsl.lower.common import BuildContext, RMSNorm, compile_scope, count_params, make_norm
-from nestdsl.lower.layer import Layer, PlanRow
+from nestdsl.lower.layer import Layer, LayerState, PlanRow
 from nestdsl.lower.registry import get_builder
 from nestdsl.spec import ir
 
-ModelState = list[list[Any]]
+#: `forward_stream`'s state: per block, per layer, the layer's state.
+ModelState = list[list[LayerState]]
+#: One slot's state in `forward_incremental`: a layer that continues anywhere keeps its plain
+#: state; a chunked one (the state at the last chunk boundary, the inputs (B, < G, D) since).
+IncrementalSlotState = LayerState | tuple[LayerState, Tensor]
+#: `forward_incremental`'s state: per block, per layer.
+IncrementalState = list[list[IncrementalSlotState]]
 
 
 class LayerSlot(nn.Module):
@@ -50,19 +56,21 @@ class LayerSlot(nn.Module):
         self.stream_chunk = math.lcm(1, *(int(c) for m in self.layer.modules()
                                           if isinstance(c := getattr(m, "stream_chunk", None), int)))
 
-    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    def forward(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         if self.owns_residual:
             return self.layer(x, state)
         y, state = self.layer(self.norm(x), state)
         return (x + y if self.residual else y), state
 
-    def incremental(self, x: Tensor, state: tuple[Any, Tensor] | None) -> tuple[Tensor, Any]:
+    def incremental(self, x: Tensor, state: IncrementalSlotState
+                    ) -> tuple[Tensor, IncrementalSlotState]:
         """`forward` continuing at any position: `state` = (the layer state at the last chunk
         boundary, the inputs received since), see the module docstring."""
         G = self.stream_chunk
         if G == 1:
             return self(x, state)
-        boundary, pending = state if state is not None else (None, x[:, :0])
+        boundary, pending = (cast("tuple[LayerState, Tensor]", state) if state is not None
+                             else (None, x[:, :0]))
         xx = torch.cat([pending, x], dim=1)
         n_full = xx.shape[1] // G * G
         ys = []
@@ -97,9 +105,9 @@ class Block(nn.Module):
         """`slots` with its element type (an `nn.ModuleList` is typed as holding `nn.Module`)."""
         return cast("Sequence[LayerSlot]", self.slots)
 
-    def forward(self, x: Tensor, state: list[Any] | None) -> tuple[Tensor, list[Any]]:
+    def forward(self, x: Tensor, state: list[LayerState] | None) -> tuple[Tensor, list[LayerState]]:
         state = state if state is not None else [None] * len(self.slots)
-        new: list[Any] = []
+        new: list[LayerState] = []
         for slot, s in zip(self.slots, state, strict=True):
             x, s = slot(x, s)
             new.append(s)
@@ -120,11 +128,6 @@ class NestModel(nn.Module):
         blocks = []
         for i in range(m.depth):
             bname = m.pattern[i % len(m.pattern)]
-            if bname not in ctx.spec.blocks:
-                from nestdsl.diagnostics import choices_hint
-
-                raise ctx.error(m, f"model.pattern names unknown block '{bname}'",
-                                choices_hint(bname, list(ctx.spec.blocks)))
             blocks.append(Block(ctx, ctx.spec.blocks[bname], f"blocks.{i}"))
         self.blocks = nn.ModuleList(blocks)
         self.norm_f = RMSNorm(m.width)
@@ -164,13 +167,13 @@ class NestModel(nn.Module):
         h, state = self.hidden(tokens, state)
         return self.logits(h), state
 
-    def forward_incremental(self, tokens: Tensor, state: ModelState | None = None
-                            ) -> tuple[Tensor, ModelState]:
+    def forward_incremental(self, tokens: Tensor, state: IncrementalState | None = None
+                            ) -> tuple[Tensor, IncrementalState]:
         """Like `forward_stream`, but a segment may end anywhere (one token at a time for
         generation): chunked layers keep their boundary state plus the inputs since."""
         x = self.embed(tokens)
         state = state if state is not None else [[None] * len(b.slots) for b in self.block_modules]
-        new: ModelState = []
+        new: IncrementalState = []
         with compile_scope(self._compile_config):
             for block, block_state in zip(self.block_modules, state, strict=True):
                 states = []
@@ -223,4 +226,5 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor | None) -
     return (loss * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-__all__ = ["NestModel", "Block", "LayerSlot", "masked_cross_entropy", "ModelState"]
+__all__ = ["NestModel", "Block", "LayerSlot", "masked_cross_entropy", "ModelState",
+           "IncrementalState"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nestdsl.codes import Code
 from nestdsl.spec import ir
 
 __all__ = ["ACTIVATION_BYTES", "LIMIT_ENV", "SizeEstimate", "check_size", "estimate", "limit_bytes"]
@@ -116,14 +117,14 @@ def check_size(spec: ir.Spec, ctx: object, *, device: str | torch.device = "cpu"
             f"batch too large: one training step keeps about {_gib(est.activation_bytes)} of "
             f"activations (batch {data.batch} × seq_len {data.seq_len} × width {m.width}; "
             f"limit {_gib(limit)})",
-            f"check data.batch / data.seq_len for a typo; {raise_limit}", code="size")
+            f"check data.batch / data.seq_len for a typo; {raise_limit}", code=Code.SIZE)
     what = ("training needs" if training else "the weights need")
     raise spec_error(
         spec, m,
         f"model too large: {est.params:,} parameters; {what} about {_gib(need)} "
         f"(limit {_gib(limit)}, width {m.width}, depth {m.depth})",
         f"check model.width / model.depth / data.batch × seq_len for a typo; {raise_limit}",
-        code="size")
+        code=Code.SIZE)
 
 
 def _gib(n: int) -> str:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from nestdsl.lower.cms import CMSLayerModule
+from nestdsl.lower.cms import CMSLayerModule, CMSState
 
 __all__ = ["task_sweep", "task_periods", "find_cms_states"]
 
@@ -50,11 +50,11 @@ class _Streaming(Protocol):
     def forward_stream(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]: ...
 
 
-def find_cms_states(state: Any) -> Iterator[dict[str, Any]]:
+def find_cms_states(state: Any) -> Iterator[CMSState]:
     """Every CMS layer state (a dict with a "__cms__" tag) inside a model's streaming state."""
     if isinstance(state, dict):
         if "__cms__" in state:
-            yield state
+            yield cast(CMSState, state)       # the tag marks a CMSLayerModule's state
             return
         for v in state.values():
             yield from find_cms_states(v)

@@ -28,14 +28,31 @@ memory / layer / chunk that produced it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TypedDict, cast
 
 import torch
 from torch import Tensor
 
-__all__ = ["recording", "active", "record", "NonFiniteProbe", "state_norm", "gate_means",
-           "write_size", "mean_finite", "branch_share"]
+__all__ = ["recording", "active", "record", "MemoryStats", "NonFiniteProbe", "state_norm",
+           "gate_means", "write_size", "mean_finite", "branch_share"]
+
+
+class MemoryStats(TypedDict, total=False):
+    """One memory's statistics as a layer hands them to `record` (the module docstring defines
+    them); a memory reports the ones it has, and None values are dropped."""
+
+    state_norm: Tensor                   # ‖θ_T‖, mean over (batch, head), 0-d
+    max_state_norm: Tensor               # the largest ‖θ‖ at a chunk boundary, 0-d
+    update_norm: Tensor                  # ‖θ_T − θ_0‖, 0-d
+    loss_before: Tensor                  # inner loss on each chunk's (k, v) before its writes, 0-d
+    loss_after: Tensor                   # … and after them, 0-d
+    lr: Tensor | float | None            # mean of η (a constant as is; None: no gate)
+    retention: Tensor | float | None     # mean of α
+    momentum: Tensor | float | None      # mean of β
+    write_size: Tensor | None            # ‖θ_{c+1} − θ_c‖ / ‖θ_c‖, chunk mean (None: none finite)
+    state_growth: Tensor                 # ‖θ_T‖ / ‖θ_1‖, 0-d
+    branch_share: Tensor | None          # residual memories: ‖M(q) − q‖ / ‖M(q)‖, 0-d
 
 _RECORD: list[dict[str, dict[str, Tensor]]] = []
 
@@ -58,12 +75,13 @@ def active() -> bool:
     return bool(_RECORD)
 
 
-def record(name: str, stats: dict[str, Tensor | float | None]) -> None:
+def record(name: str, stats: MemoryStats) -> None:
     """Add one memory's statistics (None values are dropped) to the active recording."""
     if not _RECORD:
         return
+    values = cast("Mapping[str, Tensor | float | None]", stats)   # every key's value type
     clean = {k: (v.detach().float() if isinstance(v, Tensor) else torch.tensor(float(v)))
-             for k, v in stats.items() if v is not None}
+             for k, v in values.items() if v is not None}
     _RECORD[-1][name] = clean
 
 
@@ -93,10 +111,13 @@ def branch_share(o: Tensor, q: Tensor) -> Tensor:
     return ((o - q).norm(dim=-1) / o.norm(dim=-1).clamp_min(1e-12)).mean()
 
 
-def gate_means(**gates: Tensor | float | None) -> dict[str, Tensor | float | None]:
-    """Mean of each gate (a tensor's mean, a constant as is, None dropped by `record`)."""
-    return {name: (g.detach().float().mean() if isinstance(g, Tensor) else g)
-            for name, g in gates.items()}
+def gate_means(*, lr: Tensor | float | None, retention: Tensor | float | None,
+               momentum: Tensor | float | None) -> MemoryStats:
+    """Mean of each gate η, α, β (a tensor's mean, a constant as is, None dropped by `record`)."""
+    def mean(g: Tensor | float | None) -> Tensor | float | None:
+        return g.detach().float().mean() if isinstance(g, Tensor) else g
+
+    return {"lr": mean(lr), "retention": mean(retention), "momentum": mean(momentum)}
 
 
 class NonFiniteProbe:

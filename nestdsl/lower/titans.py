@@ -10,31 +10,33 @@ gate, as the `transformer` preset). Titans' persistent memory tokens are not mod
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
 from nestdsl.lower.common import BuildContext, count_params, make_norm
 from nestdsl.lower.layer import PlanRow
-from nestdsl.lower.memory import MemoryMixer, build_mixer
+from nestdsl.lower.memory import MemoryLayerState, MemoryMixer, build_mixer
 from nestdsl.lower.registry import register_layer
 from nestdsl.spec import ir
 
 if TYPE_CHECKING:
-    from nestdsl.lower.attention import AttentionMixer
+    from nestdsl.lower.attention import AttentionMixer, AttentionState
+
+
+class HybridState(TypedDict):
+    """Streaming state of a MAL or MAG layer, a plain dict at runtime."""
+
+    memory: MemoryLayerState     # the memory branch's state
+    attention: AttentionState    # the sliding-window attention's KV cache
 
 
 def _parts(ctx: BuildContext, node: ir.MALLayer | ir.MAGLayer, name: str
            ) -> tuple[MemoryMixer, AttentionMixer]:
-    mem = ctx.memory(node.memory, node)
-    att = ctx.memory(node.attention, node)
-    if not isinstance(mem, ir.ParametricMemory):
-        raise ctx.error(node, f"'{node.type}' needs a parametric memory (linear or mlp) as `memory`; "
-                        f"'{node.memory}' is attention", "put the attention memory under `attention:`")
-    if not isinstance(att, ir.AttentionMemory):
-        raise ctx.error(node, f"'{node.type}' needs an attention memory as `attention`; "
-                        f"'{node.attention}' is {att.kind}", "declare e.g. `swa: {kind: attention, window: 64}`")
+    mem, att = ctx.memory(node.memory), ctx.memory(node.attention)
+    assert isinstance(mem, ir.ParametricMemory) and isinstance(att, ir.AttentionMemory), \
+        "a MAL/MAG layer's memory is parametric and its attention is attention (checker)"
     m = MemoryMixer(ctx, node, mem, f"{name} {node.memory}", conv=4, qk_norm=True, output_gate=True)
     a = cast("AttentionMixer", build_mixer(ctx, node, att, f"{name} {node.attention}", conv=0,
                                            qk_norm=False, output_gate=False))
@@ -50,11 +52,10 @@ class MAL(nn.Module):
         self.norm1, self.norm2 = make_norm(node.norm, ctx.width), make_norm(node.norm, ctx.width)
         self.residual = node.residual
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
-        state = state or {}
-        m, ms = self.memory(self.norm1(x), state.get("memory"))
+    def forward(self, x: Tensor, state: HybridState | None = None) -> tuple[Tensor, HybridState]:
+        m, ms = self.memory(self.norm1(x), state.get("memory") if state else None)
         h = x + m if self.residual else m
-        a, as_ = self.attention(self.norm2(h), state.get("attention"))
+        a, as_ = self.attention(self.norm2(h), state.get("attention") if state else None)
         return (h + a if self.residual else a), {"memory": ms, "attention": as_}
 
     def plan(self) -> list[PlanRow]:
@@ -76,10 +77,9 @@ class MAG(nn.Module):
         self.norm_m, self.norm_a = make_norm("rms", D), make_norm("rms", D)
         self.gate = nn.Linear(D, D)
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Any]]:
-        state = state or {}
-        m, ms = self.memory(x, state.get("memory"))
-        a, as_ = self.attention(x, state.get("attention"))
+    def forward(self, x: Tensor, state: HybridState | None = None) -> tuple[Tensor, HybridState]:
+        m, ms = self.memory(x, state.get("memory") if state else None)
+        a, as_ = self.attention(x, state.get("attention") if state else None)
         g = torch.sigmoid(self.gate(x))
         y = g * self.norm_m(m) + (1 - g) * self.norm_a(a)
         return y, {"memory": ms, "attention": as_}

@@ -31,6 +31,7 @@ from typing import cast, overload
 import torch
 from torch import Tensor
 
+from nestdsl.errors import ArgumentError, ShapeError
 from nestdsl.vocabulary import ERASE_RATES, READ_MODES, RULES, EraseRate, ReadMode, RuleKind
 
 from .kernels import MemoryCall, ScanInputs, choose, compiled_step
@@ -56,7 +57,7 @@ def _gate(x: Tensor | float | None, name: str, B: int, H: int, T: int, dtype: to
         try:
             return x.to(dtype).expand(B, H, T)
         except RuntimeError:
-            raise ValueError(f"{name} must be a float or a tensor broadcastable to "
+            raise ShapeError(f"{name} must be a float or a tensor broadcastable to "
                              f"(B, H, T) = {(B, H, T)}; got shape {tuple(x.shape)}") from None
     return torch.full((B, H, T), float(x), dtype=dtype, device=device)
 
@@ -64,12 +65,12 @@ def _gate(x: Tensor | float | None, name: str, B: int, H: int, T: int, dtype: to
 def _expand_weights(ws: tuple[Tensor, ...], shapes: list[tuple[int, int]], B: int, H: int,
                     dtype: torch.dtype, what: str) -> tuple[Tensor, ...]:
     if len(ws) != len(shapes):
-        raise ValueError(f"{what}: expected {len(shapes)} tensors, got {len(ws)}")
+        raise ShapeError(f"{what}: expected {len(shapes)} tensors, got {len(ws)}")
     out = []
     for i, (w, shp) in enumerate(zip(ws, shapes, strict=True)):
         if tuple(w.shape[-2:]) != shp or w.dim() not in (3, 4) or w.shape[-3] != H or (
                 w.dim() == 4 and w.shape[0] != B):
-            raise ValueError(f"{what}[{i}]: expected shape (H, out, in) = {(H, *shp)} or "
+            raise ShapeError(f"{what}[{i}]: expected shape (H, out, in) = {(H, *shp)} or "
                              f"(B, H, out, in) = {(B, H, *shp)}; got {tuple(w.shape)}")
         # materialised, not a stride-0 view: every later chunk's state is a dense (B, H, …)
         # tensor, and a compiled chunk step would recompile for the first chunk's layout
@@ -207,41 +208,42 @@ def _check_arguments(q: Tensor, k: Tensor, v: Tensor, *, memory: str | MLPMemory
                      erase: str, read: str, chunk_size: int, norm: NormParams,
                      state: MemoryState | None, momentum: Tensor | float | None,
                      normalized_lr: bool, checkpoint_every: int | None) -> None:
-    """`memory_scan`'s argument errors, each a ValueError naming the argument."""
+    """`memory_scan`'s argument errors, each naming the argument: a `ShapeError` for tensors
+    that do not fit, an `ArgumentError` for other values (both are ValueErrors)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError("q, k, v must have shape (B, H, T, D); got "
+        raise ShapeError("q, k, v must have shape (B, H, T, D); got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, H, T, Dk = k.shape
     Dv = v.shape[-1]
     if q.shape != k.shape or v.shape[:3] != (B, H, T):
-        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)} must be equal "
+        raise ShapeError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)} must be equal "
                          f"and v {tuple(v.shape)} must share (B, H, T)")
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}; got {rule!r}")
+        raise ArgumentError(f"rule must be one of {RULES}; got {rule!r}")
     if erase not in ERASE_RATES:
-        raise ValueError(f"erase must be one of {ERASE_RATES}; got {erase!r}")
+        raise ArgumentError(f"erase must be one of {ERASE_RATES}; got {erase!r}")
     if read not in READ_MODES:
-        raise ValueError(f"read must be one of {READ_MODES}; got {read!r}")
+        raise ArgumentError(f"read must be one of {READ_MODES}; got {read!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+        raise ArgumentError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if not (memory == "linear" or isinstance(memory, MLPMemory)):
-        raise ValueError(f"memory must be 'linear' or an MLPMemory; got {memory!r}")
+        raise ArgumentError(f"memory must be 'linear' or an MLPMemory; got {memory!r}")
     if norm is not None and not (isinstance(memory, MLPMemory) and memory.norm):
-        raise ValueError("norm parameters given for a memory without an inner norm")
+        raise ArgumentError("norm parameters given for a memory without an inner norm")
     if isinstance(memory, MLPMemory) and memory.residual and Dk != Dv:
-        raise ValueError(f"a residual MLP memory needs Dk == Dv; got Dk={Dk}, Dv={Dv}")
+        raise ShapeError(f"a residual MLP memory needs Dk == Dv; got Dk={Dk}, Dv={Dv}")
     if state is not None and state.offset != 0 and chunk_size > 1:
-        raise ValueError(
+        raise ArgumentError(
             f"cannot continue from this state: the previous call ended {state.offset} tokens "
             f"into a chunk of size {chunk_size}. Split streams at multiples of chunk_size "
             "(a model's forward_incremental continues anywhere, e.g. token by token).")
     if state is not None and momentum is None and state.momentum is not None:
-        raise ValueError("state carries momentum buffers but momentum=None")
+        raise ArgumentError("state carries momentum buffers but momentum=None")
     if normalized_lr and not isinstance(memory, MLPMemory):
-        raise ValueError("normalized_lr applies to MLP memories (a linear memory's normalised "
-                         "step is the dgd erase 'normalized' or unit-norm keys)")
+        raise ArgumentError("normalized_lr applies to MLP memories (a linear memory's normalised "
+                            "step is the dgd erase 'normalized' or unit-norm keys)")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
-        raise ValueError(f"checkpoint_every must be a positive int or None; got {checkpoint_every!r}")
+        raise ArgumentError(f"checkpoint_every must be a positive int or None; got {checkpoint_every!r}")
 
 
 def _initial_state(memory: str | MLPMemory, state: MemoryState | None, has_momentum: bool,
@@ -258,8 +260,8 @@ def _initial_state(memory: str | MLPMemory, state: MemoryState | None, has_momen
     else:
         shapes = cast(MLPMemory, memory).weight_shapes(Dk, Dv)   # validated above
         if state is None:
-            raise ValueError("an MLP memory needs its initial weights: "
-                             "state=MemoryState(weights=(W_0, …), momentum=None)")
+            raise ArgumentError("an MLP memory needs its initial weights: "
+                                "state=MemoryState(weights=(W_0, …), momentum=None)")
         weights = _expand_weights(tuple(state.weights), shapes, B, H, cd, "state.weights")
     moms = None
     if has_momentum:

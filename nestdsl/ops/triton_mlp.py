@@ -201,7 +201,13 @@ if triton is not None:
 
     @triton.jit
     def _decays(log_a, log_b, lower, strict, HAS_MOM: tl.constexpr):
-        """The chunk's decay coefficients (blockform.decays) from log-gates."""
+        """Step 2: the chunk's decay coefficients (blockform.decays), the products of
+        docs/design.md §3.1's α (retention) and β (momentum) between tokens s ≤ t, from
+        cumulative sums of the log-gates: D1[t, s] = Π_{s<i≤t} α_i (D1m: through t − 1),
+        γ_t = Π_{i≤t} α_i from the chunk start, D2 and ζ likewise from β, the matrix product
+        Wc = D1 D2 and Z = D1 ζ (momentum's writes decayed by both). Returns the bundle
+        ``decays`` = (D1, D1m, γ, γ_m, D2, ζ, Wc, Wcm, Z, Z_m), with zero momentum parts
+        (Wc = D1) without momentum."""
         la = tl.cumsum(log_a, 0)
         lam = la - log_a
         D1 = tl.where(lower, tl.exp(la[:, None] - la[None, :]), 0.0)
@@ -248,9 +254,37 @@ if triton is not None:
                                 - xhat * (tl.sum(g * xhat, 1) / DV)[:, None])
 
     @triton.jit
+    def _objective_grad(p, v, CLIP, OBJ: tl.constexpr):
+        """∂ℓ/∂p in closed form (docs/design.md §3.1, objectives; codes as ``objective_code``),
+        with what its adjoint reuses: r = p − v and, for the soft-clipped l2, s = ‖r‖,
+        th = tanh(s/c), f = c·th/s (zeros for the other objectives)."""
+        r = p - v
+        if OBJ == 3:
+            s = tl.sqrt(tl.sum(r * r, 1) + 1e-12)
+            th = 2 * tl.sigmoid(2 * s / CLIP) - 1
+            f = CLIP * th / s
+        else:
+            s = tl.sum(r, 1) * 0.0
+            th = s
+            f = s
+        if OBJ == 0:
+            d = -v + p * 0.0
+        elif OBJ == 1:
+            d = r
+        elif OBJ == 2:
+            d = tl.minimum(tl.maximum(r, -1.0), 1.0)
+        else:
+            d = r * f[:, None]
+        return d, r, s, th, f
+
+    @triton.jit
     def _inner(k, v, W0, W1, eta, gain, bias, CLIP, DV: tl.constexpr, ACT: tl.constexpr,
                OBJ: tl.constexpr, RESIDUAL: tl.constexpr, NORM: tl.constexpr):
-        """Chunk-start forward and inner gradients."""
+        """Step 1: the chunk-start forward p = f_{θ_{c(t)}}(k_t) and the inner gradients g_t
+        at the chunk-start state (docs/design.md §3.1; closed form, §3.2): δ_1 = ∂ℓ/∂z through
+        the inner norm, δ_0 = (δ_1 W_1) ⊙ σ'(z_0), and the writes' factors Ed = −η δ.
+        Returns the bundle ``inner`` = (z0, a1, x̂, 1/σ, ∂ℓ/∂p, r, s, th, f, δ_1, δ_1 W_1, δ_0,
+        Ed0, Ed1); the backward's adjoint reads all of it."""
         z0 = _mm(k, tl.trans(W0))
         a1 = _act(z0, ACT)
         z = _mm(a1, tl.trans(W1))
@@ -263,24 +297,8 @@ if triton is not None:
             p = z
         if RESIDUAL:
             p = p + k
-        r = p - v
-        if OBJ == 3:
-            s = tl.sqrt(tl.sum(r * r, 1) + 1e-12)
-            th = 2 * tl.sigmoid(2 * s / CLIP) - 1
-            f = CLIP * th / s
-        else:
-            s = tl.sum(r, 1) * 0.0
-            th = s
-            f = s
-        if OBJ == 0:
-            d1 = -v + p * 0.0
-        elif OBJ == 1:
-            d1 = r
-        elif OBJ == 2:
-            d1 = tl.minimum(tl.maximum(r, -1.0), 1.0)
-        else:
-            d1 = r * f[:, None]
-        err = d1
+        err, r, s, th, f = _objective_grad(p, v, CLIP, OBJ)
+        d1 = err
         if NORM:
             d1 = _ln_bwd(xhat, rstd, err * gain[None, :], DV)
         u = _mm(d1, W1)
@@ -290,30 +308,49 @@ if triton is not None:
         return z0, a1, xhat, rstd, err, r, s, th, f, d1, u, d0, Ed0, Ed1
 
     @triton.jit
-    def _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
-             LOG2C: tl.constexpr, ERASE: tl.constexpr, HAS_MOM: tl.constexpr):
-        """DGD's prefix solve on W_0 (blockform.solve_prefix): Y = (I − A)⁻¹ h, f = −ε Y."""
+    def _erase_rate(eta, k, log_a, ERASE: tl.constexpr):
+        """DGD's erase rate ε_t (docs/design.md §3.1, erase rate): η (`eta`), η/(1 + η‖k_t‖²)
+        (`normalized`, Eq. 57) or α_t η_t (`retained`)."""
         if ERASE == 0:
             eps = eta
         elif ERASE == 1:
             eps = eta / (1 + eta * tl.sum(k * k, 1))
         else:
             eps = eta * tl.exp(log_a)
-        KK = _mm(k, tl.trans(k))
-        h = gam_m[:, None] * _mm(k, tl.trans(W0)) + _mm(KK * Wcm, Ed0)
-        if HAS_MOM:
-            h += Zm[:, None] * _mm(k, tl.trans(S0))
-        A = KK * D1m * (-eps)[None, :]
+        return eps
+
+    @triton.jit
+    def _solve_nilpotent(A, h, LOG2C: tl.constexpr):
+        """(I − A)⁻¹ h for a strictly triangular C × C matrix A: A^C = 0, so the product
+        (I + A)(I + A²)(I + A⁴)… of log₂ C factors is exact (module docstring, step 3)."""
         Y = h
         P = A
         for _ in tl.static_range(LOG2C):
             Y = Y + _mm(P, Y)
             P = _mm(P, P)
+        return Y
+
+    @triton.jit
+    def _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
+             LOG2C: tl.constexpr, ERASE: tl.constexpr, HAS_MOM: tl.constexpr):
+        """Step 3, DGD's erase on W_0 (docs/design.md §3.1: θ_t = θ_{t−1}(α_t I − ε_t k_t k_tᵀ)
+        + S_t, the Eq. 88 form; blockform.solve_prefix). Y_t = W_{0,t−1} k_t depends on the
+        chunk's earlier erases, so the chunk solves (I − A) Y = h with h the part known at the
+        chunk start; f = −ε Y is the erase's write factor Ef0. Returns the bundle
+        ``erase`` = (Y, Ef0, ε, A, k kᵀ)."""
+        eps = _erase_rate(eta, k, log_a, ERASE)
+        KK = _mm(k, tl.trans(k))
+        h = gam_m[:, None] * _mm(k, tl.trans(W0)) + _mm(KK * Wcm, Ed0)
+        if HAS_MOM:
+            h += Zm[:, None] * _mm(k, tl.trans(S0))
+        A = KK * D1m * (-eps)[None, :]
+        Y = _solve_nilpotent(A, h, LOG2C)
         return Y, -eps[:, None] * Y, eps, A, KK
 
     @triton.jit
     def _gates(ETA, ALPHA, BETA, off, HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr):
-        """η, α, β of one chunk (α, β = 1 when absent) and log α, log β."""
+        """The gates of one chunk: η, α, β (α, β = 1 when absent) and log α, log β, the
+        ``gates`` bundle (docs/design.md §3.1's η_t, α_t, β_t)."""
         eta = tl.load(ETA + off)
         alpha = eta * 0.0 + 1.0
         beta = eta * 0.0 + 1.0
@@ -324,9 +361,13 @@ if triton is not None:
         return eta, alpha, beta, tl.log(tl.maximum(alpha, 1e-30)), tl.log(tl.maximum(beta, 1e-30))
 
     @triton.jit
-    def _end_state(W0, W1, S0, S1, k, a1, Ed0, Ed1, Ef0, D1, gam, Wc, Zv, D2, zeta, last,
+    def _end_state(W0, W1, S0, S1, write, decays, last,
                    HAS_MOM: tl.constexpr, DGD: tl.constexpr):
-        """(W0, W1, S0, S1) at the chunk end (blockform.end_state)."""
+        """Step 5: (W0, W1, S0, S1) at the chunk end, docs/design.md §3.1's S_t and θ_t at the
+        chunk's last token (blockform.end_state): W' = γ_L W + Z_L S + (Ed ⊙ Wc_L)ᵀ x
+        [+ (Ef0 ⊙ D1_L)ᵀ k on W_0], S' = ζ_L S + (Ed ⊙ D2_L)ᵀ x, x = k for W_0, a1 for W_1."""
+        k, a1, Ed0, Ed1, Ef0 = write
+        D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = decays
         WcL = _last_row(Wc, last)
         gL = _last(gam, last)
         coef0 = Ed0 * WcL[:, None]
@@ -343,6 +384,105 @@ if triton is not None:
             S0 = zL * S0 + _mm(tl.trans(Ed0 * D2L[:, None]), k)
             S1 = zL * S1 + _mm(tl.trans(Ed1 * D2L[:, None]), a1)
         return W0n, W1n, S0, S1
+
+    @triton.jit
+    def _load_state(ptrs, i, w0_off, w1_off, HID: tl.constexpr, DK: tl.constexpr,
+                    DV: tl.constexpr, HAS_MOM: tl.constexpr):
+        """Entry i of the state arrays `ptrs` = (W0, W1, S0, S1): (…, HID, DK), (…, DV, HID)
+        matrices; the momenta are zeros without momentum (their pointers are then dummies)."""
+        W0 = tl.load(ptrs[0] + i * HID * DK + w0_off)
+        W1 = tl.load(ptrs[1] + i * DV * HID + w1_off)
+        S0 = tl.zeros((HID, DK), dtype=tl.float32)
+        S1 = tl.zeros((DV, HID), dtype=tl.float32)
+        if HAS_MOM:
+            S0 = tl.load(ptrs[2] + i * HID * DK + w0_off)
+            S1 = tl.load(ptrs[3] + i * DV * HID + w1_off)
+        return W0, W1, S0, S1
+
+    @triton.jit
+    def _store_state(ptrs, i, W0, W1, S0, S1, w0_off, w1_off, HID: tl.constexpr,
+                     DK: tl.constexpr, DV: tl.constexpr, HAS_MOM: tl.constexpr):
+        """``_load_state`` reversed."""
+        tl.store(ptrs[0] + i * HID * DK + w0_off, W0)
+        tl.store(ptrs[1] + i * DV * HID + w1_off, W1)
+        if HAS_MOM:
+            tl.store(ptrs[2] + i * HID * DK + w0_off, S0)
+            tl.store(ptrs[3] + i * DV * HID + w1_off, S1)
+
+    @triton.jit
+    def _scratch_slot(SCR, slot, HID: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr):
+        """The state pointers (W0, W1, S0, S1) of one slot of the backward's scratch buffer,
+        the four matrices back to back (``_load_state`` / ``_store_state`` with i = 0)."""
+        base = SCR + slot * (2 * HID * DK + 2 * DV * HID)
+        return base, base + HID * DK, base + HID * DK + DV * HID, base + 2 * HID * DK + DV * HID
+
+    @triton.jit
+    def _chunk_write(K, V, ETA, ALPHA, BETA, pid, T, rows, W0, W1, S0, gain, bias, CLIP,
+                     lower, strict, DK: tl.constexpr, DV: tl.constexpr, LOG2C: tl.constexpr,
+                     ACT: tl.constexpr, OBJ: tl.constexpr, DGD: tl.constexpr,
+                     ERASE: tl.constexpr, HAS_RET: tl.constexpr, HAS_MOM: tl.constexpr,
+                     NORM: tl.constexpr, RESIDUAL: tl.constexpr):
+        """Steps 1–3 of one chunk from its start state: what the chunk writes (docs/design.md
+        §3.1: g_t at θ_{c(t)}, S_t with momentum and retention, DGD's erase on W_0). The one
+        sequence gates → decays → inner gradients → erase that the forward kernel, the
+        backward's recompute and its adjoint all run. Returns five bundles:
+        write = (k, a1, Ed0, Ed1, Ef0), the writes' factors (W_0's rows against k, W_1's
+        against a1: Ed = −η δ from ``_inner``, Ef0 = −ε Y from ``_dgd``, zeros without DGD);
+        gates = ``_gates``'s (η, α, β, log α, log β); decays = ``_decays``'s; inner = ``_inner``'s;
+        erase = ``_dgd``'s (Y, Ef0, ε, A, k kᵀ), zeros without DGD (nothing reads it then)."""
+        dk = tl.arange(0, DK)
+        dv = tl.arange(0, DV)
+        k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
+        v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
+        gates = _gates(ETA, ALPHA, BETA, pid * T + rows, HAS_RET, HAS_MOM)
+        eta, alpha, beta, log_a, log_b = gates
+        decays = _decays(log_a, log_b, lower, strict, HAS_MOM)
+        D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = decays
+        inner = _inner(k, v, W0, W1, eta, gain, bias, CLIP, DV, ACT, OBJ, RESIDUAL, NORM)
+        z0, a1, xhat, rstd, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = inner
+        Ef0 = Ed0 * 0.0
+        Y = Ef0
+        eps = tl.zeros(eta.shape, dtype=tl.float32)
+        A = tl.zeros(D1m.shape, dtype=tl.float32)
+        KK = A
+        if DGD:
+            Y, Ef0, eps, A, KK = _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
+                                      LOG2C, ERASE, HAS_MOM)
+        return (k, a1, Ed0, Ed1, Ef0), gates, decays, inner, (Y, Ef0, eps, A, KK)
+
+    @triton.jit
+    def _read_decays(decays, READ: tl.constexpr):
+        """The decays (γ, Z, D1, Wc) of a dual-form read: through token t for a read after the
+        write (READ 0), through t − 1 before it (READ 1) (docs/design.md §3.1, read modes)."""
+        D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = decays
+        if READ == 0:
+            g = gam
+            Z = Zv
+            Dw = D1
+            Dwc = Wc
+        else:
+            g = gam_m
+            Z = Zm
+            Dw = D1m
+            Dwc = Wcm
+        return g, Z, Dw, Dwc
+
+    @triton.jit
+    def _read_out(q, W0, W1, S0, S1, write, decays, gain, bias, DV: tl.constexpr,
+                  ACT: tl.constexpr, READ: tl.constexpr, HAS_MOM: tl.constexpr,
+                  DGD: tl.constexpr, NORM: tl.constexpr, RESIDUAL: tl.constexpr):
+        """Step 4: o_t = f_θ(q_t) at θ_t, θ_{t−1} or θ_{c(t)} (docs/design.md §3.1, read modes
+        after | before | chunk); the first two in the dual form, layer by layer, from the
+        chunk-start state and the chunk's writes (``_read``) without forming θ_t."""
+        k, a1, Ed0, Ed1, Ef0 = write
+        if READ == 2:
+            hq = _act(_mm(q, tl.trans(W0)), ACT)
+            zq = _mm(hq, tl.trans(W1))
+        else:
+            g, Z, Dw, Dwc = _read_decays(decays, READ)
+            hq = _act(_read(q, W0, S0, k, Ed0, Ef0, g, Z, Dw, Dwc, HAS_MOM, DGD), ACT)
+            zq = _read(hq, W1, S1, a1, Ed1, Ed1, g, Z, Dw, Dwc, HAS_MOM, False)
+        return _finish(q, zq, gain, bias, DV, NORM, RESIDUAL)
 
     @triton.jit
     def _mlp_scan_fwd(
@@ -369,13 +509,8 @@ if triton is not None:
 
         w0_off = hd[:, None] * DK + dk[None, :]   # (HID, DK)
         w1_off = dv[:, None] * HID + hd[None, :]  # (DV, HID)
-        W0 = tl.load(W0_in + pid * HID * DK + w0_off)
-        W1 = tl.load(W1_in + pid * DV * HID + w1_off)
-        S0 = tl.zeros((HID, DK), dtype=tl.float32)
-        S1 = tl.zeros((DV, HID), dtype=tl.float32)
-        if HAS_MOM:
-            S0 = tl.load(S0_in + pid * HID * DK + w0_off)
-            S1 = tl.load(S1_in + pid * DV * HID + w1_off)
+        W0, W1, S0, S1 = _load_state((W0_in, W1_in, S0_in, S1_in), pid, w0_off, w1_off,
+                                     HID, DK, DV, HAS_MOM)
         gain = tl.zeros((DV,), dtype=tl.float32) + 1.0
         bias = tl.zeros((DV,), dtype=tl.float32)
         if NORM:
@@ -383,52 +518,359 @@ if triton is not None:
             bias = tl.load(BIAS + pid * DV + dv)
 
         for c in range(0, n_chunks):
-            if c % G == 0:
-                gi = pid * n_groups + c // G
-                tl.store(CK_W0 + gi * HID * DK + w0_off, W0)
-                tl.store(CK_W1 + gi * DV * HID + w1_off, W1)
-                if HAS_MOM:
-                    tl.store(CK_S0 + gi * HID * DK + w0_off, S0)
-                    tl.store(CK_S1 + gi * DV * HID + w1_off, S1)
+            if c % G == 0:   # the group's start state, where the backward recomputes from
+                _store_state((CK_W0, CK_W1, CK_S0, CK_S1), pid * n_groups + c // G,
+                             W0, W1, S0, S1, w0_off, w1_off, HID, DK, DV, HAS_MOM)
             rows = c * C + t
-            k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
-            v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
-            eta, alpha, beta, log_a, log_b = _gates(ETA, ALPHA, BETA, pid * T + rows,
-                                                    HAS_RET, HAS_MOM)
-            # 2. decays from log-cumulative gates; 1. chunk-start forward and inner gradients
-            D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
-                log_a, log_b, lower, strict, HAS_MOM)
-            z0, a1, xz, rz, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
-                k, v, W0, W1, eta, gain, bias, CLIP, DV, ACT, OBJ, RESIDUAL, NORM)
-            # 3. DGD on W_0: f_t = −ε_t W_{0,t−1} k_t, (I − A) Y = h (blockform.solve_prefix)
-            Ef0 = Ed0 * 0.0
-            if DGD:
-                Y, Ef0, eps, A, KK = _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
-                                          LOG2C, ERASE, HAS_MOM)
-
+            # 1.–3. gates, decays, inner gradients and DGD's erase: the chunk's writes
+            write, gates, decays, inner, erase = _chunk_write(
+                K, V, ETA, ALPHA, BETA, pid, T, rows, W0, W1, S0, gain, bias, CLIP, lower,
+                strict, DK, DV, LOG2C, ACT, OBJ, DGD, ERASE, HAS_RET, HAS_MOM, NORM, RESIDUAL)
             # 4. reads
             q = tl.load(Q + pid * T * DK + rows[:, None] * DK + dk[None, :])
-            if READ == 2:
-                hq = _act(_mm(q, tl.trans(W0)), ACT)
-                zq = _mm(hq, tl.trans(W1))
-            elif READ == 0:
-                hq = _act(_read(q, W0, S0, k, Ed0, Ef0, gam, Zv, D1, Wc, HAS_MOM, DGD), ACT)
-                zq = _read(hq, W1, S1, a1, Ed1, Ed1, gam, Zv, D1, Wc, HAS_MOM, False)
-            else:
-                hq = _act(_read(q, W0, S0, k, Ed0, Ef0, gam_m, Zm, D1m, Wcm, HAS_MOM, DGD), ACT)
-                zq = _read(hq, W1, S1, a1, Ed1, Ed1, gam_m, Zm, D1m, Wcm, HAS_MOM, False)
-            o = _finish(q, zq, gain, bias, DV, NORM, RESIDUAL)
+            o = _read_out(q, W0, W1, S0, S1, write, decays, gain, bias, DV, ACT, READ, HAS_MOM,
+                          DGD, NORM, RESIDUAL)
             tl.store(OUT + pid * T * DV + rows[:, None] * DV + dv[None, :], o)
-
             # 5. state at the chunk end
-            W0, W1, S0, S1 = _end_state(W0, W1, S0, S1, k, a1, Ed0, Ed1, Ef0, D1, gam, Wc, Zv,
-                                        D2, zeta, last, HAS_MOM, DGD)
+            W0, W1, S0, S1 = _end_state(W0, W1, S0, S1, write, decays, last, HAS_MOM, DGD)
 
-        tl.store(W0_out + pid * HID * DK + w0_off, W0)
-        tl.store(W1_out + pid * DV * HID + w1_off, W1)
+        _store_state((W0_out, W1_out, S0_out, S1_out), pid, W0, W1, S0, S1, w0_off, w1_off,
+                     HID, DK, DV, HAS_MOM)
+
+    # The backward's helpers: each is the adjoint of the forward helper it names. The
+    # gradients they accumulate are passed in and handed back (not summed by the caller),
+    # which keeps every sum in the order of the kernel's first, single-body version.
+
+    @triton.jit
+    def _decays_zeros(C: tl.constexpr):
+        """A zero ``ddecays``: the decays' adjoint, one entry per entry of ``_decays``'s
+        bundle (C × C matrices, C vectors), accumulated by the adjoints below."""
+        m = tl.zeros((C, C), dtype=tl.float32)
+        v = tl.zeros((C,), dtype=tl.float32)
+        return m, m, v, v, m, v, m, m, v, v
+
+    @triton.jit
+    def _end_state_bwd(gW0, gW1, gS0, gS1, W0, W1, S0, S1, write, decays, ddecays, last,
+                       HAS_MOM: tl.constexpr, DGD: tl.constexpr):
+        """Adjoint of ``_end_state`` (docs/design.md §3.1's θ_t, S_t at the chunk end). From
+        the end state's gradients: the start state's through γ_L W, Z_L S, ζ_L S (the reads and
+        the inner gradients add the rest), ``dwrite`` (the gradients of ``write``, the first
+        contributions to each) and ``ddecays`` updated."""
+        k, a1, Ed0, Ed1, Ef0 = write
+        D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = decays
+        dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm = ddecays
+        WcL = _last_row(Wc, last)
+        D2L = _last_row(D2, last)
+        D1L = _last_row(D1, last)
+        dgL = tl.sum(tl.sum(gW0 * W0, 1), 0) + tl.sum(tl.sum(gW1 * W1, 1), 0)
+        dgam += tl.where(last, dgL, 0.0)
+        dc0 = _mm(k, tl.trans(gW0))                       # (C, HID)
+        dc1 = _mm(a1, tl.trans(gW1))                      # (C, DV)
+        dk_ = _mm(Ed0 * WcL[:, None], gW0)
+        da1 = _mm(Ed1 * WcL[:, None], gW1)
+        dEd0 = dc0 * WcL[:, None]
+        dEd1 = dc1 * WcL[:, None]
+        dEf0 = Ed0 * 0.0
+        dWcL = tl.sum(dc0 * Ed0, 1) + tl.sum(dc1 * Ed1, 1)
+        if DGD:   # W0' += (Ef0 ⊙ D1_L)ᵀ k
+            dk_ += _mm(Ef0 * D1L[:, None], gW0)
+            dEf0 += dc0 * D1L[:, None]
+            dD1 += tl.where(last[:, None], tl.sum(dc0 * Ef0, 1)[None, :], 0.0)
+        gL = _last(gam, last)
+        nW0 = gL * gW0
+        nW1 = gL * gW1
+        nS0 = gS0 * 0.0
+        nS1 = gS1 * 0.0
         if HAS_MOM:
-            tl.store(S0_out + pid * HID * DK + w0_off, S0)
-            tl.store(S1_out + pid * DV * HID + w1_off, S1)
+            ZL = _last(Zv, last)
+            zL = _last(zeta, last)
+            dZL = tl.sum(tl.sum(gW0 * S0, 1), 0) + tl.sum(tl.sum(gW1 * S1, 1), 0)
+            dzL = tl.sum(tl.sum(gS0 * S0, 1), 0) + tl.sum(tl.sum(gS1 * S1, 1), 0)
+            dZv += tl.where(last, dZL, 0.0)
+            dzeta += tl.where(last, dzL, 0.0)
+            ds0 = _mm(k, tl.trans(gS0))
+            ds1 = _mm(a1, tl.trans(gS1))
+            dk_ += _mm(Ed0 * D2L[:, None], gS0)
+            da1 += _mm(Ed1 * D2L[:, None], gS1)
+            dEd0 += ds0 * D2L[:, None]
+            dEd1 += ds1 * D2L[:, None]
+            dD2L = tl.sum(ds0 * Ed0, 1) + tl.sum(ds1 * Ed1, 1)
+            dD2 += tl.where(last[:, None], dD2L[None, :], 0.0)
+            nS0 = ZL * gW0 + zL * gS0
+            nS1 = ZL * gW1 + zL * gS1
+        dWc += tl.where(last[:, None], dWcL[None, :], 0.0)
+        return (nW0, nW1, nS0, nS1, (dk_, da1, dEd0, dEd1, dEf0),
+                (dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm))
+
+    @triton.jit
+    def _finish_bwd(go, z, gain, dgain, dbias, DV: tl.constexpr):
+        """Adjoint of ``_finish``'s output LayerNorm LN(z)·γ + b: ∂/∂z from ∂/∂o, and γ's and
+        b's gradients accumulated (the residual's ∂q = ∂o is the caller's)."""
+        xhat, rstd = _ln(z, DV)
+        dgain += tl.sum(go * xhat, 0)
+        dbias += tl.sum(go, 0)
+        return _ln_bwd(xhat, rstd, go * gain[None, :], DV), dgain, dbias
+
+    @triton.jit
+    def _read_bwd(dout, X, Wt, St, XA, A, Ed, Ef, g, Zv, Dw, Dwc,
+                  dX, gWt, gSt, dA, dEd, dEf, dg, dZv, dDw, dDwc,
+                  HAS_MOM: tl.constexpr, HAS_EF: tl.constexpr):
+        """Adjoint of one layer of ``_read``, out = g ⊙ (X Wtᵀ) + Z ⊙ (X Stᵀ) + (XA ∘ Dwc) Ed
+        [+ (XA ∘ Dw) Ef] with XA = X Aᵀ: ∂out → the gradients of each input, accumulated
+        into the d*/g* given (the same names, ∂ of X, Wt, St, A, Ed, Ef, g, Z, Dw, Dwc)."""
+        dg += tl.sum(dout * _mm(X, tl.trans(Wt)), 1)
+        dX += _mm(g[:, None] * dout, Wt)
+        gWt += _mm(tl.trans(g[:, None] * dout), X)
+        if HAS_MOM:
+            dZv += tl.sum(dout * _mm(X, tl.trans(St)), 1)
+            dX += _mm(Zv[:, None] * dout, St)
+            gSt += _mm(tl.trans(Zv[:, None] * dout), X)
+        dM = _mm(dout, tl.trans(Ed))
+        dEd += _mm(tl.trans(XA * Dwc), dout)
+        dXA = dM * Dwc
+        dDwc += dM * XA
+        if HAS_EF:
+            dMf = _mm(dout, tl.trans(Ef))
+            dEf += _mm(tl.trans(XA * Dw), dout)
+            dXA += dMf * Dw
+            dDw += dMf * XA
+        dX += _mm(dXA, A)
+        dA += _mm(tl.trans(dXA), X)
+        return dX, gWt, gSt, dA, dEd, dEf, dg, dZv, dDw, dDwc
+
+    @triton.jit
+    def _read_chunk_start_bwd(go, q, W0, W1, gain, dq, gW0, gW1, dgain, dbias,
+                              DV: tl.constexpr, ACT: tl.constexpr, NORM: tl.constexpr):
+        """Adjoint of ``_read_out`` at θ_{c(t)} (READ 2): o = [q +] [LN](W1 σ(W0 q))."""
+        hq = _mm(q, tl.trans(W0))
+        aq = _act(hq, ACT)
+        if NORM:
+            go, dgain, dbias = _finish_bwd(go, _mm(aq, tl.trans(W1)), gain, dgain, dbias, DV)
+        gW1 += _mm(tl.trans(go), aq)
+        dh = _mm(go, W1) * _act_grad(hq, ACT)
+        gW0 += _mm(tl.trans(dh), q)
+        dq += _mm(dh, W0)
+        return dq, gW0, gW1, dgain, dbias
+
+    @triton.jit
+    def _read_dual_bwd(go, q, W0, W1, S0, S1, write, decays, gain,
+                       dq, gW0, gW1, gS0, gS1, dwrite, ddecays, dgain, dbias,
+                       DV: tl.constexpr, ACT: tl.constexpr, READ: tl.constexpr,
+                       HAS_MOM: tl.constexpr, DGD: tl.constexpr, NORM: tl.constexpr):
+        """Adjoint of ``_read_out``'s dual form (READ 0, 1): layer 1, then layer 0, each by
+        ``_read_bwd``; the read's decays' gradients go back to ``ddecays`` by READ."""
+        k, a1, Ed0, Ed1, Ef0 = write
+        dk_, da1, dEd0, dEd1, dEf0 = dwrite
+        gR, ZR, D1R, WcR = _read_decays(decays, READ)
+        # the forward's pre-activations again; the terms are summed in another order than
+        # ``_read``'s (the last bits can differ from the forward's), left as they were so the
+        # gradients round as before
+        QK = _mm(q, tl.trans(k))
+        hq = (gR[:, None] * _mm(q, tl.trans(W0)) + _mm(QK * WcR, Ed0))
+        if DGD:
+            hq += _mm(QK * D1R, Ef0)
+        if HAS_MOM:
+            hq += ZR[:, None] * _mm(q, tl.trans(S0))
+        aq = _act(hq, ACT)
+        AA = _mm(aq, tl.trans(a1))
+        if NORM:   # o = [q +] LN(zq)·γ + b
+            zq = gR[:, None] * _mm(aq, tl.trans(W1)) + _mm(AA * WcR, Ed1)
+            if HAS_MOM:
+                zq += ZR[:, None] * _mm(aq, tl.trans(S1))
+            go, dgain, dbias = _finish_bwd(go, zq, gain, dgain, dbias, DV)
+        # the read's own gradients of its decays, summed over both layers
+        dgR = tl.zeros(gR.shape, dtype=tl.float32)
+        dZR = tl.zeros(ZR.shape, dtype=tl.float32)
+        dD1R = tl.zeros(D1R.shape, dtype=tl.float32)
+        dWcR = tl.zeros(WcR.shape, dtype=tl.float32)
+        daq = tl.zeros(aq.shape, dtype=tl.float32)
+        # layer 1: zq = gR ⊙ (aq W1ᵀ) + ZR ⊙ (aq S1ᵀ) + (AA ∘ WcR) Ed1 (no erase term on W_1:
+        # the Ef / Dw slots get Ed1 / dWcR, unread, and their returns are dropped)
+        daq, gW1, gS1, da1, dEd1, _, dgR, dZR, _, dWcR = _read_bwd(
+            go, aq, W1, S1, AA, a1, Ed1, Ed1, gR, ZR, D1R, WcR,
+            daq, gW1, gS1, da1, dEd1, dEd1, dgR, dZR, dWcR, dWcR, HAS_MOM, False)
+        dh = daq * _act_grad(hq, ACT)
+        # layer 0: hq = gR ⊙ (q W0ᵀ) + ZR ⊙ (q S0ᵀ) + (QK ∘ WcR) Ed0 [+ (QK ∘ D1R) Ef0]
+        dq, gW0, gS0, dk_, dEd0, dEf0, dgR, dZR, dD1R, dWcR = _read_bwd(
+            dh, q, W0, S0, QK, k, Ed0, Ef0, gR, ZR, D1R, WcR,
+            dq, gW0, gS0, dk_, dEd0, dEf0, dgR, dZR, dD1R, dWcR, HAS_MOM, DGD)
+        dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm = ddecays
+        if READ == 0:
+            if DGD:
+                dD1 += dD1R
+            dgam += dgR
+            dZv += dZR
+            dWc += dWcR
+        else:
+            if DGD:
+                dD1m += dD1R
+            dgam_m += dgR
+            dZm += dZR
+            dWcm += dWcR
+        return (dq, gW0, gW1, gS0, gS1, (dk_, da1, dEd0, dEd1, dEf0),
+                (dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm), dgain, dbias)
+
+    @triton.jit
+    def _erase_rate_bwd(deps, eta, k, log_a, deta, dk_, dalpha_e, ERASE: tl.constexpr):
+        """Adjoint of ``_erase_rate``: ∂ε into ∂η, ∂k (`normalized`) and ∂α (`retained`;
+        `dalpha_e`, the part of ∂α apart from the decays')."""
+        if ERASE == 0:
+            deta += deps
+        elif ERASE == 1:
+            den = 1 + eta * tl.sum(k * k, 1)
+            deta += deps / (den * den)
+            dk_ += (deps * (-eta * eta) / (den * den) * 2)[:, None] * k
+        else:
+            a_t = tl.exp(log_a)
+            deta += deps * a_t
+            dalpha_e += deps * eta
+        return deta, dk_, dalpha_e
+
+    @triton.jit
+    def _dgd_bwd(erase, write, decays, gates, W0, S0, gW0, gS0, deta, dalpha_e, dwrite,
+                 ddecays, LOG2C: tl.constexpr, ERASE: tl.constexpr, HAS_MOM: tl.constexpr):
+        """Adjoint of ``_dgd`` (DGD's erase, docs/design.md §3.1, Eq. 88 form): f = −ε Y,
+        Y = (I − A)⁻¹ h, A = (k kᵀ ∘ D1m) diag(−ε), h = γ_m ⊙ (k W0ᵀ) + (k kᵀ ∘ Wcm) Ed0
+        [+ Z_m ⊙ (k S0ᵀ)]; (I − A)⁻ᵀ by the same product of powers (``_solve_nilpotent``)."""
+        Y, Ef0, eps, A, KK = erase
+        k, a1, Ed0, Ed1, Ef0 = write
+        eta, alpha, beta, log_a, log_b = gates
+        D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = decays
+        dk_, da1, dEd0, dEd1, dEf0 = dwrite
+        dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm = ddecays
+        dY = -eps[:, None] * dEf0
+        deps = -tl.sum(dEf0 * Y, 1)
+        dhh = _solve_nilpotent(tl.trans(A), dY, LOG2C)
+        dA = _mm(dhh, tl.trans(Y))
+        dKK = dA * D1m * (-eps)[None, :]
+        dD1m += dA * KK * (-eps)[None, :]
+        deps -= tl.sum(dA * KK * D1m, 0)
+        dgam_m += tl.sum(dhh * _mm(k, tl.trans(W0)), 1)
+        dk_ += _mm(gam_m[:, None] * dhh, W0)
+        gW0 += _mm(tl.trans(gam_m[:, None] * dhh), k)
+        if HAS_MOM:
+            dZm += tl.sum(dhh * _mm(k, tl.trans(S0)), 1)
+            dk_ += _mm(Zm[:, None] * dhh, S0)
+            gS0 += _mm(tl.trans(Zm[:, None] * dhh), k)
+        dMh = _mm(dhh, tl.trans(Ed0))
+        dKK += dMh * Wcm
+        dWcm += dMh * KK
+        dEd0 += _mm(tl.trans(KK * Wcm), dhh)
+        dk_ += _mm(dKK + tl.trans(dKK), k)
+        deta, dk_, dalpha_e = _erase_rate_bwd(deps, eta, k, log_a, deta, dk_, dalpha_e, ERASE)
+        return (gW0, gS0, deta, dalpha_e, (dk_, da1, dEd0, dEd1, dEf0),
+                (dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm))
+
+    @triton.jit
+    def _objective_grad_bwd(dd, r, s, th, f, OBJ: tl.constexpr):
+        """Adjoint of ``_objective_grad``: (∂p, ∂v) from the gradient of ∂ℓ/∂p (the
+        objective's Jacobian; the soft-clipped l2's from f(s) = c·tanh(s/c)/s)."""
+        if OBJ == 0:
+            dp = dd * 0.0
+            dvv = -dd
+        elif OBJ == 1:
+            dp = dd
+            dvv = -dd
+        elif OBJ == 2:
+            m = ((r > -1.0) & (r < 1.0)).to(tl.float32)
+            dp = dd * m
+            dvv = -dp
+        else:
+            fp = ((1 - th * th) - f) / (s * s)        # f'(s)/s
+            dp = f[:, None] * dd + (fp * tl.sum(r * dd, 1))[:, None] * r
+            dvv = -dp
+        return dp, dvv
+
+    @triton.jit
+    def _ln_bwd_bwd(dd1, err, xhat, rstd, d1, gain, dgain, DV: tl.constexpr):
+        """Adjoint of ``_inner``'s δ_1 = ``_ln_bwd``(x̂, 1/σ, ∂ℓ/∂p · γ): from ∂δ_1, the
+        gradients of ∂ℓ/∂p, x̂ and 1/σ, and γ's accumulated."""
+        # d1 = (1/σ) Π(g), g = err·γ, Π(g) = g − mean g − x̂ mean(g x̂) (symmetric)
+        gv = err * gain[None, :]
+        m2 = tl.sum(gv * xhat, 1) / DV
+        dgv = _ln_bwd(xhat, rstd, dd1, DV)
+        dxhat = -rstd[:, None] * (dd1 * m2[:, None]
+                                  + gv * (tl.sum(dd1 * xhat, 1) / DV)[:, None])
+        drstd = tl.sum(dd1 * d1, 1) / rstd
+        dgain += tl.sum(dgv * err, 0)
+        return dgv * gain[None, :], dxhat, drstd, dgain
+
+    @triton.jit
+    def _inner_norm_bwd(dp, xhat, rstd, dxhat, drstd, gain, dgain, dbias, DV: tl.constexpr):
+        """Adjoint of ``_inner``'s p = LN(z)·γ + b (x̂ = (z − μ)/σ): ∂z from ∂p and the x̂, 1/σ
+        gradients that δ_1's adjoint already sent (``_ln_bwd_bwd``); γ's, b's accumulated."""
+        dgain += tl.sum(dp * xhat, 0)
+        dbias += tl.sum(dp, 0)
+        dxhat += dp * gain[None, :]
+        # x̂ = zc·r, r = (mean zc² + ε)^(−½): ∂zc = ∂x̂·r + zc·(−r³/D)·(∂r + Σ ∂x̂·zc)
+        zc = xhat / rstd[:, None]
+        drt = drstd + tl.sum(dxhat * zc, 1)
+        dzc = dxhat * rstd[:, None] - zc * (rstd * rstd * rstd * drt / DV)[:, None]
+        return dzc - (tl.sum(dzc, 1) / DV)[:, None], dgain, dbias
+
+    @triton.jit
+    def _inner_bwd(inner, write, dwrite, eta, W0, W1, gain, deta, gW0, gW1, dgain, dbias,
+                   DV: tl.constexpr, ACT: tl.constexpr, OBJ: tl.constexpr,
+                   NORM: tl.constexpr, RESIDUAL: tl.constexpr):
+        """Adjoint of ``_inner`` (docs/design.md §3.2: the inner gradients are closed form, so
+        this differentiates them once more: σ'', the objective's Jacobian, the inner
+        LayerNorm's backward): from the writes' gradients ``dwrite``, ∂k and ∂v of the chunk,
+        with ∂η, the start weights' and the norm's gradients accumulated."""
+        z0, a1, xhat, rstd, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = inner
+        k, a1, Ed0, Ed1, Ef0 = write
+        dk_, da1, dEd0, dEd1, dEf0 = dwrite
+        # Ed = −η δ, δ_0 = (δ_1 W1) ⊙ σ'(z0), δ_1 = ∂ℓ/∂z
+        deta += -tl.sum(dEd1 * d1, 1) - tl.sum(dEd0 * d0, 1)
+        dd1 = -eta[:, None] * dEd1
+        dd0 = -eta[:, None] * dEd0
+        du = dd0 * _act_grad(z0, ACT)
+        dz0 = dd0 * u * _act_grad2(z0, ACT)
+        dd1 += _mm(du, tl.trans(W1))
+        gW1 += _mm(tl.trans(d1), du)
+        if NORM:
+            dd1, dxhat, drstd, dgain = _ln_bwd_bwd(dd1, err, xhat, rstd, d1, gain, dgain, DV)
+        dp, dvv = _objective_grad_bwd(dd1, r, s, th, f, OBJ)
+        if RESIDUAL:
+            dk_ += dp
+        if NORM:
+            dz, dgain, dbias = _inner_norm_bwd(dp, xhat, rstd, dxhat, drstd, gain, dgain,
+                                               dbias, DV)
+        else:
+            dz = dp
+        da1 += _mm(dz, W1)
+        gW1 += _mm(tl.trans(dz), a1)
+        dz0 += da1 * _act_grad(z0, ACT)
+        dk_ += _mm(dz0, W0)
+        gW0 += _mm(tl.trans(dz0), k)
+        return deta, dk_, dvv, gW0, gW1, dgain, dbias
+
+    @triton.jit
+    def _decays_bwd(decays, ddecays, HAS_MOM: tl.constexpr):
+        """Adjoint of ``_decays``: ∂ log α and ∂ log β from ``ddecays``. D[t, s] = exp(l_t − l_s)
+        gives ∂l_t = Σ_s P[t, s] − Σ_s P[s, t] with P = ∂D ⊙ D, and l = cumsum(log α) turns
+        that into a reversed cumulative sum (module docstring; blockform.decays)."""
+        D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = decays
+        dD1, dD1m, dgam, dgam_m, dD2, dzeta, dWc, dWcm, dZv, dZm = ddecays
+        if HAS_MOM:
+            dD1 += _mm(dWc, tl.trans(D2)) + dZv[:, None] * zeta[None, :]
+            dD1m += _mm(dWcm, tl.trans(D2)) + dZm[:, None] * zeta[None, :]
+            dD2 += _mm(tl.trans(D1), dWc) + _mm(tl.trans(D1m), dWcm)
+            dzeta += tl.sum(D1 * dZv[:, None], 0) + tl.sum(D1m * dZm[:, None], 0)
+        else:
+            dD1 += dWc
+            dD1m += dWcm
+        P1 = dD1 * D1
+        P1m = dD1m * D1m
+        dla = tl.sum(P1, 1) - tl.sum(P1, 0) - tl.sum(P1m, 0) + dgam * gam
+        dlam = tl.sum(P1m, 1) + dgam_m * gam_m
+        dla += dlam
+        dlog_a = tl.sum(dla, 0) - tl.cumsum(dla, 0) + dla - dlam
+        dlog_b = tl.zeros(dlog_a.shape, dtype=tl.float32)
+        if HAS_MOM:
+            P2 = dD2 * D2
+            dlb = tl.sum(P2, 1) - tl.sum(P2, 0) + dzeta * zeta
+            dlog_b = tl.sum(dlb, 0) - tl.cumsum(dlb, 0) + dlb
+        return dlog_a, dlog_b
 
     @triton.jit
     def _mlp_scan_bwd(
@@ -457,14 +899,8 @@ if triton is not None:
         last = t == C - 1
         w0_off = hd[:, None] * DK + dk[None, :]
         w1_off = dv[:, None] * HID + hd[None, :]
-        SZ: tl.constexpr = 2 * HID * DK + 2 * DV * HID      # one state in SCR
-        gW0 = tl.load(GW0 + pid * HID * DK + w0_off)
-        gW1 = tl.load(GW1 + pid * DV * HID + w1_off)
-        gS0 = tl.zeros((HID, DK), dtype=tl.float32)
-        gS1 = tl.zeros((DV, HID), dtype=tl.float32)
-        if HAS_MOM:
-            gS0 = tl.load(GS0 + pid * HID * DK + w0_off)
-            gS1 = tl.load(GS1 + pid * DV * HID + w1_off)
+        gW0, gW1, gS0, gS1 = _load_state((GW0, GW1, GS0, GS1), pid, w0_off, w1_off,
+                                         HID, DK, DV, HAS_MOM)
         gain = tl.zeros((DV,), dtype=tl.float32) + 1.0
         bias = tl.zeros((DV,), dtype=tl.float32)
         if NORM:
@@ -477,317 +913,60 @@ if triton is not None:
             gi = n_groups - 1 - gr
             c0 = gi * G
             c1 = tl.minimum(c0 + G, n_chunks)
-            # 1. the group's chunk-start states, from its saved start
-            base = (pid * n_groups + gi)
-            W0 = tl.load(CK_W0 + base * HID * DK + w0_off)
-            W1 = tl.load(CK_W1 + base * DV * HID + w1_off)
-            S0 = tl.zeros((HID, DK), dtype=tl.float32)
-            S1 = tl.zeros((DV, HID), dtype=tl.float32)
-            if HAS_MOM:
-                S0 = tl.load(CK_S0 + base * HID * DK + w0_off)
-                S1 = tl.load(CK_S1 + base * DV * HID + w1_off)
+            # 1. the group's chunk-start states, from its saved start, into the scratch slots
+            W0, W1, S0, S1 = _load_state((CK_W0, CK_W1, CK_S0, CK_S1), pid * n_groups + gi,
+                                         w0_off, w1_off, HID, DK, DV, HAS_MOM)
             for c in range(c0, c1):
-                scr = SCR + (pid * G + (c - c0)) * SZ
-                tl.store(scr + w0_off, W0)
-                tl.store(scr + HID * DK + w1_off, W1)
-                tl.store(scr + HID * DK + DV * HID + w0_off, S0)
-                tl.store(scr + 2 * HID * DK + DV * HID + w1_off, S1)
+                _store_state(_scratch_slot(SCR, pid * G + (c - c0), HID, DK, DV), 0,
+                             W0, W1, S0, S1, w0_off, w1_off, HID, DK, DV, HAS_MOM)
+                # the forward's chunk without its reads: only the end state is needed here
                 rows = c * C + t
-                k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
-                v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
-                eta, alpha, beta, log_a, log_b = _gates(ETA, ALPHA, BETA, pid * T + rows,
-                                                        HAS_RET, HAS_MOM)
-                D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
-                    log_a, log_b, lower, strict, HAS_MOM)
-                z0, a1, xz, rz, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
-                    k, v, W0, W1, eta, gain, bias, CLIP, DV, ACT, OBJ, RESIDUAL, NORM)
-                Ef0 = Ed0 * 0.0
-                if DGD:
-                    Y, Ef0, eps, A, KK = _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
-                                              LOG2C, ERASE, HAS_MOM)
-                W0, W1, S0, S1 = _end_state(W0, W1, S0, S1, k, a1, Ed0, Ed1, Ef0, D1, gam, Wc,
-                                            Zv, D2, zeta, last, HAS_MOM, DGD)
+                write, gates, decays, inner, erase = _chunk_write(
+                    K, V, ETA, ALPHA, BETA, pid, T, rows, W0, W1, S0, gain, bias, CLIP,
+                    lower, strict, DK, DV, LOG2C, ACT, OBJ, DGD, ERASE, HAS_RET, HAS_MOM, NORM,
+                    RESIDUAL)
+                W0, W1, S0, S1 = _end_state(W0, W1, S0, S1, write, decays, last, HAS_MOM, DGD)
 
             # 2. the chunks' adjoints, last chunk first
             for cr in range(0, c1 - c0):
                 c = c1 - 1 - cr
-                scr = SCR + (pid * G + (c - c0)) * SZ
-                W0 = tl.load(scr + w0_off)
-                W1 = tl.load(scr + HID * DK + w1_off)
-                S0 = tl.load(scr + HID * DK + DV * HID + w0_off)
-                S1 = tl.load(scr + 2 * HID * DK + DV * HID + w1_off)
+                W0, W1, S0, S1 = _load_state(_scratch_slot(SCR, pid * G + (c - c0), HID, DK, DV),
+                                             0, w0_off, w1_off, HID, DK, DV, HAS_MOM)
                 rows = c * C + t
                 q = tl.load(Q + pid * T * DK + rows[:, None] * DK + dk[None, :])
-                k = tl.load(K + pid * T * DK + rows[:, None] * DK + dk[None, :])
-                v = tl.load(V + pid * T * DV + rows[:, None] * DV + dv[None, :])
                 go = tl.load(GO + pid * T * DV + rows[:, None] * DV + dv[None, :])
-                eta, alpha, beta, log_a, log_b = _gates(ETA, ALPHA, BETA, pid * T + rows,
-                                                        HAS_RET, HAS_MOM)
-                D1, D1m, gam, gam_m, D2, zeta, Wc, Wcm, Zv, Zm = _decays(
-                    log_a, log_b, lower, strict, HAS_MOM)
-                z0, a1, xz, rz, err, r, s, th, f, d1, u, d0, Ed0, Ed1 = _inner(
-                    k, v, W0, W1, eta, gain, bias, CLIP, DV, ACT, OBJ, RESIDUAL, NORM)
-                WcL = _last_row(Wc, last)
-                D2L = _last_row(D2, last)
-                D1L = _last_row(D1, last)
-                Ef0 = Ed0 * 0.0
-                if DGD:
-                    Y, Ef0, eps, A, KK = _dgd(k, W0, S0, Ed0, eta, log_a, gam_m, Zm, Wcm, D1m,
-                                              LOG2C, ERASE, HAS_MOM)
-
-                # adjoint accumulators (decay matrices and vectors, per-token inputs)
-                dWc = tl.zeros((C, C), dtype=tl.float32)
-                dWcm = tl.zeros((C, C), dtype=tl.float32)
-                dgam = tl.zeros((C,), dtype=tl.float32)
-                dgam_m = tl.zeros((C,), dtype=tl.float32)
-                dZv = tl.zeros((C,), dtype=tl.float32)
-                dZm = tl.zeros((C,), dtype=tl.float32)
-                dD2 = tl.zeros((C, C), dtype=tl.float32)
-                dzeta = tl.zeros((C,), dtype=tl.float32)
+                write, gates, decays, inner, erase = _chunk_write(
+                    K, V, ETA, ALPHA, BETA, pid, T, rows, W0, W1, S0, gain, bias, CLIP,
+                    lower, strict, DK, DV, LOG2C, ACT, OBJ, DGD, ERASE, HAS_RET, HAS_MOM, NORM,
+                    RESIDUAL)
+                eta, alpha, beta, log_a, log_b = gates
+                # the forward's steps in reverse: end state, reads, DGD's erase, inner
+                # gradients, decays. dwrite (∂ of write, from _end_state_bwd on) and ddecays
+                # (∂ of decays) collect what each stage sends back to the chunk's shared terms.
+                ddecays = _decays_zeros(C)
+                gW0, gW1, gS0, gS1, dwrite, ddecays = _end_state_bwd(
+                    gW0, gW1, gS0, gS1, W0, W1, S0, S1, write, decays, ddecays, last, HAS_MOM,
+                    DGD)
                 dq = tl.zeros((C, DK), dtype=tl.float32)
-                dD1x = tl.zeros((C, C), dtype=tl.float32)     # direct uses of D1, D1m (DGD)
-                dD1mx = tl.zeros((C, C), dtype=tl.float32)
-                dEf0 = Ed0 * 0.0
-
-                # end state: W' = γ_L W + Z_L S + (Ed ⊙ Wc_L)ᵀ A, S' = ζ_L S + (Ed ⊙ D2_L)ᵀ A
-                dgL = tl.sum(tl.sum(gW0 * W0, 1), 0) + tl.sum(tl.sum(gW1 * W1, 1), 0)
-                dgam += tl.where(last, dgL, 0.0)
-                dc0 = _mm(k, tl.trans(gW0))                       # (C, HID)
-                dc1 = _mm(a1, tl.trans(gW1))                      # (C, DV)
-                dk_ = _mm(Ed0 * WcL[:, None], gW0)
-                da1 = _mm(Ed1 * WcL[:, None], gW1)
-                dEd0 = dc0 * WcL[:, None]
-                dEd1 = dc1 * WcL[:, None]
-                dWcL = tl.sum(dc0 * Ed0, 1) + tl.sum(dc1 * Ed1, 1)
-                if DGD:   # W0' += (Ef0 ⊙ D1_L)ᵀ k
-                    dk_ += _mm(Ef0 * D1L[:, None], gW0)
-                    dEf0 += dc0 * D1L[:, None]
-                    dD1x += tl.where(last[:, None], tl.sum(dc0 * Ef0, 1)[None, :], 0.0)
-                nW0 = _last(gam, last) * gW0
-                nW1 = _last(gam, last) * gW1
-                nS0 = gS0 * 0.0
-                nS1 = gS1 * 0.0
-                if HAS_MOM:
-                    ZL = _last(Zv, last)
-                    zL = _last(zeta, last)
-                    dZL = tl.sum(tl.sum(gW0 * S0, 1), 0) + tl.sum(tl.sum(gW1 * S1, 1), 0)
-                    dzL = tl.sum(tl.sum(gS0 * S0, 1), 0) + tl.sum(tl.sum(gS1 * S1, 1), 0)
-                    dZv += tl.where(last, dZL, 0.0)
-                    dzeta += tl.where(last, dzL, 0.0)
-                    ds0 = _mm(k, tl.trans(gS0))
-                    ds1 = _mm(a1, tl.trans(gS1))
-                    dk_ += _mm(Ed0 * D2L[:, None], gS0)
-                    da1 += _mm(Ed1 * D2L[:, None], gS1)
-                    dEd0 += ds0 * D2L[:, None]
-                    dEd1 += ds1 * D2L[:, None]
-                    dD2L = tl.sum(ds0 * Ed0, 1) + tl.sum(ds1 * Ed1, 1)
-                    dD2 += tl.where(last[:, None], dD2L[None, :], 0.0)
-                    nS0 = ZL * gW0 + zL * gS0
-                    nS1 = ZL * gW1 + zL * gS1
-                dWc += tl.where(last[:, None], dWcL[None, :], 0.0)
-                gW0 = nW0
-                gW1 = nW1
-                gS0 = nS0
-                gS1 = nS1
-
-                # reads
                 if RESIDUAL:
                     dq += go
                 if READ == 2:
-                    hq = _mm(q, tl.trans(W0))
-                    aq = _act(hq, ACT)
-                    if NORM:   # o = [q +] LN(zq)·γ + b
-                        xq, rq = _ln(_mm(aq, tl.trans(W1)), DV)
-                        dgain += tl.sum(go * xq, 0)
-                        dbias += tl.sum(go, 0)
-                        go = _ln_bwd(xq, rq, go * gain[None, :], DV)
-                    gW1 += _mm(tl.trans(go), aq)
-                    dh = _mm(go, W1) * _act_grad(hq, ACT)
-                    gW0 += _mm(tl.trans(dh), q)
-                    dq += _mm(dh, W0)
+                    dq, gW0, gW1, dgain, dbias = _read_chunk_start_bwd(
+                        go, q, W0, W1, gain, dq, gW0, gW1, dgain, dbias, DV, ACT, NORM)
                 else:
-                    if READ == 0:
-                        gR = gam
-                        ZR = Zv
-                        WcR = Wc
-                    else:
-                        gR = gam_m
-                        ZR = Zm
-                        WcR = Wcm
-                    if READ == 0:
-                        D1R = D1
-                    else:
-                        D1R = D1m
-                    QK = _mm(q, tl.trans(k))
-                    hq = (gR[:, None] * _mm(q, tl.trans(W0)) + _mm(QK * WcR, Ed0))
-                    if DGD:
-                        hq += _mm(QK * D1R, Ef0)
-                    if HAS_MOM:
-                        hq += ZR[:, None] * _mm(q, tl.trans(S0))
-                    aq = _act(hq, ACT)
-                    AA = _mm(aq, tl.trans(a1))
-                    if NORM:   # o = [q +] LN(zq)·γ + b
-                        zq = gR[:, None] * _mm(aq, tl.trans(W1)) + _mm(AA * WcR, Ed1)
-                        if HAS_MOM:
-                            zq += ZR[:, None] * _mm(aq, tl.trans(S1))
-                        xq, rq = _ln(zq, DV)
-                        dgain += tl.sum(go * xq, 0)
-                        dbias += tl.sum(go, 0)
-                        go = _ln_bwd(xq, rq, go * gain[None, :], DV)
-                    # layer 1: zq = g⊙(a W1ᵀ) + Z⊙(a S1ᵀ) + (AA ∘ Wc) Ed1
-                    dgR = tl.sum(go * _mm(aq, tl.trans(W1)), 1)
-                    daq = _mm(gR[:, None] * go, W1)
-                    gW1 += _mm(tl.trans(gR[:, None] * go), aq)
-                    dZR = dgR * 0.0
-                    if HAS_MOM:
-                        dZR += tl.sum(go * _mm(aq, tl.trans(S1)), 1)
-                        daq += _mm(ZR[:, None] * go, S1)
-                        gS1 += _mm(tl.trans(ZR[:, None] * go), aq)
-                    dM = _mm(go, tl.trans(Ed1))
-                    dEd1 += _mm(tl.trans(AA * WcR), go)
-                    dAA = dM * WcR
-                    dWcR = dM * AA
-                    daq += _mm(dAA, a1)
-                    da1 += _mm(tl.trans(dAA), aq)
-                    dh = daq * _act_grad(hq, ACT)
-                    # layer 0: h = g⊙(q W0ᵀ) + Z⊙(q S0ᵀ) + (QK ∘ Wc) Ed0
-                    dgR += tl.sum(dh * _mm(q, tl.trans(W0)), 1)
-                    dq += _mm(gR[:, None] * dh, W0)
-                    gW0 += _mm(tl.trans(gR[:, None] * dh), q)
-                    if HAS_MOM:
-                        dZR += tl.sum(dh * _mm(q, tl.trans(S0)), 1)
-                        dq += _mm(ZR[:, None] * dh, S0)
-                        gS0 += _mm(tl.trans(ZR[:, None] * dh), q)
-                    dM0 = _mm(dh, tl.trans(Ed0))
-                    dEd0 += _mm(tl.trans(QK * WcR), dh)
-                    dQK = dM0 * WcR
-                    dWcR += dM0 * QK
-                    if DGD:
-                        dMf = _mm(dh, tl.trans(Ef0))
-                        dEf0 += _mm(tl.trans(QK * D1R), dh)
-                        dQK += dMf * D1R
-                        if READ == 0:
-                            dD1x += dMf * QK
-                        else:
-                            dD1mx += dMf * QK
-                    dq += _mm(dQK, k)
-                    dk_ += _mm(tl.trans(dQK), q)
-                    if READ == 0:
-                        dgam += dgR
-                        dZv += dZR
-                        dWc += dWcR
-                    else:
-                        dgam_m += dgR
-                        dZm += dZR
-                        dWcm += dWcR
-
-                # DGD: f = −ε Y, Y = (I − A)⁻¹ h, A = (k kᵀ ∘ D1m) diag(−ε)
+                    dq, gW0, gW1, gS0, gS1, dwrite, ddecays, dgain, dbias = _read_dual_bwd(
+                        go, q, W0, W1, S0, S1, write, decays, gain, dq, gW0, gW1, gS0, gS1,
+                        dwrite, ddecays, dgain, dbias, DV, ACT, READ, HAS_MOM, DGD, NORM)
                 deta = eta * 0.0
                 dalpha_e = eta * 0.0          # ∂ε/∂α of erase "retained", apart from the decays
                 if DGD:
-                    dY = -eps[:, None] * dEf0
-                    deps = -tl.sum(dEf0 * Y, 1)
-                    dhh = dY
-                    PT = tl.trans(A)
-                    for _ in tl.static_range(LOG2C):       # (I − Aᵀ)⁻¹ dY
-                        dhh = dhh + _mm(PT, dhh)
-                        PT = _mm(PT, PT)
-                    dA = _mm(dhh, tl.trans(Y))
-                    dKK = dA * D1m * (-eps)[None, :]
-                    dD1mx += dA * KK * (-eps)[None, :]
-                    deps -= tl.sum(dA * KK * D1m, 0)
-                    dgam_m += tl.sum(dhh * _mm(k, tl.trans(W0)), 1)
-                    dk_ += _mm(gam_m[:, None] * dhh, W0)
-                    gW0 += _mm(tl.trans(gam_m[:, None] * dhh), k)
-                    if HAS_MOM:
-                        dZm += tl.sum(dhh * _mm(k, tl.trans(S0)), 1)
-                        dk_ += _mm(Zm[:, None] * dhh, S0)
-                        gS0 += _mm(tl.trans(Zm[:, None] * dhh), k)
-                    dMh = _mm(dhh, tl.trans(Ed0))
-                    dKK += dMh * Wcm
-                    dWcm += dMh * KK
-                    dEd0 += _mm(tl.trans(KK * Wcm), dhh)
-                    dk_ += _mm(dKK + tl.trans(dKK), k)
-                    if ERASE == 0:
-                        deta += deps
-                    elif ERASE == 1:
-                        den = 1 + eta * tl.sum(k * k, 1)
-                        deta += deps / (den * den)
-                        dk_ += (deps * (-eta * eta) / (den * den) * 2)[:, None] * k
-                    else:
-                        a_t = tl.exp(log_a)
-                        deta += deps * a_t
-                        dalpha_e += deps * eta
-
-                # inner gradients: Ed = −η δ, δ_0 = (δ_1 W1) ⊙ σ'(z0), δ_1 = ∂ℓ/∂p
-                deta += -tl.sum(dEd1 * d1, 1) - tl.sum(dEd0 * d0, 1)
-                dd1 = -eta[:, None] * dEd1
-                dd0 = -eta[:, None] * dEd0
-                du = dd0 * _act_grad(z0, ACT)
-                dz0 = dd0 * u * _act_grad2(z0, ACT)
-                dd1 += _mm(du, tl.trans(W1))
-                gW1 += _mm(tl.trans(d1), du)
-                dz = dd1 * 0.0
-                if NORM:
-                    # d1 = (1/σ) Π(g), g = err·γ, Π(g) = g − mean g − x̂ mean(g x̂) (symmetric)
-                    gv = err * gain[None, :]
-                    m2 = tl.sum(gv * xz, 1) / DV
-                    dgv = _ln_bwd(xz, rz, dd1, DV)
-                    dxz = -rz[:, None] * (dd1 * m2[:, None]
-                                          + gv * (tl.sum(dd1 * xz, 1) / DV)[:, None])
-                    drz = tl.sum(dd1 * d1, 1) / rz
-                    dgain += tl.sum(dgv * err, 0)
-                    dd1 = dgv * gain[None, :]       # now ∂/∂err
-                if OBJ == 0:
-                    dp = dd1 * 0.0
-                    dvv = -dd1
-                elif OBJ == 1:
-                    dp = dd1
-                    dvv = -dd1
-                elif OBJ == 2:
-                    m = ((r > -1.0) & (r < 1.0)).to(tl.float32)
-                    dp = dd1 * m
-                    dvv = -dp
-                else:
-                    fp = ((1 - th * th) - f) / (s * s)        # f'(s)/s
-                    dp = f[:, None] * dd1 + (fp * tl.sum(r * dd1, 1))[:, None] * r
-                    dvv = -dp
-                if RESIDUAL:
-                    dk_ += dp
-                if NORM:   # p = x̂ γ + b, x̂ = (z − μ)/σ
-                    dgain += tl.sum(dp * xz, 0)
-                    dbias += tl.sum(dp, 0)
-                    dxz += dp * gain[None, :]
-                    # x̂ = zc·r, r = (mean zc² + ε)^(−½): ∂zc = ∂x̂·r + zc·(−r³/D)·(∂r + Σ ∂x̂·zc)
-                    zc = xz / rz[:, None]
-                    drt = drz + tl.sum(dxz * zc, 1)
-                    dzc = dxz * rz[:, None] - zc * (rz * rz * rz * drt / DV)[:, None]
-                    dz = dzc - (tl.sum(dzc, 1) / DV)[:, None]
-                else:
-                    dz = dp
-                da1 += _mm(dz, W1)
-                gW1 += _mm(tl.trans(dz), a1)
-                dz0 += da1 * _act_grad(z0, ACT)
-                dk_ += _mm(dz0, W0)
-                gW0 += _mm(tl.trans(dz0), k)
-
-                # decays → log-gates → gates (blockform.decays in reverse)
-                dD1 = dD1x
-                dD1m = dD1mx
-                if HAS_MOM:
-                    dD1 += _mm(dWc, tl.trans(D2)) + dZv[:, None] * zeta[None, :]
-                    dD1m += _mm(dWcm, tl.trans(D2)) + dZm[:, None] * zeta[None, :]
-                    dD2 += _mm(tl.trans(D1), dWc) + _mm(tl.trans(D1m), dWcm)
-                    dzeta += tl.sum(D1 * dZv[:, None], 0) + tl.sum(D1m * dZm[:, None], 0)
-                else:
-                    dD1 += dWc
-                    dD1m += dWcm
-                P1 = dD1 * D1
-                P1m = dD1m * D1m
-                dla = tl.sum(P1, 1) - tl.sum(P1, 0) - tl.sum(P1m, 0) + dgam * gam
-                dlam = tl.sum(P1m, 1) + dgam_m * gam_m
-                dla += dlam
-                dlog_a = tl.sum(dla, 0) - tl.cumsum(dla, 0) + dla - dlam
+                    gW0, gS0, deta, dalpha_e, dwrite, ddecays = _dgd_bwd(
+                        erase, write, decays, gates, W0, S0, gW0, gS0, deta, dalpha_e, dwrite,
+                        ddecays, LOG2C, ERASE, HAS_MOM)
+                deta, dk_, dvv, gW0, gW1, dgain, dbias = _inner_bwd(
+                    inner, write, dwrite, eta, W0, W1, gain, deta, gW0, gW1, dgain, dbias,
+                    DV, ACT, OBJ, NORM, RESIDUAL)
+                dlog_a, dlog_b = _decays_bwd(decays, ddecays, HAS_MOM)
                 tl.store(DQ + pid * T * DK + rows[:, None] * DK + dk[None, :], dq)
                 tl.store(DK_ + pid * T * DK + rows[:, None] * DK + dk[None, :], dk_)
                 tl.store(DV_ + pid * T * DV + rows[:, None] * DV + dv[None, :], dvv)
@@ -795,16 +974,10 @@ if triton is not None:
                 if HAS_RET:
                     tl.store(DALPHA + pid * T + rows, dlog_a / alpha + dalpha_e)
                 if HAS_MOM:
-                    P2 = dD2 * D2
-                    dlb = tl.sum(P2, 1) - tl.sum(P2, 0) + dzeta * zeta
-                    dlog_b = tl.sum(dlb, 0) - tl.cumsum(dlb, 0) + dlb
                     tl.store(DBETA + pid * T + rows, dlog_b / beta)
 
-        tl.store(GW0 + pid * HID * DK + w0_off, gW0)
-        tl.store(GW1 + pid * DV * HID + w1_off, gW1)
-        if HAS_MOM:
-            tl.store(GS0 + pid * HID * DK + w0_off, gS0)
-            tl.store(GS1 + pid * DV * HID + w1_off, gS1)
+        _store_state((GW0, GW1, GS0, GS1), pid, gW0, gW1, gS0, gS1, w0_off, w1_off,
+                     HID, DK, DV, HAS_MOM)
         if NORM:
             tl.store(DGAIN + pid * DV + dv, dgain)
             tl.store(DBIAS + pid * DV + dv, dbias)

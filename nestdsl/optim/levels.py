@@ -32,7 +32,8 @@ def optimizer_spec(spec: Any) -> Any:
     """The IR `Optimizer` of an optimizer spec file path, the name of a shipped optimizer spec
     (`"m3"`: `nestdsl/optim/specs/`, used when no such file exists), a loaded `ir.Spec` or an
     `Optimizer` node (returned as is)."""
-    from nestdsl.spec import ir, load_spec
+    from nestdsl.pipeline import load_spec
+    from nestdsl.spec import ir
     from nestdsl.spec.shipped import shipped_optimizer
 
     if isinstance(spec, (str, os.PathLike)):

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from nestdsl.errors import ArgumentError, NestdslError
+
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
@@ -83,7 +85,7 @@ TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(NestdslError):
     """A checkpoint cannot be written or read; the message is one line for the user."""
 
     user_error = True
@@ -520,7 +522,7 @@ def save_checkpoint(
     folder, unsupported value); the previous checkpoint is left intact.
     """
     if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
+        raise ArgumentError(f"keep must be >= 1, got {keep}")
     run = Path(run_dir)
     name = checkpoint_name(step)
     final = run / name

@@ -46,7 +46,7 @@ def checkpoint_folder(path: Path) -> Path:
 
 def from_checkpoint(path: Path, overrides: list[str] | None = None) -> RunSpec:
     """The spec stored in a checkpoint (its newest one for a run folder), `overrides` applied."""
-    from nestdsl.spec.identity import spec_from_canonical
+    from nestdsl.pipeline import spec_from_canonical
 
     folder = checkpoint_folder(path)
     meta = ck.read_meta(folder)

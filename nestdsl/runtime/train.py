@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 
-from nestdsl.check.periods import LevelKind
 from nestdsl.lower import telemetry
 from nestdsl.lower.inner import set_outer_step
 from nestdsl.runtime.loop import DivergenceGuard, LogWindow, Ranks, Throughput, shard_batch
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
+from nestdsl.spec.periods import LevelKind
 
 if TYPE_CHECKING:
     from nestdsl.lower import CompiledSystem
@@ -350,8 +350,12 @@ def train(
 
     if use_compile and on_status is not None and ranks.rank == 0:
         on_status("compiling")
+    reset_every = _optimizer_reset_period(data_spec)
     for step in range(start_step, total_steps):
         set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
+        if reset_every and step and step % reset_every == 0:
+            for lo in level_opts:             # a task switch with `optimizer_at_switch: reset`
+                lo.optimizer.state.clear()
         batch = task.batch(step)
         tokens, targets, mask, scale = shard_batch(
             batch.tokens.to(device), batch.targets.to(device), batch.loss_mask.to(device), ranks,
@@ -395,6 +399,14 @@ def train(
         first_loss=window.first_loss, tokens_per_s=speed.rate(time.perf_counter()),
         history=window.history, start_step=start_step, first_step_s=speed.first_step_s,
         compiled=use_compile)
+
+
+def _optimizer_reset_period(data: ir.Data) -> int:
+    """Steps between optimizer-state resets: a continual task's switch period when it asks for
+    `optimizer_at_switch: reset`, else 0 (never)."""
+    if isinstance(data, ir.ContinualData) and data.optimizer_at_switch == "reset":
+        return data.switch_every
+    return 0
 
 
 def _train_config(spec: ir.Spec, steps: int | None) -> ir.Train:

@@ -1,8 +1,9 @@
 """The spec front end: surface syntaxes (YAML, `.nest`) → validated IR.
 
-    load_spec(path)   parse + validate + semantic checks → `Spec` (raises `SpecError`)
-    parse_file(path)  parse + validate only → (`Document`, `Spec`)
+    parse_file(path)  parse + validate → (`Document`, `Spec`) (raises `SpecError`)
     parse_text(text, file, syntax)
+
+The semantic checks are the next stage (`nestdsl/check`); `nestdsl.pipeline.load_spec` runs both.
 
 The `.nest` parser and both printers live beside this file; nothing here imports torch.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path as FsPath
 
+from nestdsl.codes import Code
 from nestdsl.diagnostics import Diagnostic, SpecError
 from nestdsl.spec import ir
 from nestdsl.spec.source import Document, Span
 from nestdsl.spec.validate import validate_document
 
-__all__ = ["Document", "SpecError", "ir", "load_spec", "parse_file", "parse_text", "syntax_of"]
+__all__ = ["Document", "SpecError", "ir", "parse_file", "parse_text", "syntax_of"]
 
 SPEC_SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".nest": "nest"}
 
@@ -31,11 +33,11 @@ def read_source(path: str | FsPath) -> str:
     try:
         raw = FsPath(path).read_bytes()
     except FileNotFoundError:
-        raise SpecError([Diagnostic(Span(file, 1, 1), "no such file", "check the path", code="io")]) from None
+        raise SpecError([Diagnostic(Span(file, 1, 1), "no such file", "check the path", code=Code.IO)]) from None
     except IsADirectoryError:
-        raise SpecError([Diagnostic(Span(file, 1, 1), "is a directory, not a spec file", code="io")]) from None
+        raise SpecError([Diagnostic(Span(file, 1, 1), "is a directory, not a spec file", code=Code.IO)]) from None
     except OSError as e:
-        raise SpecError([Diagnostic(Span(file, 1, 1), f"cannot read file: {e.strerror}", code="io")]) from None
+        raise SpecError([Diagnostic(Span(file, 1, 1), f"cannot read file: {e.strerror}", code=Code.IO)]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -44,14 +46,14 @@ def read_source(path: str | FsPath) -> str:
         col = e.start - (before.rfind(b"\n") + 1) + 1
         raise SpecError(
             [Diagnostic(Span(file, line, col), f"not a text spec: invalid UTF-8 byte 0x{raw[e.start]:02x}",
-                        "spec files must be UTF-8 text (is this a binary file?)", code="syntax")]
+                        "spec files must be UTF-8 text (is this a binary file?)", code=Code.SYNTAX)]
         ) from None
     if "\x00" in text:
         offset = text.index("\x00")
         line = text.count("\n", 0, offset) + 1
         col = offset - (text.rfind("\n", 0, offset) + 1) + 1
         raise SpecError(
-            [Diagnostic(Span(file, line, col), "not a text spec: NUL byte", "spec files must be UTF-8 text (is this a binary file?)", code="syntax")],
+            [Diagnostic(Span(file, line, col), "not a text spec: NUL byte", "spec files must be UTF-8 text (is this a binary file?)", code=Code.SYNTAX)],
             {file: text},
         )
     return text
@@ -71,7 +73,7 @@ def parse_text(text: str, file: str = "<string>", syntax: str = "yaml") -> tuple
     """Parse and validate spec text (no semantic checks)."""
     if not text.strip():
         raise SpecError(
-            [Diagnostic(Span(file, 1, 1), "empty spec", "a spec needs at least `name` and a `model` or `optimizer` section", code="empty")],
+            [Diagnostic(Span(file, 1, 1), "empty spec", "a spec needs at least `name` and a `model` or `optimizer` section", code=Code.EMPTY)],
             {file: text},
         )
     doc = parse_document(text, file, syntax)
@@ -106,11 +108,11 @@ def apply_override(doc: Document, pair: str) -> None:
 
     origin = Span(f"--set {pair}", 1, 1)
     if "=" not in pair:
-        raise SpecError([Diagnostic(origin, "--set expects key=value", "e.g. --set train.steps=100", code="override")])
+        raise SpecError([Diagnostic(origin, "--set expects key=value", "e.g. --set train.steps=100", code=Code.OVERRIDE)])
     key, raw = pair.split("=", 1)
     parts = _key_parts(doc.data, [p for p in key.strip().split(".") if p])
     if not parts:
-        raise SpecError([Diagnostic(origin, "--set needs a key before '='", code="override")])
+        raise SpecError([Diagnostic(origin, "--set needs a key before '='", code=Code.OVERRIDE)])
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -126,14 +128,14 @@ def apply_override(doc: Document, pair: str) -> None:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
         else:
-            raise SpecError([Diagnostic(origin, f"cannot set '{key}': '{'.'.join(map(str, path))}' is not a mapping", code="override")])
+            raise SpecError([Diagnostic(origin, f"cannot set '{key}': '{'.'.join(map(str, path))}' is not a mapping", code=Code.OVERRIDE)])
     last = parts[-1]
     if isinstance(node, dict):
         node[last] = value
     elif isinstance(node, list) and isinstance(last, int) and last < len(node):
         node[last] = value
     else:
-        raise SpecError([Diagnostic(origin, f"cannot set '{key}'", code="override")])
+        raise SpecError([Diagnostic(origin, f"cannot set '{key}'", code=Code.OVERRIDE)])
     full = tuple(parts)
     doc.positions[full] = origin
     doc.key_positions[full] = origin
@@ -207,17 +209,3 @@ def optimizer_file(reference: str, spec_file: str | None) -> FsPath:
     if ref.is_file():
         return ref
     return base / ref
-
-
-def load_spec(path: str | FsPath, *, check: bool = True, overrides: list[str] | None = None) -> ir.Spec:
-    """Parse, validate and (by default) semantically check a spec file.
-
-    An `optimizer: adamw` (a shipped optimizer spec) or `optimizer: path/to/optim.yaml`
-    reference is loaded and checked too; the result is available as `spec.outer_optimizer`.
-    """
-    doc, spec = parse_file(path, overrides)
-    if check:
-        from nestdsl.check import check_spec
-
-        check_spec(spec, doc)
-    return spec

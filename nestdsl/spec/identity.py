@@ -24,7 +24,7 @@ from typing import Any
 from nestdsl.spec import ir
 
 __all__ = ["RUN_FIELDS", "Difference", "canonical", "differences", "identity", "identity_hash",
-           "record", "run_fields", "spec_from_canonical"]
+           "record", "run_fields"]
 
 #: Fields that may change between a checkpoint and the spec that loads it: how long the run is,
 #: how it logs and checkpoints, whether it is compiled (the same function), names and docs.
@@ -106,29 +106,6 @@ def differences(stored: Any, current: Any, prefix: str = "") -> list[Difference]
         return [d for i, (a, b) in enumerate(zip(stored, current, strict=True))
                 for d in differences(a, b, f"{prefix}.{i}")]
     return [] if stored == current else [Difference(prefix or "<spec>", stored, current)]
-
-
-def spec_from_canonical(data: dict[str, Any], *, label: str, source_file: str | None = None,
-                        overrides: list[str] | None = None) -> ir.Spec:
-    """Rebuild and check a spec from its canonical form (`label` names it in diagnostics;
-    `source_file` is the original spec's path, so relative data paths still resolve;
-    `overrides` are `--set key=value` strings applied on top)."""
-    import yaml
-
-    from nestdsl.check import check_spec
-    from nestdsl.spec import apply_override, parse_document
-    from nestdsl.spec.validate import validate_document
-
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    doc = parse_document(text, label, "yaml")
-    for pair in overrides or []:
-        apply_override(doc, pair)
-    spec = validate_document(doc)
-    spec._source_file = label
-    check_spec(spec, doc)
-    if source_file is not None:
-        spec._source_file = source_file
-    return spec
 
 
 class _Absent:

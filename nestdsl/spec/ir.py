@@ -22,30 +22,29 @@ from pydantic import (
     model_serializer,
 )
 
-from nestdsl.spec.node import Node
-from nestdsl.spec.optimizers import (  # noqa: F401 (re-exported: the spec's types are named in ir)
-    GROUP_MODELS,
-    OPTIMIZER_COMMON,
-    OPTIMIZER_FIELDS,
-    OPTIMIZER_MODELS,
-    AdamWOptimizer,
-    AnyGroup,
-    AnyOptimizer,
-    DeltaMomentumOptimizer,
-    DGDOptimizer,
-    DMGDOptimizer,
-    M3Optimizer,
-    MomentumOptimizer,
-    MuonOptimizer,
-    Optimizer,
-    OptimizerType,
-    ParamGroup,
-    PrecondMomentumOptimizer,
-    SGDOptimizer,
-    group_optimizer,
-    optimizer,
-    param_group,
-)
+# Re-exported (`X as X`): the spec's types are named as `ir.X` throughout nestdsl.
+from nestdsl.spec.node import Node as Node
+from nestdsl.spec.optimizers import GROUP_MODELS as GROUP_MODELS
+from nestdsl.spec.optimizers import OPTIMIZER_COMMON as OPTIMIZER_COMMON
+from nestdsl.spec.optimizers import OPTIMIZER_FIELDS as OPTIMIZER_FIELDS
+from nestdsl.spec.optimizers import OPTIMIZER_MODELS as OPTIMIZER_MODELS
+from nestdsl.spec.optimizers import AdamWOptimizer as AdamWOptimizer
+from nestdsl.spec.optimizers import AnyGroup as AnyGroup
+from nestdsl.spec.optimizers import AnyOptimizer as AnyOptimizer
+from nestdsl.spec.optimizers import DeltaMomentumOptimizer as DeltaMomentumOptimizer
+from nestdsl.spec.optimizers import DGDOptimizer as DGDOptimizer
+from nestdsl.spec.optimizers import DMGDOptimizer as DMGDOptimizer
+from nestdsl.spec.optimizers import M3Optimizer as M3Optimizer
+from nestdsl.spec.optimizers import MomentumOptimizer as MomentumOptimizer
+from nestdsl.spec.optimizers import MuonOptimizer as MuonOptimizer
+from nestdsl.spec.optimizers import Optimizer as Optimizer
+from nestdsl.spec.optimizers import OptimizerType as OptimizerType
+from nestdsl.spec.optimizers import ParamGroup as ParamGroup
+from nestdsl.spec.optimizers import PrecondMomentumOptimizer as PrecondMomentumOptimizer
+from nestdsl.spec.optimizers import SGDOptimizer as SGDOptimizer
+from nestdsl.spec.optimizers import group_optimizer as group_optimizer
+from nestdsl.spec.optimizers import optimizer as optimizer
+from nestdsl.spec.optimizers import param_group as param_group
 from nestdsl.vocabulary import EraseRate, MemoryKind, ReadMode, RuleKind
 
 SPEC_VERSION = 1
@@ -522,6 +521,10 @@ class ContinualData(_Data):
         min_length=2
     )
     switch_every: int = Field(default=100, ge=1, description="steps per task")
+    optimizer_at_switch: Literal["keep", "reset"] = Field(
+        default="keep", description="the outer optimizer's state (momenta, second moments) at a "
+        "task switch: kept, or reset as a fresh optimizer would start (NL paper §4.5: the "
+        "optimizer is itself a memory of the earlier tasks' gradients)")
 
 
 Data = Annotated[
@@ -580,6 +583,10 @@ class Spec(Node):
     _source_file: str | None = PrivateAttr(default=None)
     _resolved_optimizer: Optimizer | None = PrivateAttr(default=None)
     _optimizer_file: str | None = PrivateAttr(default=None)
+    # Set by the stages (nestdsl/pipeline.py): the document the spec was validated from, and
+    # whether the checker has passed it (the lowering checks an unchecked spec first).
+    _document: Any = PrivateAttr(default=None)
+    _checked: bool = PrivateAttr(default=False)
 
     @property
     def source_file(self) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any, cast
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from nestdsl.codes import Code
 from nestdsl.diagnostics import Diagnostic, SpecError, did_you_mean
 from nestdsl.spec import ir
 from nestdsl.spec.source import Document, Path, Span
@@ -77,7 +78,7 @@ def parse_nest(text: str, file: str) -> Document:
         raise SpecError(
             [Diagnostic(Span(file, 1, 1), "empty spec",
                         "a spec needs at least `spec NAME` and a `model { ... }` or `optimizer ...`",
-                        code="empty")],
+                        code=Code.EMPTY)],
             {file: text},
         )
     # A UTF-8 byte-order mark is invisible in editors: skip it so columns match what people see.
@@ -190,14 +191,14 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
             return Diagnostic(
                 span, "string is not closed",
                 'add the closing \'"\' on the same line (strings cannot span lines; write \\n for a line break)',
-                code="syntax",
+                code=Code.SYNTAX,
             )
         expected = _expected(e.allowed)
         what = repr(char) if char.strip() else f"character {char!r}"
         return Diagnostic(
             span, f"unexpected {what}",
             ("expected one of: " + ", ".join(expected)) if expected else "this character cannot appear here",
-            code="syntax",
+            code=Code.SYNTAX,
         )
     if isinstance(e, UnexpectedToken):
         tok = e.token
@@ -207,7 +208,7 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
             hint = _open_brace_hint(text, len(text)) or (
                 "expected one of: " + ", ".join(expected) if expected else None
             )
-            return Diagnostic(span, "unexpected end of file", hint, code="syntax")
+            return Diagnostic(span, "unexpected end of file", hint, code=Code.SYNTAX)
         line = tok.line or 1
         col = tok.column or 1
         span = Span(file, line, col, tok.end_line or line, tok.end_column or col + 1)
@@ -228,10 +229,10 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, file: str) -> Diagnostic:
                     break
         if hint is None and len(expected) > 1:
             hint = "expected one of: " + ", ".join(expected)
-        return Diagnostic(span, message, hint, code="syntax")
+        return Diagnostic(span, message, hint, code=Code.SYNTAX)
     if isinstance(e, UnexpectedEOF):  # pragma: no cover - Earley only; kept for safety
-        return Diagnostic(_end_span(text, file), "unexpected end of file", _open_brace_hint(text, len(text)), code="syntax")
-    return Diagnostic(Span(file, getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1), f"syntax error: {e}", code="syntax")
+        return Diagnostic(_end_span(text, file), "unexpected end of file", _open_brace_hint(text, len(text)), code=Code.SYNTAX)
+    return Diagnostic(Span(file, getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1), f"syntax error: {e}", code=Code.SYNTAX)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +284,11 @@ _SINGLETONS = {
 }
 
 
+def _tree(child: Tree[Token] | Token) -> Tree[Token]:
+    """`child`, which the grammar makes a subtree (lark types every child as tree-or-token)."""
+    return cast("Tree[Token]", child)
+
+
 class _Builder:
     """Walks the parse tree, filling `doc.data`, `doc.positions` and `doc.key_positions`."""
 
@@ -293,7 +299,7 @@ class _Builder:
 
     # -- positions ---------------------------------------------------------------------------
 
-    def span(self, item: Tree | Token) -> Span:
+    def span(self, item: Tree[Token] | Token) -> Span:
         if isinstance(item, Token):
             line = item.line or 1
             col = item.column or 1
@@ -306,7 +312,7 @@ class _Builder:
     def from_to(self, start: Span, end: Span) -> Span:
         return Span(self.file, start.line, start.col, end.end_line, end.end_col)
 
-    def keyword_span(self, tree: Tree, keyword: str) -> Span:
+    def keyword_span(self, tree: Tree[Token], keyword: str) -> Span:
         meta = tree.meta
         return Span(self.file, meta.line, meta.column, meta.line, meta.column + len(keyword))
 
@@ -322,7 +328,7 @@ class _Builder:
                     key_span or value_span,
                     f"duplicate {what} '{key}'",
                     f"'{key}' was already given{where}; remove one of them",
-                    code="duplicate",
+                    code=Code.DUPLICATE,
                 )
             )
             return False
@@ -333,7 +339,7 @@ class _Builder:
 
     # -- statements --------------------------------------------------------------------------
 
-    def build(self, tree: Tree) -> None:
+    def build(self, tree: Tree[Token]) -> None:
         data: dict[str, Any] = self.doc.data
         self.doc.positions[()] = Span(self.file, 1, 1)
         for stmt in tree.children:
@@ -342,7 +348,7 @@ class _Builder:
             handler = getattr(self, "stmt_" + str(stmt.data))
             handler(stmt, data)
 
-    def singleton(self, stmt: Tree, data: dict[str, Any], kind: str, value: Any, value_span: Span) -> None:
+    def singleton(self, stmt: Tree[Token], data: dict[str, Any], kind: str, value: Any, value_span: Span) -> None:
         key, label = _SINGLETONS[kind]
         if key in data:
             first = self.doc.key_positions.get((key,)) or self.doc.positions.get((key,))
@@ -351,7 +357,7 @@ class _Builder:
                     self.keyword_span(stmt, key),
                     f"duplicate {label}",
                     f"the first one is at line {first.line}; a spec has one {label}" if first else None,
-                    code="duplicate",
+                    code=Code.DUPLICATE,
                 )
             )
             return
@@ -359,7 +365,7 @@ class _Builder:
         self.doc.positions[(key,)] = value_span
         self.doc.key_positions[(key,)] = self.keyword_span(stmt, key)
 
-    def named(self, stmt: Tree, data: dict[str, Any], section: str, name_tree: Tree, value: Any,
+    def named(self, stmt: Tree[Token], data: dict[str, Any], section: str, name_tree: Tree[Token], value: Any,
               end: Span | None = None) -> Path | None:
         """Add a named definition `data[section][name] = value`; None if it is a duplicate."""
         name, name_span = self.name(name_tree)
@@ -375,7 +381,7 @@ class _Builder:
                     name_span,
                     f"duplicate {_SECTION_NAMES[section]} '{name}'",
                     f"'{name}' was first defined at line {first.line}, column {first.col}; rename or remove one",
-                    code="duplicate",
+                    code=Code.DUPLICATE,
                 )
             )
             return None
@@ -384,17 +390,17 @@ class _Builder:
         self.doc.key_positions[path] = name_span
         return path
 
-    def stmt_version(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_version(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         tok = cast(Token, stmt.children[0])
         self.singleton(stmt, data, "version", self.number(tok), self.span(tok))
 
-    def stmt_spec(self, stmt: Tree, data: dict[str, Any]) -> None:
-        name, name_span = self.name(stmt.children[0])
+    def stmt_spec(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
+        name, name_span = self.name(_tree(stmt.children[0]))
         if "name" in data:
             first = self.doc.positions[("name",)]
             self.errors.append(
                 Diagnostic(self.keyword_span(stmt, "spec"), "duplicate `spec` line",
-                           f"the spec is already named at line {first.line}", code="duplicate")
+                           f"the spec is already named at line {first.line}", code=Code.DUPLICATE)
             )
             return
         self.put(data, (), "name", name, name_span, self.keyword_span(stmt, "spec"))
@@ -402,40 +408,40 @@ class _Builder:
         if isinstance(doc_tok, Token):
             self.put(data, (), "doc", self.string(doc_tok), self.span(doc_tok), self.span(doc_tok))
 
-    def stmt_doc(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_doc(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         tok = cast(Token, stmt.children[0])
         self.put(data, (), "doc", self.string(tok), self.span(tok), self.keyword_span(stmt, "doc"))
 
-    def stmt_model(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_model(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         fields: dict[str, Any] = {}
         self.singleton(stmt, data, "model", fields, self.span(stmt))
         if data.get("model") is fields:
-            self.fields(stmt.children[0], ("model",), fields)
+            self.fields(_tree(stmt.children[0]), ("model",), fields)
 
-    def stmt_train(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_train(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         fields: dict[str, Any] = {}
         self.singleton(stmt, data, "train", fields, self.span(stmt))
         if data.get("train") is fields:
-            self.fields(stmt.children[0], ("train",), fields)
+            self.fields(_tree(stmt.children[0]), ("train",), fields)
 
-    def stmt_level(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_level(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         name_tree, period, doc_tok = stmt.children
         value: dict[str, Any] = {}
-        path = self.named(stmt, data, "levels", name_tree, value)
+        path = self.named(stmt, data, "levels", _tree(name_tree), value)
         if path is None:
             return
-        every, every_span = self.period(period)
+        every, every_span = self.period(_tree(period))
         self.put(value, path, "every", every, every_span)
         if isinstance(doc_tok, Token):
             self.put(value, path, "doc", self.string(doc_tok), self.span(doc_tok))
 
-    def stmt_memory(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_memory(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         name_tree, kind_tree, args, body = stmt.children
         value: dict[str, Any] = {}
-        path = self.named(stmt, data, "memories", name_tree, value)
+        path = self.named(stmt, data, "memories", _tree(name_tree), value)
         if path is None:
             return
-        kind, kind_span = self.name(kind_tree)
+        kind, kind_span = self.name(_tree(kind_tree))
         self.put(value, path, "kind", kind, kind_span)
         if isinstance(args, Tree):
             self.args(args, path, value)
@@ -448,23 +454,23 @@ class _Builder:
                 else:  # rule
                     self.rule(item, path, value)
 
-    def rule(self, item: Tree, path: Path, target: dict[str, Any]) -> None:
+    def rule(self, item: Tree[Token], path: Path, target: dict[str, Any]) -> None:
         kind_tree, args, body = item.children
         rule: dict[str, Any] = {}
         if not self.put(target, path, "rule", rule, self.span(item), self.keyword_span(item, "rule")):
             return
         rpath = path + ("rule",)
-        kind, kind_span = self.name(kind_tree)
+        kind, kind_span = self.name(_tree(kind_tree))
         self.put(rule, rpath, "kind", kind, kind_span)
         if isinstance(args, Tree):
             self.args(args, rpath, rule)
         if isinstance(body, Tree):
             self.body(body, rpath, rule)
 
-    def stmt_cms(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_cms(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         name_tree, mode_tree, *stages = stmt.children
         value: dict[str, Any] = {}
-        path = self.named(stmt, data, "cms", name_tree, value)
+        path = self.named(stmt, data, "cms", _tree(name_tree), value)
         if path is None:
             return
         if isinstance(mode_tree, Tree):
@@ -479,7 +485,7 @@ class _Builder:
             entry: dict[str, Any] = {}
             self.doc.positions[spath] = self.span(stage)
             items.append(entry)
-            head = stage.children[0]
+            head = _tree(stage.children[0])
             if head.data == "inline_level":  # `stage every 4 steps`: an anonymous level
                 level, level_span = self.value(head, spath + ("level",))
             else:
@@ -489,10 +495,10 @@ class _Builder:
                 if isinstance(e, Tree):
                     self.entry(e, spath, entry)
 
-    def stmt_block(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_block(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         name_tree, *layers = stmt.children
         value: dict[str, Any] = {}
-        path = self.named(stmt, data, "blocks", name_tree, value)
+        path = self.named(stmt, data, "blocks", _tree(name_tree), value)
         if path is None:
             return
         items: list[Any] = []
@@ -508,15 +514,15 @@ class _Builder:
             self.put(entry, lpath, "type", type_, self.keyword_span(layer, type_))
             rest = layer.children
             if ref_field is not None:
-                ref, ref_span = self.name(rest[0])
+                ref, ref_span = self.name(_tree(rest[0]))
                 self.put(entry, lpath, ref_field, ref, ref_span)
                 rest = rest[1:]
             for e in rest:
                 if isinstance(e, Tree):
                     self.layer_entry(e, lpath, entry, type_)
 
-    def layer_entry(self, e: Tree, path: Path, target: dict[str, Any], type_: str) -> None:
-        key_tok = e.children[0].children[0]
+    def layer_entry(self, e: Tree[Token], path: Path, target: dict[str, Any], type_: str) -> None:
+        key_tok = _tree(e.children[0]).children[0]
         key = str(key_tok)
         if key not in _layer_fields(type_):
             dym = did_you_mean(key, LAYER_KEYWORDS)
@@ -526,24 +532,24 @@ class _Builder:
                         self.span(key_tok),
                         f"unknown field '{key}' in a {type_} layer",
                         f"a new layer starts with its type: {dym}",
-                        code="unknown-field",
+                        code=Code.UNKNOWN_FIELD,
                     )
                 )
                 return
         self.entry(e, path, target)
 
-    def stmt_optimizer_ref(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_optimizer_ref(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         tok = cast(Token, stmt.children[0])
         self.singleton(stmt, data, "optimizer", self.string(tok), self.span(tok))
 
-    def stmt_optimizer(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_optimizer(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         self.section_with_items(stmt, data, "optimizer", "type", "groups", "group", "params")
 
-    def stmt_data(self, stmt: Tree, data: dict[str, Any]) -> None:
+    def stmt_data(self, stmt: Tree[Token], data: dict[str, Any]) -> None:
         self.section_with_items(stmt, data, "data", "task", "tasks", "task", "task")
 
     def section_with_items(
-        self, stmt: Tree, data: dict[str, Any], section: str, disc: str, items_key: str,
+        self, stmt: Tree[Token], data: dict[str, Any], section: str, disc: str, items_key: str,
         item_keyword: str, item_disc: str,
     ) -> None:
         """`section DISC (args) { entries  item_keyword ITEM_DISC (args) {..} ... }`: the shape of
@@ -554,7 +560,7 @@ class _Builder:
         if data.get(section) is not value:
             return
         path: Path = (section,)
-        name, name_span = self.name(disc_tree)
+        name, name_span = self.name(_tree(disc_tree))
         self.put(value, path, disc, name, name_span)
         if isinstance(args, Tree):
             self.args(args, path, value)
@@ -575,7 +581,7 @@ class _Builder:
             self.doc.positions[ipath] = self.span(item)
             items.append(sub)
             sub_tree, sargs, sbody = item.children
-            sub_name, sub_span = self.name(sub_tree)
+            sub_name, sub_span = self.name(_tree(sub_tree))
             self.put(sub, ipath, item_disc, sub_name, sub_span)
             if isinstance(sargs, Tree):
                 self.args(sargs, ipath, sub)
@@ -584,22 +590,22 @@ class _Builder:
 
     # -- fields ------------------------------------------------------------------------------
 
-    def fields(self, tree: Tree, path: Path, target: dict[str, Any]) -> None:
+    def fields(self, tree: Tree[Token], path: Path, target: dict[str, Any]) -> None:
         if tree.data == "args":
             self.args(tree, path, target)
         else:
             self.body(tree, path, target)
 
-    def body(self, tree: Tree, path: Path, target: dict[str, Any]) -> None:
+    def body(self, tree: Tree[Token], path: Path, target: dict[str, Any]) -> None:
         for e in tree.children:
             if isinstance(e, Tree):
                 self.entry(e, path, target)
 
-    def args(self, tree: Tree, path: Path, target: dict[str, Any]) -> None:
+    def args(self, tree: Tree[Token], path: Path, target: dict[str, Any]) -> None:
         for arg in tree.children:
             if not isinstance(arg, Tree):
                 continue
-            key_tok = arg.children[0].children[0]
+            key_tok = _tree(arg.children[0]).children[0]
             key = str(key_tok)
             value_tree = arg.children[1] if len(arg.children) > 1 else None
             key_span = self.span(key_tok)
@@ -609,15 +615,15 @@ class _Builder:
                 value, value_span = self.value(value_tree, path + (key,))
                 self.put(target, path, key, value, value_span, key_span)
 
-    def entry(self, tree: Tree, path: Path, target: dict[str, Any]) -> None:
-        key_tok = tree.children[0].children[0]
+    def entry(self, tree: Tree[Token], path: Path, target: dict[str, Any]) -> None:
+        key_tok = _tree(tree.children[0]).children[0]
         key = str(key_tok)
         value, value_span = self.value(tree.children[1], path + (key,))
         self.put(target, path, key, value, value_span, self.span(key_tok))
 
     # -- values ------------------------------------------------------------------------------
 
-    def value(self, tree: Tree | Token, path: Path) -> tuple[Any, Span]:
+    def value(self, tree: Tree[Token] | Token, path: Path) -> tuple[Any, Span]:
         """Convert a value node; positions of nested items (list elements, gate fields) are
         recorded under `path` (the value's own position is recorded by the caller)."""
         span = self.span(tree)
@@ -648,26 +654,26 @@ class _Builder:
         if kind == "gate":
             name_tree, *opts = tree.children
             gate: dict[str, Any] = {}
-            squash, squash_span = self.name(name_tree)
+            squash, squash_span = self.name(_tree(name_tree))
             self.put(gate, path, "learned", squash, squash_span)
             for opt in opts:
                 if not isinstance(opt, Tree):
                     continue
-                key_tok = opt.children[0].children[0]
+                key_tok = _tree(opt.children[0]).children[0]
                 v, v_span = self.value(opt.children[1], path + (str(key_tok),))
                 self.put(gate, path, str(key_tok), v, v_span, self.span(key_tok))
             return gate, span
         if kind == "inline_level":  # `every 16 tokens ["doc"]`: {every: ..., doc: ...}
             period, doc_tok = tree.children
             level: dict[str, Any] = {}
-            every, every_span = self.period(period)
+            every, every_span = self.period(_tree(period))
             self.put(level, path, "every", every, every_span)
             if isinstance(doc_tok, Token):
                 self.put(level, path, "doc", self.string(doc_tok), self.span(doc_tok))
             return level, span
         raise AssertionError(f"unknown value node {kind}")  # pragma: no cover
 
-    def period(self, tree: Tree) -> tuple[Any, Span]:
+    def period(self, tree: Tree[Token]) -> tuple[Any, Span]:
         first = cast(Token, tree.children[0])
         if first.type == "STRING":
             return self.string(first), self.span(first)
@@ -675,7 +681,7 @@ class _Builder:
         number_text = str(first)
         if unit is None:
             return self.number(first), self.span(first)
-        unit_tok = unit.children[0]
+        unit_tok = _tree(unit).children[0]
         if _INT_RE.match(number_text):
             number_text = str(int(number_text))
         return f"{number_text} {unit_tok}", self.from_to(self.span(first), self.span(unit_tok))
@@ -693,11 +699,11 @@ class _Builder:
         except ValueError as e:
             self.errors.append(
                 Diagnostic(self.span(tok), f"invalid escape '{e}' in string",
-                           'use \\" \\\\ \\n \\t \\r or \\uXXXX', code="syntax")
+                           'use \\" \\\\ \\n \\t \\r or \\uXXXX', code=Code.SYNTAX)
             )
             return body
 
-    def name(self, tree: Tree) -> tuple[str, Span]:
+    def name(self, tree: Tree[Token]) -> tuple[str, Span]:
         tok = cast(Token, tree.children[0])
         if tok.type == "STRING":
             return self.string(tok), self.span(tok)

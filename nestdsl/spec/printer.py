@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from nestdsl.spec import ir
+from nestdsl.spec.periods import DataShape, LevelKind, classify
 
 __all__ = ["nest_from_plain", "print_spec", "to_plain"]
 
@@ -287,11 +288,9 @@ def _plain_spec(spec: ir.Spec, full: bool) -> dict[str, Any]:
     """`to_plain(spec)`; with `full`, less the defaults that nothing reads and that the checker
     rejects once written: `signal`/`scope`/`lr` of a persistent CMS stage (the outer optimizer
     updates it) and a continual sub-task's `seq_len`/`batch` (the run's shape is `data`'s)."""
-    plain = to_plain(spec, full)
+    plain: dict[str, Any] = to_plain(spec, full)  # a Spec is a mapping
     if not full:
         return plain
-    from nestdsl.check.periods import DataShape, LevelKind, classify
-
     shape = DataShape.of(spec)
     for cname, cms in spec.cms.items():
         for i, stage in enumerate(cms.stages):

@@ -376,7 +376,9 @@ the rest of the spec (a memory's residual, MLP shape, initial state, erase rate)
 `nestdsl fmt --resolved SPEC` prints the spec with every value the compiler decides filled in.
 `nestdsl schema` prints the JSON Schema of the YAML form (for editor completion), and
 `nestdsl check SPEC` applies the semantic rules no table can express (references between
-sections, periods, which fields a memory kind or an optimizer type reads).
+sections, periods, which fields a memory kind or an optimizer type reads). Each of its
+diagnostics has a code (the `code` of `nestdsl check --json`): `nestdsl codes` lists them, and
+`nestdsl codes CODE` says what one means and how it is usually fixed.
 
 This file is generated from the pydantic models in `nestdsl/spec/ir.py` by
 `nestdsl schema --markdown > docs/spec-reference.md`; tests/spec/test_reference_doc.py keeps

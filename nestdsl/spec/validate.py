@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from nestdsl.codes import Code
 from nestdsl.diagnostics import Diagnostic, SpecError, choices_hint, did_you_mean
 from nestdsl.spec import ir
 from nestdsl.spec.source import UNTYPED_TAG, Document, Path
@@ -32,19 +34,20 @@ def validate_document(doc: Document) -> ir.Spec:
     if not isinstance(doc.data, dict):
         raise SpecError(
             [Diagnostic(doc.position(()), f"a spec must be a mapping of sections, got {_kind(doc.data)}",
-                        "start with `name: my-model` and a `model:` or `optimizer:` section", code="type")],
+                        "start with `name: my-model` and a `model:` or `optimizer:` section", code=Code.TYPE)],
             {doc.file: doc.text},
         )
     lift_inline_levels(doc)
     try:
         spec = ir.Spec.model_validate(doc.data)
     except ValidationError as e:
-        diags = _diagnostics(e, doc)
-        # Report the semantic problems of the parts that did validate too, so one run shows
-        # every error instead of one layer at a time.
-        diags.extend(_partial_semantic_diagnostics(e, doc))
-        raise SpecError(_unique(diags), {doc.file: doc.text}) from None
+        error = SpecError(_unique(_diagnostics(e, doc)), {doc.file: doc.text})
+        # What did validate, for the check stage to report its semantic problems too, so one
+        # run shows every error instead of one layer at a time (nestdsl/pipeline.py).
+        error.partial = _partial_spec(e, doc)
+        raise error from None
     attach_spans(spec, (), doc)
+    spec._document = doc
     bools = _bool_coercions(spec, (), doc)
     if bools:
         raise SpecError(bools, {doc.file: doc.text})
@@ -91,7 +94,7 @@ def lift_inline_levels(doc: Document) -> None:
             clashes.append(Diagnostic(
                 doc.position(path), f"the inline level of {what} is named '{name}', but `levels:` "
                 f"already has a level '{name}'{where}",
-                f"rename that level, or write `level: {name}` to use it", code="duplicate"))
+                f"rename that level, or write `level: {name}` to use it", code=Code.DUPLICATE))
             continue
         node: Any = data
         for part in path[:-1]:
@@ -135,7 +138,7 @@ def _bool_coercions(node: Any, path: Path, doc: Document) -> list[Diagnostic]:
             if not isinstance(value, bool) and isinstance(value, (int, float)) and isinstance(raw, bool):
                 expected = _describe_annotation(type(node), name)
                 out.append(Diagnostic(doc.position(sub), f"invalid value for '{_dotted(doc.written(sub))}': expected {expected}, got {_kind(raw)}",
-                                      _field_hint(type(node), name), code="type"))
+                                      _field_hint(type(node), name), code=Code.TYPE))
             out.extend(_bool_coercions(value, sub, doc))
     elif isinstance(node, dict):
         for key, value in node.items():
@@ -150,22 +153,32 @@ def _bool_coercions(node: Any, path: Path, doc: Document) -> list[Diagnostic]:
 _NAMED_SECTIONS = ("levels", "memories", "cms", "blocks")
 
 
-def _partial_semantic_diagnostics(error: ValidationError, doc: Document) -> list[Diagnostic]:
-    """Semantic checks on what remains after dropping the entries pydantic rejected.
+@dataclass(frozen=True)
+class PartialSpec:
+    """The part of a rejected document that validates: the spec less what pydantic rejected,
+    and what was dropped (`broken`: {"memories": {"x"}, "data": set()}), so the checker does not
+    report references to it again."""
+
+    spec: ir.Spec
+    doc: Document
+    broken: dict[str, set[str]]
+
+
+def _partial_spec(error: ValidationError, doc: Document) -> PartialSpec | None:
+    """What remains after dropping the entries pydantic rejected.
 
     A rejected entry of a named section (a memory, level, cms or block) is dropped; a rejected
-    `optimizer`, `data` or `train` section is dropped too. References to dropped things are not
-    reported (the checker is told what is `broken`). A rejected `model`, or a rejection at the
-    top level, leaves too little to check.
+    `optimizer`, `data` or `train` section is dropped too. A rejected `model`, or a rejection at
+    the top level, leaves too little to check (None).
     """
     if not isinstance(doc.data, dict):
-        return []
+        return None
     broken: dict[str, set[str]] = {}
     data = dict(doc.data)
     for err in error.errors(include_url=False):
         loc = tuple(err["loc"])
         if not loc or not isinstance(loc[0], str) or loc[0] not in doc.data:
-            return []
+            return None
         section = loc[0]
         if section in broken and not broken[section]:
             continue  # the whole section is already dropped
@@ -178,16 +191,14 @@ def _partial_semantic_diagnostics(error: ValidationError, doc: Document) -> list
             data.pop(section, None)
             broken.setdefault(section, set())
         else:
-            return []
+            return None
     try:
         spec = ir.Spec.model_validate(data)
     except (ValidationError, ValueError, TypeError):
-        return []
+        return None
     attach_spans(spec, (), doc)
     spec._source_file = doc.file
-    from nestdsl.check.checker import collect_diagnostics
-
-    return collect_diagnostics(spec, doc, broken=broken)
+    return PartialSpec(spec, doc, broken)
 
 
 def attach_spans(node: Any, path: Path, doc: Document) -> None:
@@ -281,7 +292,7 @@ def _union_mismatch(site: tuple[Any, ...], errs: list[ErrorDetails], doc: Docume
         doc.position(path),
         f"invalid value for '{_dotted(doc.written(site))}': expected {expected}, got {_kind(value)}",
         _field_hint(model, str(field)),
-        code="type",
+        code=Code.TYPE,
     )
 
 
@@ -315,7 +326,7 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
             doc.position(path, key=True),
             f"unknown field '{field}' in {_section(doc.written(clean[:-1]))}",
             hint,
-            code="unknown-field",
+            code=Code.UNKNOWN_FIELD,
         )
     if etype == "missing":
         # Point at the key that opens the incomplete mapping (`model:`), not its first entry.
@@ -326,7 +337,7 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
             doc.position(path, key=True),
             f"missing required field '{field}' in {_section(doc.written(clean[:-1]))}",
             hint,
-            code="missing",
+            code=Code.MISSING,
         )
     if etype == "union_tag_invalid":
         tags = [t for t in re.findall(r"'([^']*)'", str(ctx.get("expected_tags", ""))) if t != UNTYPED_TAG]
@@ -336,7 +347,7 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
             doc.position(path + (disc,)),
             f"unknown {disc} '{ctx.get('tag')}' in {_section(clean)}",
             choices_hint(str(ctx.get("tag")), tags),
-            code="unknown-value",
+            code=Code.UNKNOWN_VALUE,
         )
     if etype == "union_tag_not_found":
         disc = str(ctx.get("discriminator", "type")).strip("'")
@@ -344,7 +355,7 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
         hint = (f"add `{disc}:` with one of {', '.join(repr(t) for t in tags)}" if tags
                 else f"say which {disc} this is")
         return Diagnostic(doc.position(path, key=True), f"missing required field '{disc}' in {_section(clean)}",
-                          hint, code="missing")
+                          hint, code=Code.MISSING)
     if etype == "literal_error":
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", ""))) or [
             s.strip() for s in re.split(r",| or ", str(ctx.get("expected", ""))) if s.strip()
@@ -353,7 +364,7 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
             doc.position(path),
             f"invalid value {value!r} for '{where}'",
             choices_hint(str(value), allowed),
-            code="unknown-value",
+            code=Code.UNKNOWN_VALUE,
         )
     bound = {
         "greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=",
@@ -364,14 +375,14 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
             doc.position(path),
             f"'{where}' must be {bound[etype]} {limit}, got {value!r}",
             _field_hint(parent_model, field),
-            code="range",
+            code=Code.RANGE,
         )
     if etype in ("too_short", "too_long"):
         return Diagnostic(
             doc.position(path),
             f"'{where}' needs at least {ctx.get('min_length', 1)} item(s)" if etype == "too_short" else f"'{where}' has too many items",
             _field_hint(parent_model, field),
-            code="range",
+            code=Code.RANGE,
         )
     if etype in _TYPE_ERRORS or etype.endswith("_type") or etype.endswith("_parsing"):
         entry = _dict_entry_model(clean)
@@ -383,18 +394,20 @@ def _one(err: ErrorDetails, doc: Document) -> Diagnostic:
             if field in entry.model_fields:
                 hint = f"'{field}' is a field of a {what}: indent it under the {what}'s name"
             return Diagnostic(doc.position(path), f"invalid value for '{where}': expected a mapping (a {what}), got {_kind(value)}",
-                              hint, code="type")
+                              hint, code=Code.TYPE)
         expected = _describe_annotation(parent_model, field) if parent_model else etype.replace("_", " ")
         return Diagnostic(
             doc.position(path),
             f"invalid value for '{where}': expected {expected}, got {_kind(value)}",
             _field_hint(parent_model, field),
-            code="type",
+            code=Code.TYPE,
         )
     if etype == "value_error":
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        return Diagnostic(doc.position(path), f"'{where}': {msg}", None, code="value")
-    return Diagnostic(doc.position(path), f"'{where}': {err.get('msg')}", _field_hint(parent_model, field), code=etype)
+        return Diagnostic(doc.position(path), f"'{where}': {msg}", None, code=Code.VALUE)
+    # Any other pydantic error type (none that the IR's constraints produce today): a value
+    # pydantic refused, in pydantic's words. Normalised to the registry (nestdsl/codes.py).
+    return Diagnostic(doc.position(path), f"'{where}': {err.get('msg')}", _field_hint(parent_model, field), code=Code.VALUE)
 
 
 def _misplaced_memory_field(clean: tuple[Any, ...], doc: Document) -> Diagnostic | None:
@@ -416,7 +429,7 @@ def _misplaced_memory_field(clean: tuple[Any, ...], doc: Document) -> Diagnostic
     if words is None:
         return None
     at_value = field == "rule.kind=dgd"
-    return Diagnostic(doc.position(target, key=not at_value), words[0], words[1], code="combination")
+    return Diagnostic(doc.position(target, key=not at_value), words[0], words[1], code=Code.COMBINATION)
 
 
 def _misplaced_optimizer_field(clean: tuple[Any, ...], doc: Document) -> Diagnostic | None:
@@ -448,14 +461,14 @@ def _misplaced_optimizer_field(clean: tuple[Any, ...], doc: Document) -> Diagnos
                 f"its optimizer is the parent's ({opt['type']}): "
                 + (f"set `{field}` on the optimizer" if opt["type"] in users
                    else f"`{field}` is read by {', '.join(users)}: give the group one of those types"),
-                code="unknown-key")
+                code=Code.UNKNOWN_KEY)
         kind = str(group["type"])
         what = f"optimizer group '{group.get('params')}' of type '{kind}'"
         fix = "remove it or change the group's `type`"
     takes = ", ".join(ir.OPTIMIZER_FIELDS.get(kind, ())) or "nothing beyond lr and weight_decay"
     return Diagnostic(doc.position(clean, key=True), f"{what} does not use `{field}`",
                       f"{kind} takes: {takes}; `{field}` is read by {', '.join(users)}; {fix}",
-                      code="unknown-key")
+                      code=Code.UNKNOWN_KEY)
 
 
 _ENTRY_NAMES = {"Level": "level", "Memory": "memory", "LinearMemory": "memory", "MLPMemory": "memory",

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from nestdsl.codes import Code
 from nestdsl.diagnostics import Diagnostic, SpecError
 from nestdsl.spec.source import Document, Path, Span
 
@@ -43,7 +44,7 @@ def load_yaml(text: str, file: str) -> Document:
     except RecursionError:
         # PyYAML's composer recurses once per nesting level; thousands of `[[[[` exhaust it.
         raise SpecError(
-            [Diagnostic(Span(file, 1, 1), "YAML nesting is too deep", "a spec nests a few levels; is this file a spec?", code="syntax")],
+            [Diagnostic(Span(file, 1, 1), "YAML nesting is too deep", "a spec nests a few levels; is this file a spec?", code=Code.SYNTAX)],
             {file: text},
         ) from None
     except yaml.YAMLError as e:  # ReaderError (control characters / binary junk) and friends
@@ -52,12 +53,12 @@ def load_yaml(text: str, file: str) -> Document:
         if isinstance(position, int):
             span = _offset_span(text, position, file)
         raise SpecError(
-            [Diagnostic(span, f"not a text spec: {getattr(e, 'reason', None) or e}", "spec files must be UTF-8 text", code="syntax")],
+            [Diagnostic(span, f"not a text spec: {getattr(e, 'reason', None) or e}", "spec files must be UTF-8 text", code=Code.SYNTAX)],
             {file: text},
         ) from None
     if root is None:
         raise SpecError(
-            [Diagnostic(Span(file, 1, 1), "empty spec", "a spec needs at least `name:` and a `model:` or `optimizer:` section", code="empty")],
+            [Diagnostic(Span(file, 1, 1), "empty spec", "a spec needs at least `name:` and a `model:` or `optimizer:` section", code=Code.EMPTY)],
             {file: text},
         )
     errors: list[Diagnostic] = []
@@ -67,7 +68,7 @@ def load_yaml(text: str, file: str) -> Document:
         doc.data = _convert(root, (), doc, constructor, errors, state)
     except _TooLarge:
         errors.append(Diagnostic(Span(file, 1, 1), f"the spec expands to more than {_MAX_NODES} nodes",
-                                 "aliases (*name) that expand each other grow exponentially; write the values out", code="syntax"))
+                                 "aliases (*name) that expand each other grow exponentially; write the values out", code=Code.SYNTAX))
     if errors:
         raise SpecError(errors, {file: text})
     return doc
@@ -80,14 +81,14 @@ def _syntax_diagnostic(e: yaml.MarkedYAMLError, text: str, file: str) -> Diagnos
     if "quoted scalar" in context and e.context_mark is not None:
         # The scanner ran off the end of the file: the useful place is the opening quote.
         return Diagnostic(_mark_span(file, e.context_mark), "unterminated string",
-                          "a quoted string is not closed: add the closing quote", code="syntax")
+                          "a quoted string is not closed: add the closing quote", code=Code.SYNTAX)
     if "single document" in context:
         return Diagnostic(_mark_span(file, mark), "more than one YAML document in the file",
                           "a spec file holds one document; remove the `---` line and what follows, "
-                          "or split it into two files", code="syntax")
+                          "or split it into two files", code=Code.SYNTAX)
     if "'\\t'" in problem:
         return Diagnostic(_mark_span(file, mark), "YAML syntax error: tab character in indentation",
-                          "YAML indentation must use spaces, not tabs", code="syntax")
+                          "YAML indentation must use spaces, not tabs", code=Code.SYNTAX)
     span = _mark_span(file, mark)
     n_lines = max(1, len(text.splitlines()))
     if span.line > n_lines:
@@ -96,7 +97,7 @@ def _syntax_diagnostic(e: yaml.MarkedYAMLError, text: str, file: str) -> Diagnos
     message = f"YAML syntax error: {problem}"
     if context and context not in problem:
         message += f" ({context})"
-    return Diagnostic(span, message, _yaml_hint(problem), code="syntax")
+    return Diagnostic(span, message, _yaml_hint(problem), code=Code.SYNTAX)
 
 
 def _offset_span(text: str, offset: int, file: str) -> Span:
@@ -146,7 +147,7 @@ def _convert(
     doc.positions[path] = _span(doc.file, node)
     if id(node) in state.active:
         errors.append(Diagnostic(_span(doc.file, node), "an alias refers to a node that contains it",
-                                 "a value cannot include itself; write it out", code="syntax"))
+                                 "a value cannot include itself; write it out", code=Code.SYNTAX))
         return None
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
         state.active.add(id(node))
@@ -161,10 +162,10 @@ def _convert(
     except yaml.MarkedYAMLError as e:  # unknown tag such as !!python/object
         problem = (e.problem or e.context or "cannot read this value").strip()
         errors.append(Diagnostic(_span(doc.file, node), f"YAML error: {problem}",
-                                 "spec values are plain numbers, strings, booleans, lists and mappings (no tags)", code="syntax"))
+                                 "spec values are plain numbers, strings, booleans, lists and mappings (no tags)", code=Code.SYNTAX))
     except Exception as e:  # noqa: BLE001 - e.g. `2024-13-45` resolves to an invalid date (ValueError)
         errors.append(Diagnostic(_span(doc.file, node), f"cannot read value {node.value!r}: {e}",
-                                 "quote it to make it a string", code="syntax"))
+                                 "quote it to make it a string", code=Code.SYNTAX))
     return None
 
 
@@ -176,7 +177,7 @@ def _convert_mapping(
     merged: set[str] = set()  # keys that came from a `<<:` merge: explicit keys override them
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
-            errors.append(Diagnostic(_span(doc.file, key_node), "mapping keys must be plain names", code="syntax"))
+            errors.append(Diagnostic(_span(doc.file, key_node), "mapping keys must be plain names", code=Code.SYNTAX))
             continue
         if key_node.tag == _MERGE_TAG:
             # `<<: *base` (or a list of them): copy the aliased mapping's entries, keeping their
@@ -184,7 +185,7 @@ def _convert_mapping(
             sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             for src in sources:
                 if not isinstance(src, yaml.MappingNode):
-                    errors.append(Diagnostic(_span(doc.file, src), "`<<` merges a mapping (e.g. `<<: *base`)", code="syntax"))
+                    errors.append(Diagnostic(_span(doc.file, src), "`<<` merges a mapping (e.g. `<<: *base`)", code=Code.SYNTAX))
                     continue
                 sub = _convert(src, path + ("<<",), doc, constructor, errors, state)
                 for k, v in (sub or {}).items():
@@ -201,7 +202,7 @@ def _convert_mapping(
                     _span(doc.file, key_node),
                     f"duplicate key '{key}'",
                     f"'{key}' was already given at line {first.line}; remove one of them",
-                    code="duplicate",
+                    code=Code.DUPLICATE,
                 )
             )
             continue

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from nestdsl.cli import app
 from nestdsl.diagnostics import SpecError
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 from nestdsl.spec.shipped import OPTIMIZER_DIR
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"

@@ -2,7 +2,9 @@
 
 Each bad spec `golden/<case>.yaml` (or `.nest`) sits next to `golden/<case>.yaml.expected`, the
 exact text `nestdsl check <case>.yaml` prints on stderr (run from inside `golden/`, so paths are
-relative). Cases whose input is binary are generated here (GENERATED) and run from a temp folder.
+relative). Cases whose input is binary are generated here (GENERATED) and run from a temp folder,
+as is a file that does not exist (ABSENT); a few cases are checked with options (ARGS). Together
+the cases emit every diagnostic code `nestdsl check` reports (nestdsl/codes.py).
 
 Regenerate the expected files after an intended message change with
 
@@ -22,6 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nestdsl.cli import app
+from nestdsl.codes import CODES, Code
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("NESTDSL_UPDATE_GOLDEN") == "1"
@@ -41,17 +44,26 @@ GENERATED: dict[str, bytes] = {
     "utf8_bom_tab.yaml": "\ufeffnestdsl: 1\n\tname: x\n".encode(),
 }
 
+# Checked in an empty temp folder: the file is missing.
+ABSENT = {"no_such_file.yaml"}
+
+# Options a case is checked with (before the file name).
+ARGS: dict[str, list[str]] = {
+    "override_into_scalar.yaml": ["--set", "name.first=x"],
+}
+
 FILE_CASES = sorted(p.name for p in GOLDEN.iterdir() if p.suffix in (".yaml", ".yml", ".nest") and p.is_file())
-CASES = FILE_CASES + sorted(GENERATED)
+CASES = FILE_CASES + sorted(GENERATED) + sorted(ABSENT)
 
 
 def _run_check(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str):
-    if name in GENERATED:
-        (tmp_path / name).write_bytes(GENERATED[name])
+    if name in GENERATED or name in ABSENT:
+        if name in GENERATED:
+            (tmp_path / name).write_bytes(GENERATED[name])
         monkeypatch.chdir(tmp_path)
     else:
         monkeypatch.chdir(GOLDEN)
-    return CliRunner().invoke(app, ["check", *extra, name])
+    return CliRunner().invoke(app, ["check", *ARGS.get(name, []), *extra, name])
 
 
 def test_enough_cases() -> None:
@@ -87,6 +99,21 @@ def test_json_output(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert [(d["line"], d["column"]) for d in diags] == sorted((d["line"], d["column"]) for d in diags)
 
 
+def test_golden_cases_cover_the_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every code the golden cases emit (`--json`) is a registry code, and every error code
+    `nestdsl check` reports has a golden case. The registry's other codes (a warning, lowering's)
+    are triggered through the Python API in test_codes.py."""
+    emitted: dict[str, str] = {}
+    for name in CASES:
+        result = _run_check(name, tmp_path, monkeypatch, "--json")
+        assert result.exit_code == 2, (name, result.output)
+        for d in json.loads(result.stdout):
+            emitted.setdefault(d["code"], name)
+    assert set(emitted) <= {c.value for c in Code}, emitted
+    by_check = {c.value for c, info in CODES.items() if info.by_check and info.severity == "error"}
+    assert by_check - set(emitted) == set(), "codes without a golden case"
+
+
 def test_several_files_all_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(GOLDEN)
     result = CliRunner().invoke(app, ["check", "tabs.yaml", "unused_memory.yaml", "heads_not_dividing.yaml"])
@@ -111,12 +138,12 @@ def test_missing_file_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_internal_error_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    import nestdsl.spec
+    import nestdsl.pipeline
 
     def boom(path: object, **kw: object) -> None:
         raise RuntimeError("checker bug")
 
-    monkeypatch.setattr(nestdsl.spec, "load_spec", boom)
+    monkeypatch.setattr(nestdsl.pipeline, "load_spec", boom)
     result = CliRunner().invoke(app, ["check", str(GOLDEN / "tabs.yaml")])
     assert result.exit_code == 1
     assert "internal error" in result.stderr and "Traceback" not in result.output

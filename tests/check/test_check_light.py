@@ -40,7 +40,7 @@ def test_check_one_preset_is_fast() -> None:
 
 def test_checking_each_preset_is_fast() -> None:
     # The front end itself, imports excluded: parse + validate + semantic checks.
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     load_spec(HOPE)  # warm imports
     for path in sorted((ROOT / "specs").rglob("*.yaml")):

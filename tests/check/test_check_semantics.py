@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nestdsl.check import check_spec
 from nestdsl.check.checker import find_cycles
-from nestdsl.check.periods import DataShape, classify
 from nestdsl.check.registry import objective_names, register_objective_name
 from nestdsl.diagnostics import SpecError, did_you_mean
+from nestdsl.pipeline import load_spec
 from nestdsl.spec import ir, parse_text
+from nestdsl.spec.periods import DataShape, classify
 
 SHAPE = DataShape(seq_len=128, batch=8)
 
@@ -74,13 +77,17 @@ def test_valid_minimal_spec() -> None:
     check_spec(spec, doc)
 
 
-def test_validation_and_semantic_errors_reported_together() -> None:
+def test_validation_and_semantic_errors_reported_together(tmp_path: Path) -> None:
     # `m2` fails validation (bad kind); `heads: 5` is a semantic error elsewhere: both appear,
     # and the block's reference to the rejected memory is not reported a second time.
     text = MINI.replace("heads: 4", "heads: 5").replace(
         "memories:\n", "memories:\n  m2: {kind: lstm}\n").replace("memory: m}", "memory: m}, {type: memory, memory: m2}")
+    (tmp_path / "mini.yaml").write_text(text)
     with pytest.raises(SpecError) as e:
-        parse_text(text, "mini.yaml")
+        parse_text(text, "mini.yaml")                 # the parse stage: validation only
+    assert not any("heads do not divide" in d.message for d in e.value.diagnostics)
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "mini.yaml")             # parse + check: both
     messages = [d.message for d in e.value.diagnostics]
     assert any("heads do not divide" in m for m in messages)
     assert any("unknown kind 'lstm' in 'memories.m2'" in m for m in messages)

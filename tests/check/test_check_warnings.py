@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from nestdsl.check import check_spec, collect_diagnostics
 from nestdsl.cli import app
 from nestdsl.diagnostics import SpecWarning
-from nestdsl.spec import load_spec, parse_text
+from nestdsl.pipeline import load_spec
+from nestdsl.spec import parse_text
 
 REPO = Path(__file__).resolve().parents[2]
 

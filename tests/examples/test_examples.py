@@ -42,14 +42,6 @@ def test_optimizer_spec_on_any_model() -> None:
     assert out["final_loss"] < 0.5 * out["first_loss"]
 
 
-def test_deep_optimizer_experiment_from_data() -> None:
-    out = run(str(EXAMPLES / "deep_optimizers" / "run.py"), "--quick")
-    assert set(out) == {"momentum", "adamw", "delta_momentum", "dmgd", "muon", "m3"}
-    for name, r in out.items():
-        assert set(r["loss"]) == {"0.0", "0.3", "1.0"}, name
-        assert all(0 < v < 10 for v in r["loss"].values()), (name, r)
-
-
 def test_a_new_spec_checks_draws_lowers_and_trains(tmp_path: Path) -> None:
     spec = str(EXAMPLES / "new_spec" / "delta-swa.nest")
     cli = CliRunner()

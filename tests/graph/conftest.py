@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from nestdsl.spec import ir, load_spec
+from nestdsl.pipeline import load_spec
+from nestdsl.spec import ir
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nestdsl.graph import build_graph
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"

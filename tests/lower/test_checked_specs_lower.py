@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import nestdsl
 from nestdsl.diagnostics import SpecError
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 BASES = ["titans-lmm", "hope", "hope", "hope", "gated-deltanet", "ttt-mlp", "samba", "titans-mag"]

@@ -17,7 +17,8 @@ from nestdsl.lower.cms import CMSLayerModule
 from nestdsl.lower.common import BuildContext, CompileConfig
 from nestdsl.lower.sweep import task_sweep
 from nestdsl.ops import MemoryState, MLPMemory, memory_scan
-from nestdsl.spec import load_spec, parse_text
+from nestdsl.pipeline import load_spec
+from nestdsl.spec import parse_text
 
 W, V = 8, 11
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nestdsl.lower import compile_spec
-from nestdsl.spec import ir, load_spec
+from nestdsl.pipeline import load_spec
+from nestdsl.spec import ir
 
 
 def hope_tiny() -> ir.Spec:

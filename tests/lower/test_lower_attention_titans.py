@@ -129,7 +129,7 @@ def test_mal_composition() -> None:
 
 @pytest.mark.parametrize("activation", ["silu", "gelu"])
 def test_mlp_layer(activation: str) -> None:
-    spec = model_spec("  a: {kind: attention}", f"      - {{type: mlp, hidden: 2, activation: {activation}}}")
+    spec = model_spec("  {}", f"      - {{type: mlp, hidden: 2, activation: {activation}}}")
     layer = build(spec).model.blocks[0].slots[0].layer
     x = torch.randn(2, 5, 16)
     y, _ = layer(x)

@@ -126,8 +126,10 @@ CASES = {
                          "conv: 0, qk_norm: false, output_gate: false", None),
     "gla": ("kind: linear, objective: dot, rule: {kind: gd, retention: {learned: sigmoid, init: 0.9}}",
             "conv: 2", None),
-    "dgd-dot (gated delta rule)": ("kind: linear, objective: dot, rule: {kind: dgd, lr: {learned: sigmoid}, "
-                                   "retention: {learned: softplus, scale: 0.5, init: 0.45}}", "conv: 4", None),
+    # (a softplus gate on the step: a softplus retention is unbounded, which the checker refuses)
+    "dgd-dot (gated delta rule)": ("kind: linear, objective: dot, rule: {kind: dgd, lr: {learned: softplus, "
+                                   "scale: 0.5, init: 0.45}, retention: {learned: sigmoid, init: 0.9}}",
+                                   "conv: 4", None),
     "dgd-l2 momentum": ("kind: linear, objective: l2, rule: {kind: dgd, lr: 0.3, retention: 0.95, "
                         "momentum: {learned: sigmoid}}", "conv: 3", None),
     "ttt-linear C=4 after": ("kind: linear, objective: l2, level: c, rule: {kind: gd, lr: 0.5}", "conv: 0", 4),

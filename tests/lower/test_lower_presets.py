@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import nestdsl
 from nestdsl.cli import app
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 PRESETS = sorted(p for p in SPECS.glob("*.yaml"))

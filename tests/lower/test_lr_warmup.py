@@ -53,6 +53,7 @@ def test_a_fresh_model_starts_at_step_zero():
 def test_train_sets_the_step_and_the_checkpoint_keeps_it(tmp_path):
     text = _mixer_spec(0.4, 10).replace("vocab: 32", "vocab: 256") + textwrap.dedent("""\
         data: {task: copy, length: 4, seq_len: 16, batch: 2}
+        optimizer: {type: sgd, lr: 0.01}
         train: {steps: 3, log_every: 1, ckpt_every: 3, compile: false}
         """)
     _, spec = parse_text(text, "<test>", "yaml")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import nestdsl
 from nestdsl.lower.memory import MemoryMixer
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 B, T = 2, 40

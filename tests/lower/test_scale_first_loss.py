@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nestdsl
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 SCALE = Path(__file__).resolve().parents[2] / "specs" / "scale"
 

@@ -12,7 +12,7 @@ import nestdsl
 from nestdsl.diagnostics import SpecError
 from nestdsl.lower.common import BuildContext, CompileConfig
 from nestdsl.lower.size import LIMIT_ENV, estimate
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

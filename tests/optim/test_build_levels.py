@@ -148,7 +148,7 @@ def test_levels_module_does_not_import_torch() -> None:
 
 
 def test_build_takes_a_spec_file_path_a_spec_or_an_ir_node(tmp_path) -> None:
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
     from nestdsl.spec.shipped import OPTIMIZER_DIR
 
     path = OPTIMIZER_DIR / "m3.yaml"

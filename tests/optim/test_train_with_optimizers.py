@@ -151,7 +151,7 @@ def test_resume_from_the_mid_run_checkpoint_is_bitwise(
 
 def _system(depth: int = 1) -> Any:
     import nestdsl
-    from nestdsl.spec import load_spec
+    from nestdsl.pipeline import load_spec
 
     spec = load_spec(PRESET, overrides=[f"model.depth={depth}", "data.seq_len=32", "data.batch=2"])
     torch.manual_seed(0)
@@ -221,8 +221,8 @@ def test_dgd_captured_inputs_round_trip_through_a_checkpoint(tmp_path: Path) -> 
 
 
 def test_multi_optimizer_lr_reaches_children_after_load_state_dict() -> None:
+    from nestdsl.pipeline import load_spec
     from nestdsl.runtime.train import build_level_optimizers
-    from nestdsl.spec import load_spec
 
     spec, system = _system()
     muon = load_spec(PRESET, overrides=["optimizer=muon"]).outer_optimizer

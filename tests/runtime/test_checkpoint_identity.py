@@ -11,9 +11,9 @@ import pytest
 from cli_helpers import TINY, cli
 from cli_helpers import one_error as error_line
 
+from nestdsl.pipeline import load_spec, spec_from_canonical
 from nestdsl.runtime import checkpoint as ck
-from nestdsl.spec import load_spec
-from nestdsl.spec.identity import canonical, differences, identity, spec_from_canonical
+from nestdsl.spec.identity import canonical, differences, identity
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted(p for p in (ROOT / "specs").rglob("*") if p.suffix in (".yaml", ".nest")

@@ -25,11 +25,12 @@ import test_train_standin as S  # noqa: E402
 import nestdsl  # noqa: E402
 import nestdsl.runtime.checkpoint as ck  # noqa: E402
 from nestdsl.cli import app  # noqa: E402
+from nestdsl.pipeline import load_spec  # noqa: E402
 from nestdsl.runtime.metrics import read_metrics  # noqa: E402
 from nestdsl.runtime.progress import Progress, counter  # noqa: E402
 from nestdsl.runtime.train import resolve_compile  # noqa: E402
 from nestdsl.runtime.train import train as run_train  # noqa: E402
-from nestdsl.spec import ir, load_spec  # noqa: E402
+from nestdsl.spec import ir  # noqa: E402
 
 runner = CliRunner()
 LOG_LINE = re.compile(r"^step (\d+)/(\d+)  loss \d+\.\d{4}  lr \d\.\d\de[+-]\d\d  [\d,]+ tok/s  \d+:\d\d:\d\d$")

@@ -62,8 +62,8 @@ def test_eval_niah_default_png_goes_to_the_checkpoint_folder(trained):
 
 def test_eval_text_loss_perplexity_bpb(trained, tmp_path):
     spec, run = trained
+    from nestdsl.pipeline import load_spec
     from nestdsl.runtime.evaluate import evaluate
-    from nestdsl.spec import load_spec
 
     r = cli("eval", spec, "--ckpt", run, "--task", "text", "--path", tmp_path / "corpus.txt", "--batches", "2")
     assert r.exit_code == 0, r.output
@@ -156,9 +156,9 @@ def test_recall_eval_reports_token_accuracy_exact_match_and_chance():
     import torch
 
     import nestdsl
+    from nestdsl.pipeline import load_spec
     from nestdsl.runtime.evaluate import _mean_loss_and_acc
     from nestdsl.runtime.tasks.copy import CopyTask
-    from nestdsl.spec import load_spec
 
     torch.manual_seed(0)
     model = nestdsl.compile(load_spec("specs/transformer.yaml"), compile=False).model.eval()

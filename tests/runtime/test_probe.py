@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from nestdsl.cli import app
 from nestdsl.lower import telemetry
+from nestdsl.pipeline import load_spec
 from nestdsl.runtime.probe import CHAOTIC_FROM, DEAD_BELOW, perturbed_niah, probe, verdict
-from nestdsl.spec import load_spec
 
 #: Hope's M_mem as it was before the map: inner LayerNorm at gain 1, no read norm (chaotic)
 HOPE_GAIN_1 = ["memories.titans.norm=true", "memories.titans.norm_gain=1.0",

@@ -152,8 +152,8 @@ def test_eval_of_other_text_uses_the_runs_bpe_tokenizer(tmp_path: Path, monkeypa
     own = TextTask("other.txt", tokenizer="bpe", vocab_size=300, seq_len=16)
     assert own.encode(other) != run_tokenizer.encode(other).ids  # the trap this test guards
 
+    from nestdsl.pipeline import load_spec
     from nestdsl.runtime.evaluate import _other_text_in_run_vocabulary
-    from nestdsl.spec import load_spec
 
     loaded = load_spec("bpe.yaml")
     Path("train.txt").unlink()

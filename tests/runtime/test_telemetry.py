@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from nestdsl.cli import app
+from nestdsl.pipeline import load_spec
 from nestdsl.runtime.metrics import read_metrics
 from nestdsl.runtime.train import TrainingDiverged, train
-from nestdsl.spec import load_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 SMALL = ["data={task: copy, seq_len: 48, batch: 2, length: 8}", "train.compile=false",

@@ -30,8 +30,9 @@ import test_train_standin as S  # noqa: E402
 
 import nestdsl.runtime.checkpoint as ck  # noqa: E402
 from nestdsl.cli import app  # noqa: E402
+from nestdsl.pipeline import load_spec  # noqa: E402
 from nestdsl.runtime.metrics import read_metrics  # noqa: E402
-from nestdsl.spec import load_spec, read_source  # noqa: E402
+from nestdsl.spec import read_source  # noqa: E402
 
 runner = CliRunner()
 

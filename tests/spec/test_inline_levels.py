@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from nestdsl.cli import app
 from nestdsl.diagnostics import SpecError
 from nestdsl.graph import build_graph
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 from nestdsl.spec.resolve import resolve
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"

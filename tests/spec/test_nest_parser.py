@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nestdsl.diagnostics import SpecError
-from nestdsl.spec import load_spec, parse_text
+from nestdsl.pipeline import load_spec
+from nestdsl.spec import parse_text
 from nestdsl.spec.nest_parser import grammar_text, nest_lark, parse_nest
 
 ROOT = Path(__file__).resolve().parents[2]

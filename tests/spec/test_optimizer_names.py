@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from nestdsl.diagnostics import SpecError
-from nestdsl.spec import load_spec
+from nestdsl.pipeline import load_spec
 from nestdsl.spec.shipped import OPTIMIZER_DIR, optimizer_names, shipped_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from nestdsl.cli import app
 from nestdsl.diagnostics import SpecError
-from nestdsl.spec import ir, load_spec, parse_text
+from nestdsl.pipeline import load_spec
+from nestdsl.spec import ir, parse_text
 from nestdsl.spec.printer import print_spec
 from nestdsl.spec.resolve import resolve
 from nestdsl.spec.shipped import OPTIMIZER_DIR
