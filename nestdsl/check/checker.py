@@ -447,7 +447,7 @@ def _check_layers(ctx: _Ctx) -> None:
             proj = mems.get(layer.projections)
             if proj is not None and not isinstance(proj, ir.MLPMemory):
                 ctx.add(base + ("projections",),
-                        f"{where} (self_modifying): projections '{layer.projections}' is {'an' if proj.kind == 'attention' else 'a'} "
+                        f"{where} (self_modifying): projections '{layer.projections}' is {'an' if isinstance(proj, ir.AttentionMemory) else 'a'} "
                         f"{proj.kind} memory, not mlp",
                         "Hope's k/v/eta/alpha memories are residual MLPs x + W1 s(W2 x) (NL Eq. 89); set `kind: mlp`",
                         Code.COMBINATION)

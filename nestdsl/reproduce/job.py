@@ -141,12 +141,30 @@ def _task(spec: Any, data: Any, run_dir: Path) -> Any:
     return _make_task(data, spec, run_dir)
 
 
+def _pretrained(job: Job, run_dir: Path) -> list[str]:
+    """Pre-train the row's starting point (same seed) and point `train.init_from` at it."""
+    pre = job.options.get("pretrain")
+    if not pre:
+        return []
+    from dataclasses import replace
+
+    steps = int(pre["steps"])
+    pre_job = replace(job, spec=pre["spec"], overrides=pre["overrides"], steps=steps, options={})
+    spec = _spec(pre_job, [f"train.ckpt_every={steps}"])
+    folder = run_dir.parent / "pretrained"
+    done = _train(spec, folder, pre_job, steps=steps, resume=False)
+    if "diverged" in done:
+        raise RuntimeError(f"the pre-training diverged: {done['diverged']}")
+    return [f"train.init_from={{checkpoint: {folder}}}"]
+
+
 def _continual(job: Job, run_dir: Path) -> dict[str, Any]:
     """Train segment by segment (one per task, resuming exactly between them) and score every
     task after each: `matrix[i][j]` = task j's score after training on tasks 0..i."""
     n = len(_spec(job, []).data.tasks)
     switch = max(1, job.steps // n)          # the budget split evenly (--scale scales it)
-    spec = _spec(job, [f"data.switch_every={switch}", f"train.ckpt_every={switch}"])
+    start = _pretrained(job, run_dir)
+    spec = _spec(job, [*start, f"data.switch_every={switch}", f"train.ckpt_every={switch}"])
     data = spec.data
     out: dict[str, Any] = {"params": _params(spec), "tasks": [t.task for t in data.tasks],
                            "matrix": [], "curve": [], "seconds": 0.0}

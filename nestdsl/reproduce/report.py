@@ -104,11 +104,11 @@ def judge(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[Verdict]:
     return out
 
 
-def _fmt(xs: list[float]) -> str:
+def _fmt(xs: list[float], digits: int = 3) -> str:
     if not xs:
         return "—"
     m, s = _mean_std(xs)
-    return f"{m:.3f} ± {s:.3f}" if math.isfinite(s) else f"{m:.3f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:.{digits}f}"
 
 
 def _paper(row: dict[str, Any]) -> str:
@@ -118,15 +118,60 @@ def _paper(row: dict[str, Any]) -> str:
     return " / ".join("—" if x is None else f"{x:g}" for x in p) if isinstance(p, list) else f"{p:g}"
 
 
+def _seeds(recs: list[dict[str, Any]]) -> str:
+    ok = {r["seed"] for r in recs if "diverged" not in r}
+    bad = len([r for r in recs if "diverged" in r])
+    return f"{len(ok)}" + (f" (+{bad} diverged runs)" if bad else "")
+
+
+def _niah_tables(meta: dict[str, Any], by_row: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One table per S-NIAH variant: answer accuracy (%) at each length, the paper's beside it."""
+    lengths, lines = meta["lengths"], []
+    for vi, v in enumerate(meta["variants"]):
+        head = ["row", "params", *[f"{m}× ours" for m in lengths], *[f"{m}× paper" for m in lengths], "seeds"]
+        lines += ["", f"S-NIAH-{v} ({['pass-key', 'number', 'word'][v - 1]} needle), answer accuracy %:", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in meta["rows"]:
+            recs = [r for r in by_row.get(row["name"], []) if r.get("variant") == v]
+            ok = [r for r in recs if "diverged" not in r]
+            params = f"{ok[0]['params']:,}" if ok and "params" in ok[0] else "—"
+            ours = [_fmt([100 * r["at_length"][str(m)] for r in ok], 1) for m in lengths]
+            paper = row.get("paper")
+            theirs = (paper[vi * len(lengths):(vi + 1) * len(lengths)] if isinstance(paper, list)
+                      else [None] * len(lengths))
+            lines.append("| " + " | ".join([row["name"], params, *ours,
+                                            *["—" if x is None else f"{x:g}" for x in theirs],
+                                            _seeds(recs)]) + " |")
+    return lines[1:]
+
+
+def _forgetting_matrices(meta: dict[str, Any], by_row: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per row, the mean over seeds of score[after task i][on task j]."""
+    lines: list[str] = []
+    for row in meta["rows"]:
+        ok = [r for r in by_row.get(row["name"], []) if "diverged" not in r and r.get("matrix")]
+        if not ok:
+            continue
+        tasks, n = ok[0]["tasks"], len(ok[0]["matrix"])
+        if not lines:
+            metric = ok[0].get("metric", "answer_acc").replace("_", " ")
+            lines += ["", f"Forgetting matrices ({metric} on each task, rows: after training on it; mean over seeds):", "",
+                      "| row | after | " + " | ".join(f"on {t}" for t in tasks) + " |",
+                      "|" + "---|" * (len(tasks) + 2)]
+        for i in range(n):
+            cells = [f"{statistics.mean(r['matrix'][i][j] for r in ok):.3f}" for j in range(len(tasks))]
+            lines.append(f"| {row['name'] if i == 0 else ''} | {tasks[i]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _table(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
     kind = meta["kind"]
     by_row: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         by_row.setdefault(rec["row"], []).append(rec)
     if kind == "niah":
-        cols = [(v, m) for v in meta["variants"] for m in meta["lengths"]]
-        head = ["row", "params", *[f"S-NIAH-{v} {m}×" for v, m in cols], "paper", "seeds"]
-    elif kind == "continual":
+        return _niah_tables(meta, by_row)
+    if kind == "continual":
         head = ["row", "params", "forgetting ↓", "final average", "paper", "seeds"]
     elif kind == "optim":
         head = ["row", "tuned lr", *[f"loss at noise {n} ↓" for n in meta["noise"]], "paper", "seeds"]
@@ -139,13 +184,7 @@ def _table(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
         params = f"{ok[0]['params']:,}" if ok and "params" in ok[0] else "—"
         if kind == "optim":
             params = ", ".join(sorted({f"{r['lr']:g}" for r in ok})) or "—"
-        seeds = f"{len(ok)}" + (f" (+{len(recs) - len(ok)} diverged)" if len(recs) > len(ok) else "")
-        if kind == "niah":
-            cells = []
-            for v, m in cols:
-                xs = [r["at_length"][str(m)] for r in ok if r.get("variant") == v]
-                cells.append(_fmt(xs))
-        elif kind == "continual":
+        if kind == "continual":
             cells = [_fmt([r["forgetting"] for r in ok]), _fmt([r["final_avg"] for r in ok])]
         elif kind == "optim":
             cells = [_fmt([r["at_noise"][str(n)] for r in ok if math.isfinite(r["at_noise"][str(n)])])
@@ -153,7 +192,9 @@ def _table(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
         else:
             cells = [_fmt([r["bits_per_byte"] for r in ok]), _fmt([r["perplexity"] for r in ok]),
                      f"{statistics.mean(r['tokens_per_s'] for r in ok):,.0f}" if ok else "—"]
-        lines.append("| " + " | ".join([row["name"], params, *cells, _paper(row), seeds]) + " |")
+        lines.append("| " + " | ".join([row["name"], params, *cells, _paper(row), _seeds(recs)]) + " |")
+    if kind == "continual":
+        lines += _forgetting_matrices(meta, by_row)
     return lines
 
 
@@ -164,7 +205,7 @@ def render_suite(folder: Path) -> list[str]:
     lines = [f"## {meta['title']} (`{meta['suite']}`)", "",
              f"Paper: {meta['paper']}.", "",
              f"Here: {steps} steps per run at scale {meta.get('scale', 1)}, seeds "
-             f"{', '.join(map(str, meta['seeds']))}, on {meta.get('device', 'cpu')} "
+             f"{', '.join(map(str, sorted({r['seed'] for r in records}) or meta['seeds']))}, on {meta.get('device', 'cpu')} "
              f"({meta.get('machine', {}).get('cpus', '?')} CPUs); {len(records)} runs recorded in "
              f"`benchmarks/results/reproduce/{meta['suite']}/`.", ""]
     lines += _table(meta, records)
@@ -241,6 +282,8 @@ def plot_suite(folder: Path) -> Path | None:
     elif meta["kind"] == "optim":
         for n in names:
             recs = [r for r in records if r["row"] == n]
+            if not recs:
+                continue
             ys = [statistics.mean(r["at_noise"][str(x)] for r in recs) for x in meta["noise"]]
             ax.plot(meta["noise"], ys, marker="o", label=n)
         ax.set_xlabel("gradient noise level")

@@ -44,14 +44,16 @@ def plan(suite: Suite, *, scale: float = 1.0, device: str = "cpu",
                                 spec=suite.spec_path(row), seed=seed, steps=steps,
                                 overrides=overrides, variant=variant, lengths=suite.lengths,
                                 eval_batches=suite.eval_batches, device=device,
-                                options=_options(suite, row)))
+                                options=_options(suite, row, scale)))
     return jobs
 
 
-def _options(suite: Suite, row: Any) -> dict[str, Any]:
-    """What a kind's job needs beyond the common fields (optim: the problem, noise, lr grid)."""
+def _options(suite: Suite, row: Any, scale: float) -> dict[str, Any]:
+    """What a kind's job needs beyond the common fields (a row's pre-training, at `scale`;
+    optim: the problem, noise, lr grid)."""
     if suite.kind != "optim":
-        return {}
+        pre = suite.pretrain_of(row)
+        return {"pretrain": {**pre, "steps": max(1, round(pre["steps"] * scale))}} if pre else {}
     return {"problem": suite.problem, "noise": suite.noise, "reference_noise": suite.reference_noise,
             "lr": row.lr}
 

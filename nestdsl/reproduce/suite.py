@@ -41,6 +41,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Pretrain(_Model):
+    """A model trained before the row (same seed), whose checkpoint the row starts from."""
+
+    spec: str = Field(description="a preset name or a path relative to the suite file")
+    set: list[str] = Field(default_factory=list)
+    steps: int = Field(ge=1)
+    data: dict[str, Any] | None = Field(
+        default=None, description="its task (default: a continual suite's first task)")
+
+
 class Row(_Model):
     """One configuration: a spec plus overrides, trained once per seed."""
 
@@ -51,6 +61,9 @@ class Row(_Model):
         default=None, description="the paper's figure(s) for this row (one per column of the kind; "
         "null where the paper has none)")
     lr: list[float] = Field(default_factory=list, description="optim: the learning rates to tune over")
+    pretrain: Pretrain | None = Field(
+        default=None, description="train this first (per seed) and start the row from it "
+        "(`train.init_from`: its CMS levels from the pre-trained MLPs, NL §7.3)")
     note: str | None = None
 
 
@@ -109,11 +122,24 @@ class Suite(_Model):
             return row.spec
         return str(Path(__file__).resolve().parents[2] / "specs" / f"{row.spec}.yaml")
 
-    def data_override(self) -> str | None:
-        """The suite's task as one `data=...` override, a relative text path made absolute."""
-        if self.data is None:
+    def pretrain_of(self, row: Row) -> dict[str, Any] | None:
+        """What a job needs to pre-train the row's starting checkpoint (or None)."""
+        if row.pretrain is None:
             return None
-        data = dict(self.data)
+        p = row.pretrain
+        data = p.data
+        if data is None and self.data is not None and self.data.get("task") == "continual":
+            data = {**self.data["tasks"][0], "seq_len": self.data["seq_len"], "batch": self.data["batch"]}
+        spec = self.spec_path(Row(name="pretrain", spec=p.spec))
+        return {"spec": spec, "steps": p.steps,
+                "overrides": [*([self.data_override(data)] if data else []), *p.set]}
+
+    def data_override(self, data: dict[str, Any] | None = None) -> str | None:
+        """The suite's task (or `data`) as one `data=...` override, relative text paths made
+        absolute."""
+        data = dict(data if data is not None else self.data or {})
+        if not data:
+            return None
         base = Path(self.file).parent if self.file else Path(".")
         for d in [data, *data.get("tasks", [])]:
             if d.get("task") == "text" and not Path(str(d["path"])).is_absolute():

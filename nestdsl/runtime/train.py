@@ -334,6 +334,12 @@ def train(
     if start_step == 0:
         for lo in level_opts:
             lo.optimizer.zero_grad(set_to_none=True)
+        if train_cfg.init_from is not None:
+            from nestdsl.runtime.init_from import describe, init_from_checkpoint
+
+            report = init_from_checkpoint(model, spec, train_cfg.init_from)
+            if say is not None:
+                say(describe(report))
     window = LogWindow(loop)
     metrics = (MetricsWriter(run_dir, truncate_after=start_step, history=window.history)
                if ranks.rank == 0 else None)
@@ -546,12 +552,12 @@ def _stability_advice(spec: ir.Spec, opt: ir.Optimizer, grad_clip: float | None,
     `train.grad_clip` only if it is off."""
     parts: list[str] = []
     if memories and where != "":
-        mems = [(n, m) for n, m in spec.memories.items() if m.kind != "attention"]
+        mems = [(n, m) for n, m in spec.memories.items() if isinstance(m, ir.ParametricMemory)]
         if where:
             mems = [(n, m) for n, m in mems if where == n or where.endswith(f" {n}")] or mems
         for n, m in mems:
             rule = m.rule or ir.Rule()
-            preset = "; the presets use 0.1" if m.kind == "mlp" else ""
+            preset = "; the presets use 0.1" if isinstance(m, ir.MLPMemory) else ""
             if isinstance(rule.lr, ir.LearnedGate):
                 parts.append(f"lower memories.{n}.rule.lr.scale (now {rule.lr.scale:g}"
                              f"{preset if rule.lr.scale > 0.1 else ''})")

@@ -533,6 +533,19 @@ Data = Annotated[
 DATA_TASKS = ("text", "mqar", "niah", "copy", "continual")
 
 
+class InitFrom(Node):
+    """Start the model from a trained checkpoint (NL arXiv §7.3, ad-hoc level stacking): tensors
+    with the same name and shape are copied, and each CMS layer starts from the checkpoint's MLP
+    at its place (nestdsl/runtime/init_from.py)."""
+
+    checkpoint: str = Field(description="a nestdsl run folder or one of its step_N checkpoint "
+                                        "folders (relative to this spec's folder)")
+    stages: Literal["first", "all"] = Field(
+        default="first", description="first: the first CMS stage is the pre-trained MLP and the "
+        "others start as identities (in-context step sizes -> 0 give the pre-trained model "
+        "exactly); all: every stage starts as a copy of it")
+
+
 class Train(Node):
     steps: int = Field(default=200, ge=1)
     schedule: Literal["constant", "cosine", "linear"] = "cosine"
@@ -552,6 +565,9 @@ class Train(Node):
     state_norm_warn: float | None = Field(
         default=1000.0, gt=0,
         description="warn when a memory's state norm (per head, Frobenius) exceeds this")
+    init_from: InitFrom | None = Field(
+        default=None, description="a fresh run starts from this checkpoint's weights, its CMS "
+        "levels from the checkpoint's MLPs (a resumed run from its own checkpoint)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ def test_every_run_of_every_shipped_suite_is_a_valid_spec(name: str) -> None:
         variant = [f"data.variant={job.variant}"] if job.variant is not None else []
         spec = load_spec(job.spec, overrides=[*job.overrides, *variant])   # the checker accepts it
         assert spec.data is not None and spec.data.task == (suite.data or {}).get("task")
+        pre = job.options.get("pretrain")
+        if pre:                                   # the model a row starts from checks too
+            load_spec(pre["spec"], overrides=pre["overrides"])
 
 
 def test_the_corpus_ships_with_the_project() -> None:
@@ -177,3 +180,16 @@ def test_the_optim_suite_s_run_tunes_then_measures_every_noise_level() -> None:
     assert rec["lr"] in row.lr[:2] and set(rec["at_noise"]) == {"0.0", "0.3", "1.0"}
     assert rec["final_loss"] == rec["at_noise"]["0.3"] == min(rec["lr_grid"].values())
     assert all(0 < v < 10 for v in rec["at_noise"].values())
+
+
+def test_a_row_can_start_from_a_model_pre_trained_in_the_same_job(tmp_path: Path) -> None:
+    """The continual suite's §7.3 row: pre-train a Transformer (gelu MLPs), then start a
+    Hope-Attention model's CMS from it and train on the task sequence."""
+    from nestdsl.reproduce.job import run_job
+
+    suite = load_suite("continual")
+    (job,) = plan(suite, scale=0.02, seeds=[0], rows=["Hope-Attention, CMS from the pre-trained Transformer"])
+    assert job.options["pretrain"]["steps"] == 3 and job.steps == 9
+    rec = run_job(job)
+    assert "diverged" not in rec and len(rec["matrix"]) == 3 and len(rec["matrix"][0]) == 3
+    assert 0.0 <= rec["final_avg"] <= 1.0 and rec["params"] > 0
