@@ -332,14 +332,7 @@ def train(
             if resume else LoopState.fresh(device))
     start_step = loop.step
     if start_step == 0:
-        for lo in level_opts:
-            lo.optimizer.zero_grad(set_to_none=True)
-        if train_cfg.init_from is not None:
-            from nestdsl.runtime.init_from import describe, init_from_checkpoint
-
-            report = init_from_checkpoint(model, spec, train_cfg.init_from)
-            if say is not None:
-                say(describe(report))
+        _fresh_start(model, spec, train_cfg, level_opts, say)
     window = LogWindow(loop)
     metrics = (MetricsWriter(run_dir, truncate_after=start_step, history=window.history)
                if ranks.rank == 0 else None)
@@ -360,8 +353,7 @@ def train(
     for step in range(start_step, total_steps):
         set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
         if reset_every and step and step % reset_every == 0:
-            for lo in level_opts:             # a task switch with `optimizer_at_switch: reset`
-                lo.optimizer.state.clear()
+            _reset_optimizers(level_opts)     # a task switch with `optimizer_at_switch: reset`
         batch = task.batch(step)
         tokens, targets, mask, scale = shard_batch(
             batch.tokens.to(device), batch.targets.to(device), batch.loss_mask.to(device), ranks,
@@ -405,6 +397,25 @@ def train(
         first_loss=window.first_loss, tokens_per_s=speed.rate(time.perf_counter()),
         history=window.history, start_step=start_step, first_step_s=speed.first_step_s,
         compiled=use_compile)
+
+
+def _fresh_start(model: torch.nn.Module, spec: ir.Spec, train_cfg: ir.Train,
+                 level_opts: list[LevelOptimizer], say: Callable[[str], None] | None) -> None:
+    """Step 0: no gradients, and the weights of `train.init_from` when it names a checkpoint."""
+    for lo in level_opts:
+        lo.optimizer.zero_grad(set_to_none=True)
+    if train_cfg.init_from is not None:
+        from nestdsl.runtime.init_from import describe, init_from_checkpoint
+
+        report = init_from_checkpoint(model, spec, train_cfg.init_from)
+        if say is not None:
+            say(describe(report))
+
+
+def _reset_optimizers(level_opts: list[LevelOptimizer]) -> None:
+    """Every level's optimizer state dropped, as a fresh optimizer would start (NL §4.5)."""
+    for lo in level_opts:
+        lo.optimizer.state.clear()
 
 
 def _optimizer_reset_period(data: ir.Data) -> int:
