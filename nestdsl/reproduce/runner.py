@@ -83,7 +83,7 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 2, scale: float = 1.0, dev
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "python": platform.python_version()}}
     (folder / "suite.json").write_text(json.dumps(meta, indent=2) + "\n")
-    missing = [j for j in todo if not (folder / f"{j.id}.json").is_file()]
+    missing = [j for j in todo if not _done(folder / f"{j.id}.json", j)]
     say(f"{suite.suite}: {len(todo)} runs, {len(todo) - len(missing)} already done, "
         f"{len(missing)} to run ({jobs} at a time)")
 
@@ -102,6 +102,20 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 2, scale: float = 1.0, dev
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(one, missing))
     return load_records(folder)
+
+
+def _done(path: Path, job: Job) -> bool:
+    """A stored record of exactly this job (same spec, overrides, budget, scoring): a record of
+    the same row at another `--scale` is run again and replaced."""
+    if not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text()).get("job", {})
+    except (OSError, json.JSONDecodeError):
+        return False
+    planned = asdict(job)
+    empty = asdict(Job(suite="", kind="", row="", spec="", seed=0, steps=0))   # the field defaults
+    return all(stored.get(k, empty[k]) == v for k, v in planned.items() if k != "device")
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:

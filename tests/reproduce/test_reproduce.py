@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,8 @@ def test_the_runner_resumes_and_the_report_needs_only_the_records(tmp_path: Path
         if job.id == "deep-s1" and not crashed:
             crashed.append(job.id)
             return {"id": job.id, "error": "killed"}          # a crash: not stored
-        return {"id": job.id, "row": job.row, "seed": job.seed, "params": 10, "tokens_per_s": 1.0,
+        return {"id": job.id, "job": asdict(job), "row": job.row, "seed": job.seed, "params": 10,
+                "tokens_per_s": 1.0,
                 "bits_per_byte": 3.0 - job.seed * 0.01 - (1.0 if job.row == "Deep" else 0.0),
                 "perplexity": 8.0, "curve": [{"step": 1, "loss": 2.0}]}
 
@@ -131,6 +133,9 @@ def test_the_runner_resumes_and_the_report_needs_only_the_records(tmp_path: Path
     calls.clear()
     records = run_suite(suite, results, jobs=2, runner=fake, say=lambda m: None)
     assert calls == ["deep-s1"] and len(records) == 4               # only the missing run again
+    calls.clear()
+    run_suite(suite, results, jobs=2, runner=fake, say=lambda m: None, rows=["Deep"], scale=2.0)
+    assert sorted(calls) == ["deep-s0", "deep-s1"]                  # another budget: run again
     (tmp_path / "tiny.yaml").unlink()                               # the report reads the records alone
     text = render_report(results, ["tiny", "lm"])
     assert "| Transformer | 10 | 2.995 ± 0.007 |" in text and "| 25.21 |" in text
