@@ -33,7 +33,7 @@ def reproduce(
     """Run reproduction suites (each run in its own process; finished runs are not re-run) and
     regenerate the report: nestdsl's figures beside the paper's, a verdict per claim."""
     with guard(traceback):
-        from nestdsl.reproduce.report import write_report
+        from nestdsl.reproduce.report import report_names, write_report
         from nestdsl.reproduce.runner import plan, run_suite
         from nestdsl.reproduce.suite import load_suite, suite_names
 
@@ -54,5 +54,5 @@ def reproduce(
             run_suite(s, results, jobs=jobs, scale=scale, device=device, rows=rows, seeds=seeds,
                       say=lambda m: out.print(m, highlight=False))
         if not dry_run:
-            names = sorted({*suite_names(), *(s.suite for s in loaded)})
+            names = report_names(results, [*suite_names(), *(s.suite for s in loaded)])
             out.print(f"wrote {write_report(results, names, report)}")

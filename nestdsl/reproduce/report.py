@@ -182,8 +182,10 @@ def _table(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
         recs = by_row.get(row["name"], [])
         ok = [r for r in recs if "diverged" not in r]
         params = f"{ok[0]['params']:,}" if ok and "params" in ok[0] else "—"
-        if kind == "optim":
-            params = ", ".join(sorted({f"{r['lr']:g}" for r in ok})) or "—"
+        if kind == "optim":      # a tuned lr at the end of its grid was not really tuned
+            grid = row.get("lr") or []
+            params = ", ".join(f"{lr:g}" + (" (grid edge)" if grid and lr in (min(grid), max(grid)) else "")
+                               for lr in sorted({r["lr"] for r in ok})) or "—"
         if kind == "continual":
             cells = [_fmt([r["forgetting"] for r in ok]), _fmt([r["final_avg"] for r in ok])]
         elif kind == "optim":
@@ -232,6 +234,11 @@ models have 340M-1.3B parameters and 15-100B tokens; these have ~0.1-1M paramete
 minutes of CPU, so only the *direction* of each claim is judged: **reproduced** (better by more
 than the seeds' spread), **not reproduced** (worse by more than it) or **inconclusive**.
 """
+
+
+def report_names(root: Path, shipped: list[str]) -> list[str]:
+    """The suites the report covers: every shipped one, and any other with records under `root`."""
+    return sorted({*shipped, *(p.parent.name for p in root.glob("*/suite.json"))})
 
 
 def render_report(root: Path, suite_names: list[str]) -> str:
@@ -306,7 +313,8 @@ def plot_suite(folder: Path) -> Path | None:
                 ax.plot(steps, [m / math.log(2) for m in mean], label=n)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (bits/byte)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7)
     ax.set_title(meta["title"], fontsize=9)
     fig.tight_layout()
     path = folder / f"{meta['suite']}.png"

@@ -82,7 +82,7 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 2, scale: float = 1.0, dev
             "steps_run": todo[0].steps if todo else suite.steps,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "python": platform.python_version()}}
-    (folder / "suite.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _write_atomic(folder / "suite.json", json.dumps(meta, indent=2) + "\n")
     missing = [j for j in todo if not _done(folder / f"{j.id}.json", j)]
     say(f"{suite.suite}: {len(todo)} runs, {len(todo) - len(missing)} already done, "
         f"{len(missing)} to run ({jobs} at a time)")
@@ -94,14 +94,19 @@ def run_suite(suite: Suite, out: Path, *, jobs: int = 2, scale: float = 1.0, dev
         if "error" in rec:               # not stored: a crashed run is re-run next time
             say(f"  {job.id}: FAILED\n{rec['error']}")
             return
-        tmp = folder / f".{job.id}.json.tmp"
-        tmp.write_text(json.dumps(rec, indent=1) + "\n")
-        tmp.replace(folder / f"{job.id}.json")      # atomic: a kill never leaves half a record
+        _write_atomic(folder / f"{job.id}.json", json.dumps(rec, indent=1) + "\n")
         say(f"  {job.id}: done in {rec['wall_s']:.0f} s")
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(one, missing))
     return load_records(folder)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write then rename: a kill, or a report reading meanwhile, never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _done(path: Path, job: Job) -> bool:

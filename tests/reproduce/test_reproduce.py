@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from nestdsl.cli import app
 from nestdsl.pipeline import load_spec
 from nestdsl.reproduce.job import Job, _forgetting
-from nestdsl.reproduce.report import judge, render_report
+from nestdsl.reproduce.report import judge, render_report, report_names
 from nestdsl.reproduce.runner import plan, run_suite
 from nestdsl.reproduce.suite import Suite, SuiteError, load_suite, suite_names
 
@@ -198,3 +198,12 @@ def test_a_row_can_start_from_a_model_pre_trained_in_the_same_job(tmp_path: Path
     rec = run_job(job)
     assert "diverged" not in rec and len(rec["matrix"]) == 3 and len(rec["matrix"][0]) == 3
     assert 0.0 <= rec["final_avg"] <= 1.0 and rec["params"] > 0
+
+
+def test_the_committed_report_is_the_generated_one() -> None:
+    """docs/reproduction.md is generated from benchmarks/results/reproduce/ alone and cannot drift
+    from it: regenerate with `nestdsl reproduce --report-only`."""
+    results = ROOT / "benchmarks" / "results" / "reproduce"
+    expected = render_report(results, report_names(results, suite_names()))
+    assert (ROOT / "docs" / "reproduction.md").read_text() == expected, \
+        "stale: run nestdsl reproduce --report-only"
