@@ -27,7 +27,8 @@ def test_every_result_file_appears_on_the_page():
     for path in results.rglob("*.json*"):
         relative = path.relative_to(ROOT).as_posix()
         assert relative in page or f"{path.parent.relative_to(ROOT).as_posix()}/" in page, relative
-        if path.parent != results and path.suffix == ".json":
+        reproduce = results / "reproduce" in path.parents    # tabulated in docs/reproduction.md
+        if path.parent != results and path.suffix == ".json" and not reproduce:
             assert relative in page or path.name in page, relative
 
 
