@@ -81,6 +81,23 @@ def _pair(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, f
     return "inconclusive", gain, spread
 
 
+#: Forgetting says nothing about a task that was never learned: a continual claim is judged only
+#: between rows whose best answer accuracy on the earlier tasks reached this (mean over seeds).
+LEARNED = 0.5
+
+
+def _learned(records: list[dict[str, Any]], row: str) -> float | None:
+    """Mean over seeds of a continual row's best score on each earlier task (None: not an
+    accuracy matrix)."""
+    vals = []
+    for r in records:
+        if r["row"] != row or "diverged" in r or not r.get("matrix") or r.get("metric") != "answer_acc":
+            continue
+        m, n = r["matrix"], len(r["matrix"])
+        vals.append(statistics.mean(max(m[i][j] for i in range(j, n)) for j in range(n - 1)))
+    return statistics.mean(vals) if vals else None
+
+
 def judge(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[Verdict]:
     out = []
     for claim in meta.get("claims", []):
@@ -90,6 +107,14 @@ def judge(meta: dict[str, Any], records: list[dict[str, Any]]) -> list[Verdict]:
         a = values.get(claim["better"], [])
         parts, verdicts = [], []
         for other in claim["than"]:
+            unlearned = [(n, x) for n in (claim["better"], other)
+                         if metric == "forgetting" and (x := _learned(records, n)) is not None and x < LEARNED]
+            if unlearned:
+                verdicts.append("inconclusive")
+                parts.append(f"vs {other}: inconclusive ("
+                             + "; ".join(f"{n} never learned the earlier tasks: best accuracy {x:.2f}"
+                                         for n, x in unlearned) + ")")
+                continue
             v, gain, spread = _pair(a, values.get(other, []), lower)
             verdicts.append(v)
             parts.append(f"vs {other}: {v} (gain {gain:+.3g}, spread {spread:.2g})"
@@ -241,8 +266,24 @@ def report_names(root: Path, shipped: list[str]) -> list[str]:
     return sorted({*shipped, *(p.parent.name for p in root.glob("*/suite.json"))})
 
 
+def _summary(root: Path, suite_names: list[str]) -> list[str]:
+    """Every claim of every suite that has records, with its verdict, in one table."""
+    rows = []
+    for name in suite_names:
+        folder = root / name
+        if not (folder / "suite.json").is_file():
+            continue
+        meta = json.loads((folder / "suite.json").read_text())
+        steps = meta.get("steps_run", meta["steps"])
+        for v in judge(meta, load_records(folder)):
+            rows.append(f"| `{name}` ({steps} steps) | {v.claim} | **{v.verdict}** |")
+    if not rows:
+        return []
+    return ["| suite | claim | verdict |", "|---|---|---|", *rows, ""]
+
+
 def render_report(root: Path, suite_names: list[str]) -> str:
-    lines = [HEADER]
+    lines = [HEADER, *_summary(root, suite_names)]
     for name in suite_names:
         folder = root / name
         if (folder / "suite.json").is_file():

@@ -207,3 +207,13 @@ def test_the_committed_report_is_the_generated_one() -> None:
     expected = render_report(results, report_names(results, suite_names()))
     assert (ROOT / "docs" / "reproduction.md").read_text() == expected, \
         "stale: run nestdsl reproduce --report-only"
+
+
+def test_forgetting_is_not_judged_for_a_row_that_never_learned() -> None:
+    learned = [[1.0, 0.0], [0.6, 0.9]]                       # forgot 0.4 of a task it knew
+    never = [[0.05, 0.0], [0.05, 0.9]]                      # nothing to forget: forgetting 0
+    recs = [{"row": row, "seed": s, "metric": "answer_acc", "matrix": m,
+             **_forgetting(m, lower_is_better=False)}
+            for s in range(3) for row, m in (("A", never), ("B", learned))]
+    (v,) = judge(_meta([{"claim": "A forgets less", "better": "A", "than": ["B"]}], kind="continual"), recs)
+    assert v.verdict == "inconclusive" and "A never learned the earlier tasks" in v.detail
