@@ -316,7 +316,7 @@ def plot_suite(folder: Path) -> Path | None:
     if not records:
         return None
     names = [r["name"] for r in meta["rows"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     if meta["kind"] == "niah":
         cols = [(v, m) for v in meta["variants"] for m in meta["lengths"]]
         grid = [[statistics.mean([r["at_length"][str(m)] for r in records
@@ -338,12 +338,17 @@ def plot_suite(folder: Path) -> Path | None:
         ax.set_ylabel("final loss")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    elif meta["kind"] == "continual":
-        vals = [statistics.mean([r["forgetting"] for r in records if r["row"] == n] or [math.nan])
-                for n in names]
-        ax.bar(names, vals)
-        ax.set_ylabel("average forgetting")
-        ax.tick_params(axis="x", labelsize=7, rotation=20)
+    elif meta["kind"] == "continual":      # forgetting beside what there was to forget
+        ys = list(range(len(names)))
+        forgetting = [statistics.mean([r["forgetting"] for r in records if r["row"] == n] or [math.nan])
+                      for n in names]
+        learned = [_learned(records, n) for n in names]
+        ax.barh([y + 0.2 for y in ys], forgetting, height=0.4, label="average forgetting")
+        ax.barh([y - 0.2 for y in ys], [math.nan if x is None else x for x in learned], height=0.4,
+                label="best accuracy on the earlier tasks")
+        ax.set_yticks(ys, names, fontsize=7)
+        ax.invert_yaxis()
+        ax.legend(fontsize=7)
     else:
         for n in names:
             curves = [r["curve"] for r in records if r["row"] == n and r.get("curve")]
