@@ -888,6 +888,17 @@ def _optimizer_not_found(ctx: _Ctx, ref: str, path: FsPath) -> None:
 # fails validation is partially checked, which follows its own reference, so loops must be cut.
 _ACTIVE_REFS: list[FsPath] = []
 
+def _check_cms_stages(ctx: _Ctx) -> None:
+    """A `local` stage is an associative memory written by memory_scan's MLP, which is ungated."""
+    for cname, cms in ctx.spec.cms.items():
+        for i, stage in enumerate(cms.stages):
+            if stage.gated and stage.signal == "local":
+                ctx.add(("cms", cname, "stages", i, "gated"),
+                        f"cms '{cname}' stage {i + 1}: a gated stage cannot use `signal: local` (the local "
+                        "signal writes the stage as an ungated associative MLP memory)",
+                        "use `signal: task`, or remove `gated`", Code.COMBINATION)
+
+
 _CHECKS = (
     _check_header,
     _check_level_names,
@@ -898,6 +909,7 @@ _CHECKS = (
     _check_layers,
     _check_cycles,
     _check_periods,
+    _check_cms_stages,
     _check_data,
     _check_train,
     _check_optimizer,

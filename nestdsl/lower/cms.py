@@ -59,6 +59,7 @@ from nestdsl.lower.common import BuildContext, CompileConfig, RMSNorm
 from nestdsl.lower.layer import PlanRow
 from nestdsl.lower.registry import register_layer
 from nestdsl.ops import MemoryState, MLPMemory, mlp_chunk_step, mlp_forward
+from nestdsl.ops.mlp import _act
 from nestdsl.spec import ir
 from nestdsl.spec.periods import LevelKind
 
@@ -107,15 +108,26 @@ class StageLevel:
         return self.clock.every_k
 
 
-class CMSStageModule(nn.Module):
-    """One MLP stage: weights (W_in (hidden·D, D), W_out (D, hidden·D)) = its persistent
-    weights or its in-context initial state; optional pre-norm and (local) value projection."""
+def gated_mlp_forward(weights: Sequence[Tensor], x: Tensor, *, activation: str) -> Tensor:
+    """W_out (σ(W_in x) ⊙ W_gate x): a gated stage (SwiGLU for silu), weights (..., out, in)."""
+    w_in, w_gate, w_out = weights
+    h = _act(torch.matmul(x, w_in.mT), activation) * torch.matmul(x, w_gate.mT)
+    return torch.matmul(h, w_out.mT)
 
-    def __init__(self, width: int, hidden: int, activation: str, *, norm: bool, local: bool) -> None:
+
+class CMSStageModule(nn.Module):
+    """One MLP stage: weights (W_in (hidden·D, D), W_out (D, hidden·D)) — with `gated`,
+    (W_in, W_gate, W_out) — = its persistent weights or its in-context initial state; optional
+    pre-norm and (local) value projection."""
+
+    def __init__(self, width: int, hidden: int, activation: str, *, norm: bool, local: bool,
+                 gated: bool = False) -> None:
         super().__init__()
         self.mlp = MLPMemory(depth=2, hidden=hidden * width, activation=activation, residual=False)
+        self.gated = gated
         w_in, w_out = self.mlp.init_weights(1, width, width)
-        self.weights = nn.ParameterList([nn.Parameter(w_in[0]), nn.Parameter(w_out[0])])
+        gate = [nn.Parameter(self.mlp.init_weights(1, width, width)[0][0])] if gated else []
+        self.weights = nn.ParameterList([nn.Parameter(w_in[0]), *gate, nn.Parameter(w_out[0])])
         self.norm = RMSNorm(width) if norm else None
         self.value = nn.Linear(width, width, bias=False) if local else None
         if self.value is not None:
@@ -146,7 +158,8 @@ class CMSLayerModule(nn.Module):
         self.stages = nn.ModuleList(
             CMSStageModule(width, s.hidden, s.activation,
                            norm=(mode != "independent" and i > 0),
-                           local=(lv.kind == LevelKind.IN_CONTEXT and lv.signal == "local"))
+                           local=(lv.kind == LevelKind.IN_CONTEXT and lv.signal == "local"),
+                           gated=s.gated)
             for i, (s, lv) in enumerate(zip(stages, levels, strict=True)))
         self.mix = nn.Parameter(torch.zeros(len(stages))) if mode == "independent" else None
         # the model's loss must go through nestdsl.lower.sweep.task_sweep when this is set
@@ -158,7 +171,8 @@ class CMSLayerModule(nn.Module):
         # Stage MLPs run eagerly: two matmuls each, nothing for inductor to fuse, and compiling
         # them would cost one graph per (stage, weight layout) — persistent, broadcast initial
         # and written fast weights — for no measurable gain.
-        self._mlp = [functools.partial(mlp_forward, spec=s.mlp) for s in self._stage_modules]
+        self._mlp = [functools.partial(gated_mlp_forward, activation=s.mlp.activation) if s.gated
+                     else functools.partial(mlp_forward, spec=s.mlp) for s in self._stage_modules]
 
     @property
     def _stage_modules(self) -> Sequence[CMSStageModule]:
@@ -320,12 +334,14 @@ class CMSLayerModule(nn.Module):
             name = f"{self.name}.stages.{lv.index} ({lv.level})"
             mode = f"mode {self.mode}" + (f", reset every {lv.reset_every} tokens" if lv.reset_every else "")
             if lv.kind == LevelKind.PERSISTENT:
-                rows.append(PlanRow(name, "cms stage", f"persistent MLP, outer optimizer every {lv.every_k} "
+                rows.append(PlanRow(name, "cms stage", f"persistent {'gated ' if stage.gated else ''}MLP, "
+                                    f"outer optimizer every {lv.every_k} "
                                     "step(s) with accumulated gradients (MultiSteps)", params=n,
                                     compiled=status, update="θ ← outer optimizer step every k steps",
                                     notes=[mode, why]))
             elif lv.signal == "task":
-                rows.append(PlanRow(name, "cms stage", "in-context, task signal: stop-gradient write by "
+                rows.append(PlanRow(name, "cms stage", f"in-context{' gated' if stage.gated else ''}, "
+                                    "task signal: stop-gradient write by "
                                     "task_sweep (chunked forward sweep)", lv.tokens, "chunk", "stop", n, status,
                                     update=f"θ ← θ − {lv.lr:g}·Σ_{{t∈chunk}} ∇_θ CE_t (first-order)",
                                     notes=[mode, f"scope {lv.scope}", "initial state meta-learned through reads",

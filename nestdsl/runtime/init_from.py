@@ -13,9 +13,9 @@ the in-context step sizes eta -> 0 the model is the pre-trained one).
 
 A chain whose first stage is the pre-trained MLP and whose other stages are identities computes
 exactly the pre-trained block; its in-context stages then change it only through their writes,
-so at eta -> 0 the logits are the pre-trained model's (a test holds them to 1e-5). The MLP must
-be ungated (`activation: gelu | relu | tanh`, with `hidden` equal to the stage's): a CMS stage is
-W_out sigma(W_in x), so a SwiGLU block (silu, w3) has no exact counterpart and is refused.
+so at eta -> 0 the logits are the pre-trained model's (a test holds them to 1e-5). The stage must
+have the MLP's form: its `hidden` and `activation`, and `gated: true` for a gated (SwiGLU) MLP —
+the shipped Transformer's — or false for W_out sigma(W_in x).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class InitReport:
                 f"fresh, {len(self.unused)} checkpoint tensors unused")
 
 
-_CMS_WEIGHT = re.compile(r"^(blocks\.\d+\.slots\.\d+\.layer)\.stages\.(\d+)\.weights\.([01])$")
+_CMS_WEIGHT = re.compile(r"^(blocks\.\d+\.slots\.\d+\.layer)\.stages\.(\d+)\.weights\.([012])$")
 
 
 def _source_mlps(spec: ir.Spec) -> dict[str, ir.MLPLayer]:
@@ -86,19 +86,23 @@ def _stacked_weight(name: str, spec: ir.Spec, source: ir.Spec, tensors: dict[str
     if mlp is None:
         raise InitError(f"{name}: the checkpoint has no MLP at {path} to start this CMS stage from "
                         "(the two specs' blocks must line up: same depth, the MLP in the CMS's slot)")
-    if f"{path}.w3.weight" in tensors:
-        raise InitError(f"{path}: the pre-trained MLP is gated (SwiGLU, activation silu); a CMS stage "
-                        "is W_out σ(W_in x) and cannot hold it exactly — pre-train with "
-                        "`activation: gelu` (or relu, tanh)")
     target = _stage_of(spec, path, stage)
-    if target.activation != mlp.activation:
-        raise InitError(f"{name}: the pre-trained MLP uses {mlp.activation}, the CMS stage "
-                        f"{target.activation}; give the stage `activation: {mlp.activation}`")
+    gated = f"{path}.w3.weight" in tensors          # SwiGLU: w2 (silu(w1 x) ⊙ w3 x)
+    if stage == 0 or stages == "all":
+        if gated != target.gated:
+            raise InitError(f"{path}: the pre-trained MLP is {'' if gated else 'not '}gated "
+                            f"({'SwiGLU' if gated else 'W_out σ(W_in x)'}) and cms stage {stage + 1} is "
+                            f"{'' if target.gated else 'not'}: give the stage `gated: {str(gated).lower()}`")
+        if target.activation != mlp.activation:
+            raise InitError(f"{name}: the pre-trained MLP uses {mlp.activation}, the CMS stage "
+                            f"{target.activation}; give the stage `activation: {mlp.activation}`")
+    out_index = 2 if target.gated else 1
     if stage > 0 and stages == "first":
-        if which == 1:
+        if which == out_index:
             return torch.zeros(shape)            # an identity stage: the chain adds nothing
-        return None                              # W_in keeps its initialisation (it still learns)
-    weight = tensors[f"{path}.{'w1' if which == 0 else 'w2'}.weight"]
+        return None                              # W_in (and W_gate) keep their init (they still learn)
+    source_name = {0: "w1", out_index: "w2"}.get(which, "w3")
+    weight = tensors[f"{path}.{source_name}.weight"]
     if weight.shape != shape:
         raise InitError(f"{name}: shape {tuple(shape)} but the pre-trained MLP's is "
                         f"{tuple(weight.shape)}; give the stage `hidden: {mlp.hidden}`")
@@ -137,7 +141,7 @@ def init_from_checkpoint(model: torch.nn.Module, spec: ir.Spec, init: ir.InitFro
     for name in report.stacked:
         m = _CMS_WEIGHT.match(name)
         assert m is not None
-        taken.update({f"{m.group(1)}.w1.weight", f"{m.group(1)}.w2.weight"})
+        taken.update({f"{m.group(1)}.w1.weight", f"{m.group(1)}.w2.weight", f"{m.group(1)}.w3.weight"})
     report.unused = sorted(set(tensors) - taken)
     with torch.no_grad():
         for name, value in new.items():

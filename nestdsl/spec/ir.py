@@ -337,6 +337,9 @@ class CMSStage(Node):
                     "(`{every: 4 steps}`; .nest: `stage every 4 steps`)")
     hidden: int = Field(default=4, ge=1, description="hidden multiple of the width")
     activation: Activation = "silu"
+    gated: bool = Field(
+        default=False, description="W_out (σ(W_in x) ⊙ W_gate x), the gated MLP of a Transformer++ "
+        "/ Llama block (SwiGLU with silu), instead of W_out σ(W_in x); not with `signal: local`")
     signal: Literal["task", "local"] = Field(
         default="task", description="in-context update signal: next-token loss or local L2"
     )

@@ -38,14 +38,16 @@ def _pretrained(tmp: Path, activation: str = "gelu") -> Path:
     return run
 
 
-def _hope_attention(tmp: Path, run: Path, *, lr: float = 1e-12, stages: str = "first") -> Path:
+def _hope_attention(tmp: Path, run: Path, *, lr: float = 1e-12, stages: str = "first",
+                    activation: str = "gelu", gated: bool = False) -> Path:
+    form = {"activation": activation, "gated": gated}
     return _write(tmp / "hope-attention.yaml", {
         "nestdsl": 1, "name": "stacked", "model": MODEL,
         "levels": {"fast": {"every": "8 tokens"}, "slow": {"every": "2 steps"}},
         "memories": {"attn": {"kind": "attention"}},
         "cms": {"c": {"mode": "chain", "stages": [
-            {"level": "fast", "hidden": 2, "activation": "gelu", "signal": "task", "lr": lr},
-            {"level": "slow", "hidden": 4, "activation": "gelu"}]}},
+            {"level": "fast", "hidden": 2, **form, "signal": "task", "lr": lr},
+            {"level": "slow", "hidden": 4, **form}]}},
         "blocks": {"b": {"layers": [ATTENTION, {"type": "cms", "cms": "c"}]}},
         "optimizer": {"type": "adamw", "lr": 0.01}, "data": DATA,
         "train": {**TRAIN, "init_from": {"checkpoint": str(run), "stages": stages}}})
@@ -56,14 +58,19 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _pretrained(tmp_path_factory.mktemp("pre"))
 
 
-def test_eta_to_zero_gives_the_pretrained_model_s_logits(pretrained: Path, tmp_path: Path) -> None:
-    spec = load_spec(_hope_attention(tmp_path, pretrained))
+@pytest.mark.parametrize("activation", ["gelu", "silu"])     # silu: the shipped SwiGLU MLP
+def test_eta_to_zero_gives_the_pretrained_model_s_logits(pretrained: Path, tmp_path: Path,
+                                                          activation: str) -> None:
+    if activation == "silu":
+        pretrained = _pretrained(tmp_path, activation="silu")
+    spec = load_spec(_hope_attention(tmp_path, pretrained, activation=activation,
+                                     gated=activation == "silu"))
     torch.manual_seed(0)
     model = nestdsl.compile(spec, compile=False).model
     report = init_from_checkpoint(model, spec, spec.train.init_from)
     assert report.stacked and not report.unused, report
-    assert all(".stages.1." in n for n in report.fresh), report.fresh     # W_in and the pre-norm
-    pre = load_model(load_spec(pretrained.parent / "transformer-gelu.yaml"), pretrained, "cpu")
+    assert all(".stages.1." in n for n in report.fresh), report.fresh     # W_in (W_gate), the pre-norm
+    pre = load_model(load_spec(pretrained.parent / f"transformer-{activation}.yaml"), pretrained, "cpu")
     tokens = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(tokens), pre(tokens), atol=1e-5, rtol=0)
@@ -93,12 +100,36 @@ def test_every_stage_from_the_mlp(pretrained: Path, tmp_path: Path) -> None:
         init_from_checkpoint(model, spec, spec.train.init_from)
 
 
-def test_a_gated_mlp_is_refused_with_the_fix(tmp_path: Path) -> None:
-    run = _pretrained(tmp_path, activation="silu")
-    spec = load_spec(_hope_attention(tmp_path, run))
+def test_a_stage_of_another_form_is_refused_with_the_fix(tmp_path: Path) -> None:
+    run = _pretrained(tmp_path, activation="silu")                # SwiGLU into W_out σ(W_in x)
+    spec = load_spec(_hope_attention(tmp_path, run, activation="silu"))
     model = nestdsl.compile(spec, compile=False).model
-    with pytest.raises(InitError, match="gated.*activation: gelu"):
+    with pytest.raises(InitError, match="is gated.*give the stage `gated: true`"):
         init_from_checkpoint(model, spec, spec.train.init_from)
+    spec = load_spec(_hope_attention(tmp_path, run, activation="gelu", gated=True))
+    model = nestdsl.compile(spec, compile=False).model
+    with pytest.raises(InitError, match="uses silu.*`activation: silu`"):
+        init_from_checkpoint(model, spec, spec.train.init_from)
+
+
+def test_a_gated_stage_is_the_transformer_s_swiglu() -> None:
+    from nestdsl.lower.cms import CMSStageModule, gated_mlp_forward
+
+    stage = CMSStageModule(8, 2, "silu", norm=False, local=False, gated=True)
+    w_in, w_gate, w_out = stage.weights
+    x = torch.randn(2, 5, 8)
+    ref = torch.nn.functional.silu(x @ w_in.T) * (x @ w_gate.T) @ w_out.T
+    torch.testing.assert_close(gated_mlp_forward(tuple(stage.weights), x, activation="silu"), ref)
+
+
+def test_a_gated_local_stage_is_a_spec_error(tmp_path: Path) -> None:
+    from nestdsl.diagnostics import SpecError
+
+    doc = yaml.safe_load(_hope_attention(tmp_path, tmp_path, gated=True).read_text())
+    doc["cms"]["c"]["stages"][0]["signal"] = "local"
+    del doc["train"]["init_from"]
+    with pytest.raises(SpecError, match="gated stage cannot use `signal: local`"):
+        load_spec(_write(tmp_path / "bad.yaml", doc))
 
 
 def test_train_starts_from_the_checkpoint(pretrained: Path, tmp_path: Path) -> None:

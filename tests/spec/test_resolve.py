@@ -70,7 +70,7 @@ def test_fmt_resolved_shows_every_default(tmp_path: Path) -> None:
     data = yaml.safe_load(out.output)
     assert data["model"]["vocab"] == 256 and data["model"]["tie_embeddings"] is True
     assert data["data"]["seq_len"] == 128 and data["data"]["batch"] == 8 and data["data"]["seed"] == 0
-    assert data["train"] == ir.Train().model_dump(mode="json")  # no `train:` written: its defaults
+    assert data["train"] == ir.Train().model_dump(mode="json", exclude_none=True)  # its defaults
     assert data["blocks"]["b"]["layers"][0] == {
         "type": "memory", "memory": "m", "norm": "rms", "residual": True, "conv": 4,
         "qk_norm": True, "output_gate": True}
