@@ -55,7 +55,15 @@ class InitReport:
 _CMS_WEIGHT = re.compile(r"^(blocks\.\d+\.slots\.\d+\.layer)\.stages\.(\d+)\.weights\.([012])$")
 
 
-def _source_mlps(spec: ir.Spec) -> dict[str, ir.MLPLayer]:
+@dataclass(frozen=True)
+class SourceMLP:
+    """A pre-trained MLP's form: what a CMS stage must match to hold it exactly."""
+
+    activation: str
+    hidden: int          # multiple of the width
+
+
+def _source_mlps(spec: ir.Spec) -> dict[str, SourceMLP]:
     """The checkpoint spec's MLP layers by module path (`blocks.{i}.slots.{j}.layer`)."""
     assert spec.model is not None
     out = {}
@@ -63,7 +71,7 @@ def _source_mlps(spec: ir.Spec) -> dict[str, ir.MLPLayer]:
         block = spec.blocks[spec.model.pattern[i % len(spec.model.pattern)]]
         for j, layer in enumerate(block.layers):
             if isinstance(layer, ir.MLPLayer):
-                out[f"blocks.{i}.slots.{j}.layer"] = layer
+                out[f"blocks.{i}.slots.{j}.layer"] = SourceMLP(layer.activation, layer.hidden)
     return out
 
 
@@ -75,14 +83,14 @@ def _stage_of(spec: ir.Spec, path: str, stage: int) -> ir.CMSStage:
     return spec.cms[layer.cms].stages[stage]
 
 
-def _stacked_weight(name: str, spec: ir.Spec, source: ir.Spec, tensors: dict[str, torch.Tensor],
+def _stacked_weight(name: str, spec: ir.Spec, mlps: dict[str, SourceMLP], tensors: dict[str, torch.Tensor],
                     shape: torch.Size, stages: str) -> torch.Tensor | None:
     """The initial value of CMS stage weight `name`, from the pre-trained MLP at its place."""
     m = _CMS_WEIGHT.match(name)
     if m is None:
         return None
     path, stage, which = m.group(1), int(m.group(2)), int(m.group(3))
-    mlp = _source_mlps(source).get(path)
+    mlp = mlps.get(path)
     if mlp is None:
         raise InitError(f"{name}: the checkpoint has no MLP at {path} to start this CMS stage from "
                         "(the two specs' blocks must line up: same depth, the MLP in the CMS's slot)")
@@ -117,15 +125,19 @@ def init_from_checkpoint(model: torch.nn.Module, spec: ir.Spec, init: ir.InitFro
     path = Path(init.checkpoint).expanduser()
     if not path.is_absolute() and spec.source_file and not path.exists():
         path = Path(spec.source_file).parent / path
-    folder = checkpoint_folder(path)
-    source = from_checkpoint(folder).spec
-    tensors = {k: v for k, v in ck.load_checkpoint(folder).model_state.items()}
+    if (path / "config.json").is_file():            # a Hugging Face Llama-style folder
+        folder = path
+        tensors, mlps = llama_tensors(path, spec)
+    else:
+        folder = checkpoint_folder(path)
+        mlps = _source_mlps(from_checkpoint(folder).spec)
+        tensors = {k: v for k, v in ck.load_checkpoint(folder).model_state.items()}
     report = InitReport(str(folder))
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
     taken: set[str] = set()
     for name, value in state.items():
-        stacked = _stacked_weight(name, spec, source, tensors, value.shape, init.stages)
+        stacked = _stacked_weight(name, spec, mlps, tensors, value.shape, init.stages)
         if stacked is not None:
             new[name] = stacked
             report.stacked.append(name)
@@ -147,6 +159,72 @@ def init_from_checkpoint(model: torch.nn.Module, spec: ir.Spec, init: ir.InitFro
         for name, value in new.items():
             state[name].copy_(value.to(dtype=state[name].dtype, device=state[name].device))
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# A Hugging Face Llama-style folder (config.json + *.safetensors; read without transformers)
+
+
+def llama_tensors(folder: Path, spec: ir.Spec) -> tuple[dict[str, torch.Tensor], dict[str, SourceMLP]]:
+    """A local Llama-style checkpoint's tensors under nestdsl's names, for a spec whose blocks are
+    [attention, MLP or CMS] like a Llama decoder layer; and each block's MLP form (SwiGLU).
+
+    Exact for the architecture nestdsl's Transformer shares with Llama: RMSNorm pre-norms,
+    rotate-half RoPE, fused q/k/v with one key/value head per query head, a SwiGLU MLP. Anything
+    else (grouped keys/values, another RoPE base or scaling, biases, another norm eps) is refused.
+    """
+    import json
+
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type") not in ("llama", "mistral", "qwen2"):
+        raise InitError(f"{folder}: model_type {config.get('model_type')!r}; a Llama-style folder "
+                        "(model_type llama) or a nestdsl run folder is expected")
+    assert spec.model is not None
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
+    rope = config.get("rope_parameters") or {}      # transformers >= 5; older: rope_theta, rope_scaling
+    checks = [
+        ("hidden_size", config["hidden_size"], spec.model.width),
+        ("num_hidden_layers", config["num_hidden_layers"], spec.model.depth),
+        ("num_attention_heads", heads, spec.model.heads),
+        ("num_key_value_heads", kv, heads),
+        ("vocab_size", config["vocab_size"], spec.model.vocab),
+        ("rope_theta", float(config.get("rope_theta", rope.get("rope_theta", 10000.0))), 10000.0),
+        ("rope type", rope.get("rope_type", "default"), "default"),
+        ("head_dim", config.get("head_dim", config["hidden_size"] // heads), config["hidden_size"] // heads),
+        ("hidden_act", config.get("hidden_act", "silu"), "silu"),
+        ("rms_norm_eps", float(config.get("rms_norm_eps", 1e-6)), 1e-6),
+        ("tie_word_embeddings", bool(config.get("tie_word_embeddings", False)), spec.model.tie_embeddings),
+        ("attention_bias", bool(config.get("attention_bias", False)), False),
+        ("mlp_bias", bool(config.get("mlp_bias", False)), False),
+        ("rope_scaling", config.get("rope_scaling"), None),
+    ]
+    for key, theirs, ours in checks:
+        if theirs != ours:
+            raise InitError(f"{folder}/config.json: {key} = {theirs!r}, this spec needs {ours!r}")
+    raw: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        raw.update(load_file(str(f)))
+    if not raw:
+        raise InitError(f"{folder}: no *.safetensors files")
+    raw = {k.removeprefix("model."): v for k, v in raw.items()}
+    ratio, rest = divmod(int(config["intermediate_size"]), int(config["hidden_size"]))
+    out = {"embed.weight": raw["embed_tokens.weight"], "norm_f.weight": raw["norm.weight"]}
+    if "lm_head.weight" in raw and not spec.model.tie_embeddings:
+        out["head.weight"] = raw["lm_head.weight"]
+    mlps = {}
+    for i in range(spec.model.depth):
+        a, m, layer = f"blocks.{i}.slots.0", f"blocks.{i}.slots.1", f"layers.{i}"
+        out[f"{a}.layer.qkv.weight"] = torch.cat([raw[f"{layer}.self_attn.{x}_proj.weight"] for x in "qkv"])
+        out[f"{a}.layer.o_proj.weight"] = raw[f"{layer}.self_attn.o_proj.weight"]
+        out[f"{a}.norm.weight"] = raw[f"{layer}.input_layernorm.weight"]
+        out[f"{m}.norm.weight"] = raw[f"{layer}.post_attention_layernorm.weight"]
+        for ours, theirs in (("w1", "gate"), ("w3", "up"), ("w2", "down")):
+            out[f"{m}.layer.{ours}.weight"] = raw[f"{layer}.mlp.{theirs}_proj.weight"]
+        if not rest:
+            mlps[f"{m}.layer"] = SourceMLP("silu", ratio)
+    return out, mlps
 
 
 def describe(report: InitReport, limit: int = 6) -> Any:

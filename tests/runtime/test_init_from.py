@@ -137,3 +137,57 @@ def test_train_starts_from_the_checkpoint(pretrained: Path, tmp_path: Path) -> N
     r = CliRunner().invoke(app, ["train", str(spec), "--out", str(tmp_path / "run"), "--steps", "1"])
     assert r.exit_code == 0, r.output
     assert "initialised from" in r.output and "CMS stage weights from pre-trained MLPs" in r.output
+
+
+def _llama(tmp: Path, **overrides: object) -> Path:
+    transformers = pytest.importorskip("transformers")
+    fields = {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-6,
+              "tie_word_embeddings": True, "max_position_embeddings": 128}
+    cfg = transformers.LlamaConfig(**{**fields, **overrides})
+    torch.manual_seed(3)
+    model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():                     # non-trivial norms: a wrong mapping shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp / "llama")
+    return tmp / "llama"
+
+
+def _llama_spec(tmp: Path, folder: Path, *, cms: bool) -> Path:
+    second = {"type": "cms", "cms": "c"} if cms else {"type": "mlp", "hidden": 2}
+    doc = {"nestdsl": 1, "name": "from-llama", "model": MODEL,
+           "memories": {"attn": {"kind": "attention"}},
+           "blocks": {"b": {"layers": [ATTENTION, second]}},
+           "optimizer": {"type": "adamw", "lr": 0.01}, "data": DATA,
+           "train": {**TRAIN, "init_from": {"checkpoint": str(folder)}}}
+    if cms:
+        doc["levels"] = {"fast": {"every": "8 tokens"}, "slow": {"every": "2 steps"}}
+        doc["cms"] = {"c": {"stages": [{"level": "fast", "hidden": 2, "gated": True, "lr": 1e-12},
+                                       {"level": "slow", "hidden": 4, "gated": True}]}}
+    return _write(tmp / f"from-llama-{cms}.yaml", doc)
+
+
+@pytest.mark.parametrize("cms", [False, True])
+def test_a_local_llama_folder_gives_its_logits(tmp_path: Path, cms: bool) -> None:
+    """A Hugging Face Llama checkpoint saved on disk (no download): a nestdsl Transformer with
+    its weights, or a Hope-Attention model whose CMS starts from its MLPs, computes its logits."""
+    folder = _llama(tmp_path)
+    transformers = pytest.importorskip("transformers")
+    spec = load_spec(_llama_spec(tmp_path, folder, cms=cms))
+    model = nestdsl.compile(spec, compile=False).model
+    report = init_from_checkpoint(model, spec, spec.train.init_from)
+    assert not report.unused and (bool(report.stacked) == cms), report
+    ref = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(tokens), ref(tokens).logits, atol=1e-5, rtol=0)
+
+
+def test_a_llama_folder_that_does_not_fit_is_refused(tmp_path: Path) -> None:
+    folder = _llama(tmp_path, num_key_value_heads=1)
+    spec = load_spec(_llama_spec(tmp_path, folder, cms=False))
+    model = nestdsl.compile(spec, compile=False).model
+    with pytest.raises(InitError, match="num_key_value_heads = 1, this spec needs 2"):
+        init_from_checkpoint(model, spec, spec.train.init_from)
