@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["Claim", "Row", "Suite", "SuiteError", "load_suite", "suite_dir", "suite_names"]
+__all__ = ["Claim", "Row", "Suite", "SuiteError", "load_suite", "suite_names"]
 
 Kind = Literal["lm", "niah", "continual", "optim"]
 
@@ -149,10 +149,6 @@ class Suite(_Model):
 
 def suite_names(folder: Path = SUITE_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def suite_dir() -> Path:
-    return SUITE_DIR
 
 
 def load_suite(name_or_path: str | Path) -> Suite:

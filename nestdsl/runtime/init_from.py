@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -131,7 +130,7 @@ def init_from_checkpoint(model: torch.nn.Module, spec: ir.Spec, init: ir.InitFro
     else:
         folder = checkpoint_folder(path)
         mlps = _source_mlps(from_checkpoint(folder).spec)
-        tensors = {k: v for k, v in ck.load_checkpoint(folder).model_state.items()}
+        tensors = dict(ck.load_checkpoint(folder).model_state)
     report = InitReport(str(folder))
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
@@ -227,6 +226,6 @@ def llama_tensors(folder: Path, spec: ir.Spec) -> tuple[dict[str, torch.Tensor],
     return out, mlps
 
 
-def describe(report: InitReport, limit: int = 6) -> Any:
+def describe(report: InitReport, limit: int = 6) -> str:
     fresh = ", ".join(report.fresh[:limit]) + (" ..." if len(report.fresh) > limit else "")
     return report.summary() + (f" (fresh: {fresh})" if report.fresh else "")
