@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from nestdsl.cli.runtime_options import (
     _run_spec,
     _set_threads,
 )
+from nestdsl.runtime.preempt import Interrupted
 
 
 @app.command()
@@ -37,7 +39,11 @@ def train(
     force: ForceOpt = False,
     traceback: TracebackOpt = False,
 ) -> None:
-    """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume."""
+    """Train a spec: progress, metrics JSONL, atomic checkpoints, exact --resume.
+
+    SIGTERM or Ctrl-C finishes the current step, checkpoints it and exits 75 (resume with
+    --resume); a second signal stops at once (exit 128 + the signal number).
+    """
     with guard(traceback):
         sets = list(set_ or [])
         forced = _kernels(kernel)
@@ -68,6 +74,15 @@ def train(
                     kernels=forced, force=force, on_status=progress.status,
                     say=(lambda msg: err.print(msg, highlight=False)) if show else None,
                 )
+            if result.stopped_by is not None:
+                from nestdsl.runtime.preempt import EXIT_PREEMPTED
+
+                if dist is None or dist.rank == 0:
+                    err.print(f"stopped by {result.stopped_by} after step {result.steps}: its checkpoint "
+                              f"is written; `nestdsl train --resume --out {run_dir}` continues "
+                              f"(exit {EXIT_PREEMPTED})", highlight=False)
+                ok = True
+                raise typer.Exit(EXIT_PREEMPTED)
             if show:
                 if result.start_step >= result.steps:
                     out.print(f"[bold]nothing to do[/bold]: {run_dir} is already at step {result.start_step}")
@@ -80,14 +95,16 @@ def train(
                         f"{result.final_loss:.3f} · {result.tokens_per_s:,.0f} tok/s{first} · {run_dir}"
                     )
             ok = True
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as e:
+            # Ctrl-C before the loop started, or a second signal inside it: stop at once
             from nestdsl.runtime.checkpoint import find_latest
 
             last = find_latest(run_dir)
             kept = (f"the last checkpoint {last} is kept; `nestdsl train --resume --out {run_dir}` "
                     "continues from it" if last is not None else "no checkpoint was written yet")
             err.print(f"interrupted: {kept}", highlight=False)
-            raise typer.Exit(130) from None
+            code = 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+            raise typer.Exit(code) from None
         finally:
             if dist is not None:
                 dist.close(ok=ok)

@@ -39,6 +39,10 @@ class Ranks:
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
+    def any_(self, flag: bool) -> bool:
+        """Whether any rank's `flag` is set (one collective; `flag` itself in one process)."""
+        return flag if self.world == 1 else not self.all_ok(not flag)
+
     def min_(self, value: torch.Tensor) -> None:
         if self.world > 1:
             import torch.distributed as dist

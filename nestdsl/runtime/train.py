@@ -36,6 +36,7 @@ import torch
 from nestdsl.lower import telemetry
 from nestdsl.lower.inner import set_outer_step
 from nestdsl.runtime.loop import DivergenceGuard, LogWindow, Ranks, Throughput, shard_batch
+from nestdsl.runtime.preempt import Preemption
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
 from nestdsl.spec import ir
@@ -103,6 +104,9 @@ class TrainResult:
     # `tokens_per_s` counts the steps after it. NaN when no step ran.
     first_step_s: float = math.nan
     compiled: bool = False
+    # The signal that stopped the run after checkpointing step `steps` (SIGTERM, SIGINT), or None
+    # when it ran to the end; the CLI then exits with `preempt.EXIT_PREEMPTED`.
+    stopped_by: str | None = None
 
 
 class LossModule(torch.nn.Module):
@@ -293,6 +297,7 @@ def train(
     force: bool = False,
     say: Callable[[str], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    preemption: bool = True,
 ) -> TrainResult:
     """Train `spec` into `run_dir`; see the module docstring for the guarantees.
 
@@ -304,7 +309,8 @@ def train(
     means the same (`force`: any), and `say` hears what it did ("resuming from step 20").
     `compile`: an explicit torch.compile switch (None: `resolve_compile`). `on_status` hears
     what the loop is doing between log steps: "compiling" before a compiled run's first step,
-    "" once that step is done.
+    "" once that step is done. `preemption`: SIGTERM / SIGINT finish the current step, checkpoint
+    it and return (`TrainResult.stopped_by`; a second signal raises `preempt.Interrupted`).
     """
     from nestdsl.runtime.metrics import MetricsWriter
 
@@ -350,45 +356,54 @@ def train(
     if use_compile and on_status is not None and ranks.rank == 0:
         on_status("compiling")
     reset_every = _optimizer_reset_period(data_spec)
-    for step in range(start_step, total_steps):
-        set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
-        if reset_every and step and step % reset_every == 0:
-            _reset_optimizers(level_opts)     # a task switch with `optimizer_at_switch: reset`
-        batch = task.batch(step)
-        tokens, targets, mask, scale = shard_batch(
-            batch.tokens.to(device), batch.targets.to(device), batch.loss_mask.to(device), ranks,
-            _valid_count)
-        done = step + 1
-        is_log = done % train_cfg.log_every == 0 or done == total_steps
-        is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps
-        recorder: contextlib.AbstractContextManager[dict[str, dict[str, torch.Tensor]]] = (
-            telemetry.recording() if train_cfg.telemetry and is_log and ranks.rank == 0
-            else contextlib.nullcontext({}))
-        with recorder as inner_stats, autocast:
-            loss = loss_module(tokens, targets, mask, scale)
-        loss.backward()
-        guard.observe(loss, step)
-        window.add(loss)
-        factor = lr_factor(train_cfg, step)
-        for lo in level_opts:
-            lo.step(step, factor, grad_clip)
-        if speed.step_done(tokens.numel() * ranks.world, device) and use_compile \
-                and on_status is not None and ranks.rank == 0:
-            on_status("")                     # the first step (compiled, if on) is done
-        if is_log:
-            guard.check(ranks, diverged)      # host sync, only here
-            record = _log_record(done, window.close(ranks), _main_lr(level_opts) * factor, speed,
-                                 inner_stats, train_cfg.state_norm_warn, warned)
-            window.history.append(record)
-            if metrics is not None:
-                metrics.log(done, **{k: v for k, v in record.items() if k != "step"})
-            if on_log is not None and ranks.rank == 0:
-                on_log(record)
-        if is_ckpt:
-            if not is_log:                    # never checkpoint a diverged state
-                guard.check(ranks, diverged)
-            _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip)
-            _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec)
+    stopped_by: str | None = None
+    with Preemption(enabled=preemption) as stop:
+        for step in range(start_step, total_steps):
+            set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
+            if reset_every and step and step % reset_every == 0:
+                _reset_optimizers(level_opts)     # a task switch with `optimizer_at_switch: reset`
+            batch = task.batch(step)
+            tokens, targets, mask, scale = shard_batch(
+                batch.tokens.to(device), batch.targets.to(device), batch.loss_mask.to(device), ranks,
+                _valid_count)
+            done = step + 1
+            is_log = done % train_cfg.log_every == 0 or done == total_steps
+            is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps
+            recorder: contextlib.AbstractContextManager[dict[str, dict[str, torch.Tensor]]] = (
+                telemetry.recording() if train_cfg.telemetry and is_log and ranks.rank == 0
+                else contextlib.nullcontext({}))
+            with recorder as inner_stats, autocast:
+                loss = loss_module(tokens, targets, mask, scale)
+            loss.backward()
+            guard.observe(loss, step)
+            window.add(loss)
+            factor = lr_factor(train_cfg, step)
+            for lo in level_opts:
+                lo.step(step, factor, grad_clip)
+            if speed.step_done(tokens.numel() * ranks.world, device) and use_compile \
+                    and on_status is not None and ranks.rank == 0:
+                on_status("")                     # the first step (compiled, if on) is done
+            if is_log:
+                guard.check(ranks, diverged)      # host sync, only here
+                record = _log_record(done, window.close(ranks), _main_lr(level_opts) * factor, speed,
+                                     inner_stats, train_cfg.state_norm_warn, warned)
+                window.history.append(record)
+                if metrics is not None:
+                    metrics.log(done, **{k: v for k, v in record.items() if k != "step"})
+                if on_log is not None and ranks.rank == 0:
+                    on_log(record)
+            if is_ckpt:
+                if not is_log:                    # never checkpoint a diverged state
+                    guard.check(ranks, diverged)
+                _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip)
+                _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec)
+            if ranks.any_(stop.requested):    # SIGTERM / SIGINT: this step is done
+                if not is_ckpt:
+                    guard.check(ranks, diverged)
+                    _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip)
+                    _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec)
+                stopped_by, total_steps = stop.name or "a signal on another rank", done
+                break
 
     if metrics is not None:
         metrics.close()
@@ -396,7 +411,7 @@ def train(
         run_dir=run_dir, steps=max(total_steps, start_step), final_loss=window.last_loss,
         first_loss=window.first_loss, tokens_per_s=speed.rate(time.perf_counter()),
         history=window.history, start_step=start_step, first_step_s=speed.first_step_s,
-        compiled=use_compile)
+        compiled=use_compile, stopped_by=stopped_by)
 
 
 def _fresh_start(model: torch.nn.Module, spec: ir.Spec, train_cfg: ir.Train,
