@@ -1,5 +1,5 @@
 """The `nestdsl` command line: check | codes | fmt | graph | schema | compile | train | eval |
-generate | plot | probe | reproduce.
+generate | plot | probe | reproduce | data | checkpoint | lm-eval.
 
 One module per command, each registering on the app (`cli/app.py`); `cli/errors.py` maps
 exceptions to messages and exit codes. Spec problems print compiler-style diagnostics and exit 2;
@@ -10,12 +10,15 @@ import it inside their functions.
 
 from nestdsl.cli import (  # noqa: F401
     check,
+    checkpoint,
     codes,
     compile,
+    data,
     evaluate,
     fmt,
     generate,
     graph,
+    harness,
     plot,
     probe,
     reproduce,

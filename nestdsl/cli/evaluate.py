@@ -25,12 +25,19 @@ def eval_(
     batches: Annotated[int, typer.Option(help="evaluation batches per cell")] = 4,
     device: Annotated[str, typer.Option()] = "cpu",
     out_png: Annotated[Path | None, typer.Option("--png", help="heatmap output (niah)")] = None,
+    per_document: Annotated[Path | None, typer.Option(
+        "--per-document", metavar="OUT.jsonl",
+        help="text: score each document of --path in one full pass (each record's \"text\" "
+             "of a .jsonl file, each .txt file of a folder, else each non-empty line), in the "
+             "run's tokenizer after one prefix token (as `lm_eval --model nestdsl`), and "
+             "write one JSON line per document: loglikelihood (summed, nats), tokens, bytes")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value (without a spec file: on top of the stored spec)")] = None,
     threads: ThreadsOpt = None,
     force: ForceOpt = False,
     traceback: TracebackOpt = False,
 ) -> None:
-    """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb."""
+    """Evaluate a checkpoint: NIAH accuracy table + heatmap, or text loss / perplexity / bpb
+    (random windows; with --per-document, each document's log-likelihood in one pass)."""
     with guard(traceback):
         spec_obj = _run_spec(spec, list(set_ or []), ckpt, what="eval").spec
         _check_device(device)
@@ -41,7 +48,7 @@ def eval_(
         evaluate(
             spec_obj, ckpt=ckpt, task=task, lengths=lens, force=force,
             variants=_int_list(variants, "--variants"), text_path=path, batches=batches,
-            device=device, out_png=out_png, console=out,
+            device=device, out_png=out_png, console=out, per_document=per_document,
         )
 
 

@@ -32,6 +32,7 @@ def train(
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile (default: train.compile if the spec sets it, else on for CUDA, off for CPU)")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<spec file stem>: runs/hope for specs/hope.yaml)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the last good checkpoint")] = False,
+    parallel: Annotated[str | None, typer.Option(help="under torchrun: ddp | fsdp (default: train.parallel, else ddp)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: key.path=value")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     threads: ThreadsOpt = None,
@@ -53,6 +54,8 @@ def train(
         run_spec = _run_spec(spec, sets, out_dir, what="train")
         spec_obj, spec_text = run_spec.spec, run_spec.text
         _check_device(device)
+        if parallel not in (None, "ddp", "fsdp"):
+            raise UserError(f"--parallel must be ddp or fsdp, got {parallel!r}")
         _set_threads(device, threads)
         from nestdsl.runtime.distributed import from_env
         from nestdsl.runtime.progress import Progress
@@ -71,7 +74,7 @@ def train(
                 result = run_train(
                     spec_obj, spec_text=spec_text, run_dir=run_dir, steps=steps, device=device,
                     compile=compile, resume=resume, on_log=progress.update, distributed=dist,
-                    kernels=forced, force=force, on_status=progress.status,
+                    kernels=forced, force=force, on_status=progress.status, parallel=parallel,
                     say=(lambda msg: err.print(msg, highlight=False)) if show else None,
                 )
             if result.stopped_by is not None:

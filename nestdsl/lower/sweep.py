@@ -112,20 +112,22 @@ def task_sweep(model: nn.Module, tokens: Tensor, targets: Tensor, mask: Tensor |
         """Σ of the weighted token losses over [a, b), with the task writes due inside it."""
         total: Tensor | None = None
         chunk_loss: dict[int, Tensor] = {}
+        starts: dict[tuple[str, int], tuple[Tensor, ...]] = {}
         for s in range(a, b, segment):
             e = min(s + segment, b)
             logits, state = cast(_Streaming, model).forward_stream(tokens[:, s:e], state)
+            _note_chunk_starts(state, layers, starts)
             seg = _token_loss(logits, targets[:, s:e], weight[:, s:e])
             total = seg if total is None else total + seg
             for P in periods:
                 chunk_loss[P] = chunk_loss[P] + seg if P in chunk_loss else seg
                 if e % P == 0 and (e < T or return_state):
-                    _write(state, layers, P, chunk_loss.pop(P))
+                    _write(state, layers, P, chunk_loss.pop(P), starts)
         assert total is not None, "empty sequence"
         return total, state
 
     with torch.enable_grad():
-        if _piecewise(T, piece, state, return_state):
+        if _piecewise(T, piece, state, return_state) and getattr(model, "sweep_pieces", True):
             params = [p for p in model.parameters() if p.requires_grad]
             total = _Pieces.apply(run, [(a, a + piece) for a in range(0, T, piece)], *params)
         else:
@@ -161,11 +163,11 @@ def _piecewise(T: int, piece: int, state: Any, return_state: bool) -> bool:
     """Pieces pay one more forward (the recomputation) to make every write's backward and the
     kept activations independent of T: worth it for long sequences, under autograd, for a
     fresh sequence whose length is a whole number of pieces."""
-    # Not under DistributedDataParallel: it marks each parameter ready once per backward, and the
-    # pieces accumulate a parameter's gradient once per piece.
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # A model may switch pieces off (`model.sweep_pieces = False`: FSDP2, whose hooks would run
+    # inside the pieces' backward). Data parallelism without FSDP syncs gradients once after the
+    # whole backward (`runtime/distributed.sync_gradients`), so the pieces' accumulation is fine.
     return (torch.is_grad_enabled() and state is None and not return_state and T % piece == 0
-            and T // piece >= PIECEWISE_FROM and not distributed)
+            and T // piece >= PIECEWISE_FROM)
 
 
 def _leaves(state: Any) -> Any:
@@ -225,18 +227,33 @@ class _Pieces(torch.autograd.Function):
         return (None, None) + (None,) * ctx.n_params
 
 
-def _write(state: Any, layers: dict[str, CMSLayerModule], period: int, loss: Tensor) -> None:
-    """θ ← θ − lr · sg(∇_θ loss) for every task stage of this period (one backward pass)."""
-    sites = [(cs, lv.index, lv.lr)
+def _note_chunk_starts(state: Any, layers: dict[str, CMSLayerModule],
+                       starts: dict[tuple[str, int], tuple[Tensor, ...]]) -> None:
+    """Keep each task stage's fast weights as the chunk's first segment left them: the write
+    differentiates the chunk loss with respect to *those* tensors. A stage the chunk's later
+    segments pass through unchanged is usually the same tensor, but a wrapper may hand the
+    layer an identity-mapped copy per call (FSDP2 routes every tensor input of a unit through
+    its post-backward hook function), and a gradient taken at the last copy would miss the
+    chunk's earlier segments."""
+    for cs in find_cms_states(state):
+        for lv in layers[cs["__cms__"]].task_stages():
+            starts.setdefault((cs["__cms__"], lv.index), cs["fast"][lv.index])
+
+
+def _write(state: Any, layers: dict[str, CMSLayerModule], period: int, loss: Tensor,
+           starts: dict[tuple[str, int], tuple[Tensor, ...]]) -> None:
+    """θ ← θ − lr · sg(∇_θ loss) for every task stage of this period (one backward pass); θ is
+    the stage's weights at the start of the chunk (`_note_chunk_starts`)."""
+    sites = [(cs, lv.index, lv.lr, starts.pop((cs["__cms__"], lv.index)))
              for cs in find_cms_states(state)
              for lv in layers[cs["__cms__"]].task_stages() if lv.tokens == period]
-    weights = [w for cs, i, _ in sites for w in cs["fast"][i]]
+    weights = [w for *_, start in sites for w in start]
     if not weights:
         return
     grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
     it = iter(grads)
-    for cs, i, lr in sites:
+    for cs, i, lr, start in sites:
         fast = dict(cs["fast"])
         fast[i] = tuple(w if g is None else w - lr * g.detach()
-                        for w, g in zip(cs["fast"][i], it, strict=False))
+                        for w, g in zip(start, it, strict=False))
         cs["fast"] = fast

@@ -699,6 +699,24 @@ def _check_identity(p: Path, stored: dict[str, Any], current: dict[str, Any], fo
             "use the stored one, undo the change, or pass --force to load it anyway", diffs)
 
 
+def _is_sharded_model(model: Any) -> bool:
+    return any(hasattr(p, "device_mesh") for p in getattr(model, "parameters", list)())
+
+
+def _load_sharded(p: Path, meta: dict[str, Any], model: Any, optimizer: Any, device: str,
+                  restore_rng: bool, ranks: Any, level_params: dict[str, Any] | None) -> Checkpoint:
+    from nestdsl.runtime import sharded
+
+    extra, rng = sharded.load(p, meta, model=model, optimizer=optimizer, device=device,
+                              rank=getattr(ranks, "rank", 0), level_params=level_params)
+    ckpt = Checkpoint(path=p, step=int(meta["step"]), data_position=int(meta["data_position"]),
+                      spec_text=meta.get("spec_text", ""), spec_hash=meta.get("spec_hash", ""),
+                      model_state={}, optim_state=None, extra=extra, rng=rng, meta=meta)
+    if restore_rng:
+        ckpt.restore_rng()
+    return ckpt
+
+
 def _load_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device=device)
@@ -719,6 +737,8 @@ def load_checkpoint(
     device: str = "cpu",
     strict: bool = True,
     verify: bool = True,
+    ranks: Any = None,
+    level_params: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Load a checkpoint folder, or the newest complete one of a run folder.
 
@@ -728,6 +748,8 @@ def load_checkpoint(
     ``expected_hash``) alone the stored hash must match. With ``model`` /
     ``optimizer`` the states are loaded into them (``strict`` for the model). ``restore_rng``
     sets the process RNGs. ``verify`` checks the files' sha256. Never unpickles anything.
+    A sharded checkpoint (an FSDP run's, `runtime/sharded.py`) loads into any sharding of the
+    model: ``ranks`` is this process's place, ``level_params`` the persistent levels' parameters.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -762,13 +784,21 @@ def load_checkpoint(
     if meta.get("complete") is not True:
         raise UnreadableCheckpoint(f"checkpoint {p} is incomplete")
     tensors: dict[str, dict[str, torch.Tensor]] = {}
+    sharded = meta.get("layout") == "sharded"
     for fname, info in meta.get("files", {}).items():
         fp = p / fname
         if not fp.is_file():
             raise UnreadableCheckpoint(f"checkpoint {p} is missing {fname}")
         if verify and _sha256(fp) != info.get("sha256"):
             raise UnreadableCheckpoint(f"checkpoint file {fp} is corrupt (sha256 mismatch)")
-        tensors[fname] = _load_tensors(fp, device)
+        if not sharded:
+            tensors[fname] = _load_tensors(fp, device)
+    if sharded:
+        return _load_sharded(p, meta, model, optimizer, device, restore_rng, ranks, level_params)
+    if model is not None and _is_sharded_model(model):
+        raise CheckpointError(
+            f"checkpoint {p} was written by one process (or DDP); resume it that way, or under "
+            "--parallel ddp: a run under FSDP resumes from its own sharded checkpoints")
     model_state = unflatten_state(meta["model"], tensors.get(MODEL_FILE, {}))
     if isinstance(model_state, dict):
         model_state = OrderedDict(model_state)

@@ -80,8 +80,82 @@ def _other_text_in_run_vocabulary(path: Path, data: ir.TextData, spec: ir.Spec, 
                     tokenizer="bpe", vocab_size=data.vocab_size, trained_tokenizer=tokenizer)
 
 
+def _text_with_tokenizer_file(path: Path, data: ir.TextData | ir.ShardsData, spec: ir.Spec,
+                              run: Path) -> Any:
+    """`--task text --path OTHER` for a run whose ids come from a tokenizer file (a text
+    task's `tokenizer: PATH.json`, or the tokenizer a shard set was prepared with)."""
+    from nestdsl.runtime.tasks.text import TextTask
+    from nestdsl.runtime.train import _make_task
+
+    tokenizer = data.tokenizer if isinstance(data, ir.TextData) else "bytes"
+    if isinstance(data, ir.ShardsData):
+        shards = _make_task(data, spec, run)
+        rec = shards.shards.sidecar.tokenizer
+        if rec.get("kind") != "bytes":
+            tokenizer = str(shards.path / str(rec.get("file", "tokenizer.json")))
+    return TextTask(path, seq_len=data.seq_len, batch=data.batch, seed=data.seed,
+                    tokenizer=tokenizer)
+
+
 def _run_folder(ckpt: Path) -> Path:
     return ckpt if (ckpt / "latest").exists() or not (ckpt / "meta.json").exists() else ckpt.parent
+
+
+def read_documents(path: Path) -> list[tuple[str, str]]:
+    """(where, text) per document of `path`: each record of a ``.jsonl`` file (its ``"text"``
+    field, or the record itself when it is a string), each ``.txt`` file of a folder (sorted
+    as `load_corpus` reads them), or each non-empty line of any other file (its line break
+    dropped)."""
+    import json
+
+    from nestdsl.runtime.tasks.text import load_corpus
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path not found: {p}")
+    docs: list[tuple[str, str]] = []
+    if p.is_dir():
+        load_corpus(p)                                     # its errors: empty, no .txt files
+        for f in sorted(p.rglob("*")):
+            if f.suffix.lower() == ".txt" and f.is_file() and not f.name.startswith("."):
+                docs.append((str(f.relative_to(p)), f.read_bytes().decode("utf-8", "replace")))
+        return docs
+    text = load_corpus(p).decode("utf-8", errors="replace")
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if p.suffix.lower() == ".jsonl":
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: not a JSON record ({e.msg})") from None
+            doc = rec if isinstance(rec, str) else rec.get("text") if isinstance(rec, dict) else None
+            if not isinstance(doc, str):
+                raise DataError(f'{p}:{n}: a record needs a "text" string field')
+            docs.append((f"{p.name}:{n}", doc))
+        elif line:
+            docs.append((f"{p.name}:{n}", line))
+    if not docs:
+        raise DataError(f"no documents in {p}")
+    return docs
+
+
+def per_document_loglikelihoods(model: torch.nn.Module, spec: ir.Spec, ckpt: Path, path: Path,
+                                device: str = "cpu") -> list[dict[str, Any]]:
+    """Each document of `path` (`read_documents`) scored in one pass in the run's tokenizer,
+    after the prefix token (the harness's convention, `runtime/harness.py`): its summed
+    log-likelihood in nats, tokens and UTF-8 bytes."""
+    from nestdsl.runtime.harness import prefix_token, run_codec, score_documents
+
+    codec = run_codec(spec, _run_folder(ckpt))
+    prefix = prefix_token(codec)
+    docs = read_documents(path)
+    ids = [codec.encode(text) for _, text in docs]
+    scores = score_documents(model, ids, prefix, device=device)
+    return [{"doc": i, "source": where, "tokens": len(t), "bytes": len(text.encode("utf-8")),
+             "loglikelihood": ll, "greedy": greedy}
+            for i, ((where, text), t, (ll, greedy)) in enumerate(zip(docs, ids, scores, strict=True))]
 
 
 def evaluate(
@@ -97,8 +171,13 @@ def evaluate(
     out_png: Path | None = None,
     console: Console | None = None,
     force: bool = False,
+    per_document: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one evaluation and print a table; returns the numbers (for tests and scripts)."""
+    """Run one evaluation and print a table; returns the numbers (for tests and scripts).
+
+    `per_document` (text only): score each document of `text_path` (default: the spec's
+    corpus) in one full pass instead of random windows, write one JSON line per document to
+    that file (`per_document_loglikelihoods`) and report the totals."""
     from nestdsl.runtime.tasks import make_task, niah
     from nestdsl.runtime.train import _make_task, default_data
 
@@ -110,8 +189,10 @@ def evaluate(
     data = default_data(spec)
     if isinstance(data, ir.ContinualData):
         data = data.tasks[0]
-    if task == "spec" and isinstance(data, ir.TextData):
-        task = "text"
+    if task == "spec" and isinstance(data, ir.TextData | ir.ShardsData):
+        task = "text"            # token shards are text too: loss, perplexity, bits per byte
+    if per_document is not None and task != "text":
+        raise DataError(f"--per-document scores text documents; it needs --task text, not {task}")
     model = load_model(spec, ckpt, device, force=force, console=console)
 
     if task == "niah":
@@ -159,13 +240,21 @@ def evaluate(
         return {"niah": grid, "png": str(png)}
 
     if task == "text":
-        path = text_path or (Path(data.path) if isinstance(data, ir.TextData) else None)
+        path = text_path or (Path(data.path) if isinstance(data, ir.TextData | ir.ShardsData) else None)
         if path is None:
             raise DataError("--task text needs --path FILE (the spec's data section is not a text task)")
-        if isinstance(data, ir.TextData) and text_path is None:
+        if per_document is not None:
+            if isinstance(data, ir.ShardsData) and text_path is None:
+                raise DataError("--per-document scores text documents: give them with --path "
+                                "(token shards hold ids, not documents)")
+            return _per_document(model, spec, ckpt, path, per_document, device, console)
+        if isinstance(data, ir.TextData | ir.ShardsData) and text_path is None:
             t = _make_task(data, spec, _run_folder(ckpt))
         elif isinstance(data, ir.TextData) and data.tokenizer == "bpe":
             t = _other_text_in_run_vocabulary(path, data, spec, _run_folder(ckpt))
+        elif isinstance(data, ir.ShardsData) or (isinstance(data, ir.TextData)
+                                                 and data.tokenizer.endswith(".json")):
+            t = _text_with_tokenizer_file(path, data, spec, _run_folder(ckpt))
         else:
             tspec = ir.TextData(task="text", path=str(path), seq_len=data.seq_len, batch=data.batch, seed=data.seed)
             t = _make_task(tspec, spec, _run_folder(ckpt))
@@ -198,3 +287,30 @@ def evaluate(
         console.print(table)
         return result
     raise AssertionError(task)  # pragma: no cover - checked above
+
+
+def _per_document(model: torch.nn.Module, spec: ir.Spec, ckpt: Path, path: Path, out: Path,
+                  device: str, console: Console) -> dict[str, Any]:
+    import json
+
+    rows = per_document_loglikelihoods(model, spec, ckpt, path, device)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"cannot write {out}: {e.strerror or e}") from None
+    ll = sum(r["loglikelihood"] for r in rows)
+    n_tok, n_bytes = sum(r["tokens"] for r in rows), sum(r["bytes"] for r in rows)
+    loss = -ll / max(n_tok, 1)
+    result: dict[str, Any] = {
+        "documents": len(rows), "tokens": n_tok, "loglikelihood": ll, "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_byte": -ll / math.log(2) / max(n_bytes, 1), "per_document": str(out)}
+    table = Table(title=f"text · {spec.name} · {path} (each document in one pass)")
+    for k in ("documents", "tokens", "loglikelihood", "loss", "perplexity", "bits_per_byte"):
+        table.add_column(k, justify="right")
+    table.add_row(str(len(rows)), str(n_tok), *[f"{result[k]:.4f}" for k in
+                                                  ("loglikelihood", "loss", "perplexity", "bits_per_byte")])
+    console.print(table)
+    console.print(f"wrote {out}")
+    return result

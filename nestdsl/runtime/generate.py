@@ -119,14 +119,15 @@ class TaskCodec:
 
 def codec_for(spec: Any, make_task: Callable[[], Any]) -> ByteCodec | TaskCodec | None:
     """How prompts and outputs are written for this spec's data: bytes for a byte vocabulary,
-    the trained tokenizer for bpe text; None when the ids have no text form (use ids)."""
+    the data's tokenizer for bpe / tokenizer.json text and token shards; None when the ids have
+    no text form (use ids)."""
     from nestdsl.spec import ir
 
     data = spec.data
     if isinstance(data, ir.ContinualData):
         data = data.tasks[0]
-    if isinstance(data, ir.TextData) and data.tokenizer == "bpe":
-        return TaskCodec(make_task())
+    if isinstance(data, ir.ShardsData) or (isinstance(data, ir.TextData) and data.tokenizer != "bytes"):
+        return TaskCodec(make_task())     # bpe, a tokenizer.json, the shards' tokenizer
     return ByteCodec() if spec.model.vocab <= 256 else None
 
 

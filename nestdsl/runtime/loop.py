@@ -175,13 +175,14 @@ def _bad_memory(probes: list[tuple[str, Any]], snapshot: torch.Tensor | None) ->
     return ""
 
 
-def shard_batch(tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ranks: Ranks,
-                valid_count: Callable[[torch.Tensor, torch.Tensor], int]) -> tuple[Any, ...]:
-    """This rank's slice of the global batch and its loss weight (None in one process): DDP
-    averages the ranks' gradients; weighting each rank's mean loss by its share of the scored
-    tokens makes that average the gradient of the global-batch mean."""
+def rank_batch(task: Any, step: int, ranks: Ranks) -> tuple[Any, ...]:
+    """This rank's slice of the global batch of `step` (on the device) and its loss weight (None
+    in one process): the ranks' gradients are averaged; weighting each rank's mean loss by its
+    share of the scored tokens makes that average the gradient of the global-batch mean. The
+    task reads only this rank's rows when it can (`Task.rank_batch`)."""
+    batch, n_global = task.rank_batch(step, ranks.rank, ranks.world)
+    tokens, targets, mask = (t.to(ranks.device) for t in batch)
     if ranks.world == 1:
         return tokens, targets, mask, None
-    n_global = valid_count(targets, mask)
-    tokens, targets, mask = (t.chunk(ranks.world)[ranks.rank] for t in (tokens, targets, mask))
-    return tokens, targets, mask, valid_count(targets, mask) * ranks.world / max(n_global, 1)
+    valid = (targets != -100) & mask.to(torch.bool)
+    return tokens, targets, mask, int(valid.sum()) * ranks.world / max(n_global, 1)

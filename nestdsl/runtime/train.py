@@ -35,7 +35,8 @@ import torch
 
 from nestdsl.lower import telemetry
 from nestdsl.lower.inner import set_outer_step
-from nestdsl.runtime.loop import DivergenceGuard, LogWindow, Ranks, Throughput, shard_batch
+from nestdsl.runtime.distributed import DataParallel as _DataParallel
+from nestdsl.runtime.loop import DivergenceGuard, LogWindow, Ranks, Throughput, rank_batch
 from nestdsl.runtime.preempt import Preemption
 from nestdsl.runtime.resume import LoopState, extra_of
 from nestdsl.runtime.resume import restore as resume_from
@@ -242,29 +243,50 @@ def _valid_count(targets: torch.Tensor, mask: torch.Tensor | None) -> int:
     return int(valid.sum())
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP parameter (a DTensor); any other tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 def _finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter and buffer is finite (one host sync)."""
-    flags = [torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    """Whether every parameter and buffer (this rank's shards of them) is finite (one host sync)."""
+    flags = [torch.isfinite(_local(t)).all() for t in (*model.parameters(), *model.buffers())
+             if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
 
 
 def _make_task(data_spec: ir.Data, spec: ir.Spec, run_dir: Path) -> Any:
-    """The task; a relative text path is tried against the working directory, then the spec's
-    folder. A locally trained BPE tokenizer is cached in the run folder."""
+    """The task; a relative text or shards path (and a text task's tokenizer.json) is tried
+    against the working directory, then the spec's folder. A locally trained BPE tokenizer is
+    cached in the run folder."""
     from nestdsl.runtime.tasks import make_task
 
     base_dir = None
     src = getattr(spec, "source_file", None)
 
+    def _missing(p: str) -> bool:
+        return not Path(p).expanduser().is_absolute() and not Path(p).expanduser().exists()
+
     def _rel_missing(d: Any) -> bool:
-        return getattr(d, "task", None) == "text" and not Path(d.path).expanduser().is_absolute() \
-            and not Path(d.path).expanduser().exists()
+        return getattr(d, "task", None) in ("text", "shards") and _missing(d.path)
+
+    def _tokenizer_here(d: Any) -> Any:
+        tok = getattr(d, "tokenizer", "")
+        if src and getattr(d, "task", None) == "text" and tok.lower().endswith(".json") \
+                and _missing(tok) and (Path(src).parent / tok).exists():
+            return d.model_copy(update={"tokenizer": str(Path(src).parent / tok)})
+        return d
 
     subs = data_spec.tasks if isinstance(data_spec, ir.ContinualData) else [data_spec]
     if src and any(_rel_missing(d) for d in subs):
         cand = Path(src).parent
         if all((cand / cast(ir.TextData, d).path).exists() for d in subs if _rel_missing(d)):
             base_dir = cand
+    if isinstance(data_spec, ir.ContinualData):
+        data_spec = data_spec.model_copy(update={"tasks": [_tokenizer_here(d) for d in subs]})
+    else:
+        data_spec = _tokenizer_here(data_spec)
     return make_task(data_spec, base_dir=base_dir, cache_dir=run_dir)
 
 
@@ -298,6 +320,7 @@ def train(
     say: Callable[[str], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     preemption: bool = True,
+    parallel: str | None = None,
 ) -> TrainResult:
     """Train `spec` into `run_dir`; see the module docstring for the guarantees.
 
@@ -311,6 +334,7 @@ def train(
     what the loop is doing between log steps: "compiling" before a compiled run's first step,
     "" once that step is done. `preemption`: SIGTERM / SIGINT finish the current step, checkpoint
     it and return (`TrainResult.stopped_by`; a second signal raises `preempt.Interrupted`).
+    `parallel` ("ddp" | "fsdp") overrides `train.parallel` under torchrun (`runtime/distributed`).
     """
     from nestdsl.runtime.metrics import MetricsWriter
 
@@ -324,17 +348,21 @@ def train(
     ranks = Ranks(distributed.rank, distributed.world_size, device) if distributed else Ranks(device=device)
     task = _inputs(spec, data_spec, run_dir, ranks, resume)
     seed_everything(train_cfg.seed)
-    system, level_opts = _system(spec, device, use_compile, kernels, ranks)
+    parallel = parallel or train_cfg.parallel
+    system = _system(spec, device, use_compile, kernels, ranks, parallel)
     model = system.model
     opt_spec = spec.outer_optimizer or DEFAULT_OPTIMIZER
-    loss_module: torch.nn.Module = distributed.wrap(LossModule(model)) if distributed else LossModule(model)
+    dp = _DataParallel.wrap(system, distributed, parallel, train_cfg.precision)
+    level_opts = build_level_optimizers(system, opt_spec)
+    if dp.sharded:
+        _check_shardable(level_opts)
     autocast: contextlib.AbstractContextManager[Any] = (
         torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-        if train_cfg.precision == "bf16" else contextlib.nullcontext())
+        if train_cfg.precision == "bf16" and not dp.sharded else contextlib.nullcontext())
 
     run_dir.mkdir(parents=True, exist_ok=True)
     loop = (resume_from(run_dir, model=model, level_opts=level_opts, record=spec_rec,
-                        device=device, rank=ranks.rank, force=force, say=say)
+                        device=device, rank=ranks.rank, force=force, say=say, ranks=ranks)
             if resume else LoopState.fresh(device))
     start_step = loop.step
     if start_step == 0:
@@ -362,10 +390,7 @@ def train(
             set_outer_step(model, step)          # inner-lr warm-ups (rule.lr_warmup)
             if reset_every and step and step % reset_every == 0:
                 _reset_optimizers(level_opts)     # a task switch with `optimizer_at_switch: reset`
-            batch = task.batch(step)
-            tokens, targets, mask, scale = shard_batch(
-                batch.tokens.to(device), batch.targets.to(device), batch.loss_mask.to(device), ranks,
-                _valid_count)
+            tokens, targets, mask, scale = rank_batch(task, step, ranks)
             done = step + 1
             is_log = done % train_cfg.log_every == 0 or done == total_steps
             is_ckpt = done % train_cfg.ckpt_every == 0 or done == total_steps
@@ -373,8 +398,9 @@ def train(
                 telemetry.recording() if train_cfg.telemetry and is_log and ranks.rank == 0
                 else contextlib.nullcontext({}))
             with recorder as inner_stats, autocast:
-                loss = loss_module(tokens, targets, mask, scale)
+                loss = dp.module(tokens, targets, mask, scale)
             loss.backward()
+            dp.after_backward()
             guard.observe(loss, step)
             window.add(loss)
             factor = lr_factor(train_cfg, step)
@@ -395,13 +421,15 @@ def train(
             if is_ckpt:
                 if not is_log:                    # never checkpoint a diverged state
                     guard.check(ranks, diverged)
-                _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip)
-                _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec)
-            if ranks.any_(stop.requested):    # SIGTERM / SIGINT: this step is done
+                _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip, ranks)
+                _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec,
+                      dp.sharded)
+            if ranks.any_(stop.requested):        # SIGTERM / SIGINT: the step is done, checkpoint
                 if not is_ckpt:
                     guard.check(ranks, diverged)
-                    _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip)
-                    _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec)
+                    _check_parameters(model, run_dir, done, spec, opt_spec, grad_clip, ranks)
+                    _save(run_dir, done, ranks, model, level_opts, window, spec_text, spec_rec,
+                          dp.sharded)
                 stopped_by, total_steps = stop.name or "a signal on another rank", done
                 break
 
@@ -470,8 +498,8 @@ def _inputs(spec: ir.Spec, data_spec: ir.Data, run_dir: Path, ranks: Ranks, resu
 
 
 def _system(spec: ir.Spec, device: str, use_compile: bool, kernels: dict[str, str] | None,
-            ranks: Ranks) -> tuple[CompiledSystem, list[LevelOptimizer]]:
-    """The compiled model (after its size check) and one optimizer per clock."""
+            ranks: Ranks, parallel: str) -> CompiledSystem:
+    """The compiled model (after its size check)."""
     import nestdsl
     from nestdsl.lower.common import BuildContext, CompileConfig
     from nestdsl.lower.size import check_size
@@ -482,21 +510,22 @@ def _system(spec: ir.Spec, device: str, use_compile: bool, kernels: dict[str, st
         system = nestdsl.compile(spec, device=device, compile=use_compile, kernels=kernels)
     except ValueError as e:       # an unknown kernel or memory name in `kernels`
         raise TrainConfigError(str(e)) from None
-    if ranks.world > 1 and getattr(system.model, "uses_task_sweep", False):
-        raise TrainConfigError(
-            "this model's loss trains in-context CMS levels through the chunked task sweep "
-            "(torch.autograd.grad inside the forward), which DistributedDataParallel cannot "
-            "synchronise; train it in one process, or use `signal: local` for its CMS stages"
-        )
-    return system, build_level_optimizers(system, spec.outer_optimizer or DEFAULT_OPTIMIZER)
+    return system
 
 
 def _save(run_dir: Path, step: int, ranks: Ranks, model: torch.nn.Module,
           level_opts: list[LevelOptimizer], window: LogWindow, spec_text: str,
-          spec_rec: dict[str, Any]) -> None:
-    """Rank 0 writes the checkpoint of `step`; every rank learns whether it succeeded."""
+          spec_rec: dict[str, Any], sharded: bool = False) -> None:
+    """Rank 0 writes the checkpoint of `step` (FSDP: every rank writes its shards, rank 0 the
+    rest); every rank learns whether it succeeded."""
     from nestdsl.runtime import checkpoint as ckpt
 
+    if sharded:
+        from nestdsl.runtime import sharded as sharded_ckpt
+
+        sharded_ckpt.save(run_dir, step, ranks=ranks, model=model, level_opts=level_opts,
+                          loop=window.state(step), spec_text=spec_text, spec_record=spec_rec)
+        return
     error: BaseException | None = None
     if ranks.rank == 0:
         try:
@@ -510,6 +539,24 @@ def _save(run_dir: Path, step: int, ranks: Ranks, model: torch.nn.Module,
         if error is not None:
             raise error
         raise TrainConfigError(f"rank 0 could not write the checkpoint of step {step}; stopped")
+
+
+#: Optimizers whose update is element-wise, so FSDP's shards of a parameter update independently
+#: (Muon-style orthogonalisation and DGD need whole matrices).
+SHARDABLE_OPTIMIZERS = ("AdamW", "MomentumSGD")
+
+
+def _check_shardable(level_opts: list[LevelOptimizer]) -> None:
+    for lo in level_opts:
+        leaves = getattr(lo.optimizer, "optimizers", [lo.optimizer])
+        for opt in leaves:
+            kind = type(opt).__name__
+            orthogonal = any(g.get("output", "identity") != "identity" for g in opt.param_groups)
+            if kind not in SHARDABLE_OPTIMIZERS or orthogonal or lo.hooks:
+                raise TrainConfigError(
+                    f"parallel: fsdp shards every parameter, and the {kind} optimizer (level "
+                    f"'{lo.name}') updates whole matrices; use an element-wise optimizer "
+                    f"(adamw, sgd-momentum) or `--parallel ddp`")
 
 
 def _spec_record(spec: ir.Spec, total_steps: int, spec_text: str | None) -> tuple[dict[str, Any], str]:
@@ -545,11 +592,12 @@ def _log_record(done: int, mean_loss: float, lr: float, speed: Throughput,
 
 
 def _check_parameters(model: torch.nn.Module, run_dir: Path, done: int, spec: ir.Spec,
-                      opt_spec: ir.Optimizer, grad_clip: float | None) -> None:
-    """A finite loss can still be followed by an update that overflows the parameters."""
+                      opt_spec: ir.Optimizer, grad_clip: float | None, ranks: Ranks) -> None:
+    """A finite loss can still be followed by an update that overflows the parameters (every
+    rank checks its shards; they agree)."""
     from nestdsl.runtime import checkpoint as ckpt
 
-    if _finite(model):
+    if ranks.all_ok(_finite(model)):
         return
     last = ckpt.find_latest(run_dir)
     since = f"after step {ckpt.read_meta(last)['step']}" if last is not None else "since the start"

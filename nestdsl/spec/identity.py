@@ -27,11 +27,13 @@ __all__ = ["RUN_FIELDS", "Difference", "canonical", "differences", "identity", "
            "record", "run_fields"]
 
 #: Fields that may change between a checkpoint and the spec that loads it: how long the run is,
-#: how it logs and checkpoints, whether it is compiled (the same function), names and docs.
+#: how it logs and checkpoints, whether it is compiled (the same function), how processes share
+#: it (a run may resume under another `parallel`), names and docs.
 RUN_FIELDS: tuple[tuple[str, ...], ...] = (
     ("name",), ("doc",),
     ("train", "steps"), ("train", "log_every"), ("train", "ckpt_every"),
     ("train", "telemetry"), ("train", "state_norm_warn"), ("train", "compile"),
+    ("train", "parallel"),
 )
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     WithJsonSchema,
     model_serializer,
 )
+from pydantic_core import PydanticCustomError
 
 # Re-exported (`X as X`): the spec's types are named as `ir.X` throughout nestdsl.
 from nestdsl.spec.node import Node as Node
@@ -484,14 +485,40 @@ class _Data(Node):
     seed: int = 0
 
 
+def _tokenizer_name(value: Any) -> Any:
+    """`bytes`, `bpe`, or the path of a local tokenizer.json. A word that is neither (`bpee`, or
+    not a string) is refused as the literal it meant to be; a path is refused unless it names a
+    .json file."""
+    if isinstance(value, str) and (value in ("bytes", "bpe") or value.lower().endswith(".json")):
+        return value
+    if isinstance(value, str) and (any(c in value for c in "/\\.") or value.strip() != value):
+        raise ValueError(f"a tokenizer file must be a tokenizer.json (a path ending in .json), "
+                         f"got {value!r}")
+    raise PydanticCustomError("literal_error", "Input should be 'bytes' or 'bpe'",
+                              {"expected": "'bytes' or 'bpe'"})
+
+
+TokenizerName = Annotated[Union[Literal["bytes", "bpe"], str], BeforeValidator(_tokenizer_name)]
+
+
 class TextData(_Data):
-    """Byte-level (or locally trained BPE) language modelling on a text file or folder."""
+    """Language modelling on a text file or folder: bytes, a local BPE or a tokenizer.json."""
 
     task: Literal["text"]
     path: str
-    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    tokenizer: TokenizerName = "bytes"
     vocab_size: int | None = Field(default=None, ge=2, description="bpe vocabulary size")
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
+
+
+class ShardsData(_Data):
+    """Language modelling on a folder of token shards written by `nestdsl data prepare`
+    (docs/own-data.md): memory-mapped, the vocabulary and tokenizer from its shards.json."""
+
+    task: Literal["shards"] = Field(description="task (the discriminator)")
+    path: str = Field(description="the folder `nestdsl data prepare` wrote (with its shards.json); "
+                                  "a relative path is tried against the working folder, then the "
+                                  "spec's folder")
 
 
 class MQARData(_Data):
@@ -520,7 +547,8 @@ class ContinualData(_Data):
     """A sequence of tasks with switch points, for forgetting studies."""
 
     task: Literal["continual"]
-    tasks: list[Annotated[Union[TextData, MQARData, NIAHData, CopyData], Field(discriminator="task")]] = Field(
+    tasks: list[Annotated[Union[TextData, ShardsData, MQARData, NIAHData, CopyData],
+                          Field(discriminator="task")]] = Field(
         min_length=2
     )
     switch_every: int = Field(default=100, ge=1, description="steps per task")
@@ -531,9 +559,10 @@ class ContinualData(_Data):
 
 
 Data = Annotated[
-    Union[TextData, MQARData, NIAHData, CopyData, ContinualData], Field(discriminator="task")
+    Union[TextData, ShardsData, MQARData, NIAHData, CopyData, ContinualData],
+    Field(discriminator="task"),
 ]
-DATA_TASKS = ("text", "mqar", "niah", "copy", "continual")
+DATA_TASKS = ("text", "shards", "mqar", "niah", "copy", "continual")
 
 
 class InitFrom(Node):
@@ -558,6 +587,12 @@ class Train(Node):
     log_every: int = Field(default=10, ge=1)
     ckpt_every: int = Field(default=100, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="how torchrun's processes share the model: ddp (each holds all of it, "
+        "gradients all-reduced) or fsdp (FSDP2: parameters, gradients and optimizer states "
+        "sharded per block, sharded checkpoints); one process ignores it; `--parallel` overrides "
+        "it")
     compile: bool | Literal["auto"] = Field(
         default="auto",
         description="torch.compile the training step; auto: on for CUDA, off for CPU (a cold "

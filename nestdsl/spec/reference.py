@@ -96,7 +96,8 @@ FIELD_NOTES: dict[tuple[type[BaseModel], str], str] = {
                            "path is tried against the working folder, then the spec's folder",
     (ir.TextData, "tokenizer"): "bytes: one token per byte (256 ids); bpe: a byte-level BPE trained "
                                 "on the corpus (optional `tokenizers` package), cached in the run "
-                                "folder",
+                                "folder; or the path of a local tokenizer.json (its vocabulary is "
+                                "the file's)",
     (ir.TextData, "val_fraction"): "the last fraction of the token stream, held out for validation",
     (ir.MQARData, "task"): "task (the discriminator)",
     (ir.MQARData, "num_pairs"): "key-value pairs before the queries (at most 127)",

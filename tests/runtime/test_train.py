@@ -416,37 +416,6 @@ def _fake_dist(world: int = 2) -> Any:
     return SimpleNamespace(rank=0, world_size=world, device="cpu", wrap=wrap)
 
 
-def test_ddp_refuses_task_sweep_models(tmp_path, monkeypatch):
-    import nestdsl
-    from nestdsl.runtime.train import TrainConfigError
-
-    base = S.factory()
-
-    def with_sweep(spec: Any, **kw: Any) -> Any:
-        system = base(spec, **kw)
-        system.model.uses_task_sweep = True  # its loss calls torch.autograd.grad in forward
-        return system
-
-    monkeypatch.setattr(nestdsl, "compile", with_sweep)
-    spec = S.text_spec(tmp_path, steps=2)
-    with pytest.raises(TrainConfigError, match="task sweep"):
-        _train(spec, tmp_path / "run", distributed=_fake_dist())
-
-
-@pytest.mark.slow
-def test_ddp_refuses_hope_with_its_task_sweep(tmp_path):
-    from nestdsl.runtime.train import TrainConfigError
-
-    spec = preset_spec(tmp_path, "hope", steps=2, levels=HOPE_FAST_LEVELS,
-                       data={"task": "mqar", "seq_len": 64, "batch": 4, "num_pairs": 4})
-    import nestdsl
-
-    if not getattr(nestdsl.compile(load_spec(spec), compile=False).model, "uses_task_sweep", False):
-        pytest.skip("this hope lowering does not use the task sweep")
-    with pytest.raises(TrainConfigError, match="task sweep"):
-        _train(spec, tmp_path / "run", distributed=_fake_dist())
-
-
 def test_ddp_refuses_indivisible_batch(tmp_path, monkeypatch):
     from nestdsl.runtime.train import TrainConfigError
 

@@ -1,6 +1,7 @@
 """Seeded, deterministic task generators and the factory that builds one from the spec IR.
 
-Every task has ``vocab_size``, ``seq_len``, ``batch_size``, ``seed`` and
+Every task (``text``, ``shards``, ``mqar``, ``niah``, ``copy``, ``continual``) has
+``vocab_size``, ``seq_len``, ``batch_size``, ``seed`` and
 ``batch(step, split="train") -> Batch(tokens, targets, loss_mask)``, a pure function of
 ``(seed, step, split)``; recall tasks score with ``accuracy(logits_or_predictions, targets, mask)``
 (exact match per sample over the answer positions). See :mod:`nestdsl.runtime.tasks.base` for
@@ -17,6 +18,7 @@ from nestdsl.runtime.tasks.continual import ContinualTask, derive_seed
 from nestdsl.runtime.tasks.copy import CopyTask
 from nestdsl.runtime.tasks.mqar import MQARTask
 from nestdsl.runtime.tasks.niah import NIAHTask, min_seq_len
+from nestdsl.runtime.tasks.shards import ShardTask
 from nestdsl.runtime.tasks.text import TextTask
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "DataError",
     "MQARTask",
     "NIAHTask",
+    "ShardTask",
     "Task",
     "TextTask",
     "accuracy",
@@ -44,11 +47,11 @@ def make_task(
     base_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Task:
-    """Build the task described by an IR data node (``TextData``, ``MQARData``, ...).
+    """Build the task described by an IR data node (``TextData``, ``ShardsData``, ``MQARData``, ...).
 
     ``seq_len``/``batch`` override the node's values (e.g. an evaluation length sweep).
-    ``base_dir`` resolves a relative text ``path`` (e.g. the spec file's folder; default: the
-    working directory); ``cache_dir`` is where a locally trained BPE tokenizer is cached.
+    ``base_dir`` resolves a relative text or shards ``path`` (e.g. the spec file's folder;
+    default: the working directory); ``cache_dir`` is where a locally trained BPE tokenizer is cached.
     For ``continual`` the node's own ``seq_len``/``batch`` (or the overrides) apply to every
     sub-task.
     """
@@ -57,6 +60,10 @@ def make_task(
         from nestdsl.runtime.tasks import text
 
         return text.make(data_spec, seq_len=seq_len, batch=batch, base_dir=base_dir, cache_dir=cache_dir)
+    if kind == "shards":
+        from nestdsl.runtime.tasks import shards
+
+        return shards.make(data_spec, seq_len=seq_len, batch=batch, base_dir=base_dir)
     if kind == "mqar":
         from nestdsl.runtime.tasks import mqar
 

@@ -139,6 +139,18 @@ class Task(ABC):
     def batch(self, step: int, split: str = "train") -> Batch:
         """The batch for optimizer step ``step`` of ``split`` (a pure function of seed/step/split)."""
 
+    def rank_batch(self, step: int, rank: int, world: int, split: str = "train") -> tuple[Batch, int]:
+        """Rank ``rank``'s rows of the global batch of ``step`` (contiguous, ``batch / world``
+        of them) and the number of scored positions in the whole global batch (the loss weight
+        of data parallelism needs it). This default builds the global batch and slices it; a
+        task that can read only its rows (token shards) overrides it."""
+        full = self.batch(step, split)
+        valid = full.targets != -100
+        n_global = int((valid & full.loss_mask.to(torch.bool)).sum())
+        if world == 1:
+            return full, n_global
+        return Batch(*(t.chunk(world)[rank] for t in full)), n_global
+
     def accuracy(
         self, logits_or_predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
     ) -> float:

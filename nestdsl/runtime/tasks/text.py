@@ -6,6 +6,9 @@ Tokenisers:
 * ``bpe``: a byte-level BPE tokenizer trained locally on the corpus with the optional
   ``tokenizers`` package (``pip install 'nestdsl[bpe]'``). With ``cache_dir`` the trained
   tokenizer is saved there as ``tokenizer-bpe<V>-<corpus sha>.json`` and reused.
+* ``PATH.json``: a local ``tokenizer.json`` (e.g. GPT-2's), read with
+  ``tokenizers.Tokenizer.from_file``; its vocabulary is the file's. Text is encoded without the
+  tokenizer's own special tokens (a post-processor would add them to every chunk).
 
 A folder is read recursively: every ``*.txt`` file (case-insensitive, hidden files skipped) in
 sorted path order, joined with a newline. The token stream is split once: the first
@@ -79,6 +82,22 @@ def _require_tokenizers() -> Any:
     return tokenizers
 
 
+def _json_tokenizer(path: Path) -> Any:
+    """A local tokenizer.json (a missing or unreadable file is a DataError)."""
+    if not path.is_file():
+        raise DataError(f"tokenizer file not found: {path}")
+    try:
+        import tokenizers
+    except ImportError:
+        raise DataError(f"tokenizer {path.name} needs the optional 'tokenizers' package: "
+                        "pip install 'nestdsl[data]'") from None
+    try:
+        return tokenizers.Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the library's parse errors have no common type
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        raise DataError(f"cannot read tokenizer {path}: {first}") from None
+
+
 def _text_chunks(text: str, size: int = 1 << 20) -> Iterator[str]:
     """Cut text into pieces of about ``size`` characters at line ends (keeps every character)."""
     start = 0
@@ -90,6 +109,14 @@ def _text_chunks(text: str, size: int = 1 << 20) -> Iterator[str]:
                 end = nl + 1
         yield text[start:end]
         start = end
+
+
+def _encode(tok: Any, text: str, **kw: Any) -> np.ndarray:
+    """The ids of ``text``, encoded in chunks of about 1 MiB cut at line ends (int32)."""
+    out: list[int] = []
+    for enc in tok.encode_batch(list(_text_chunks(text)), **kw):
+        out.extend(enc.ids)
+    return np.asarray(out, dtype=np.int32)
 
 
 def _bpe_tokenizer(text: str, vocab_size: int, corpus_sha: str, cache_dir: Path | None) -> Any:
@@ -171,6 +198,15 @@ class TextTask(Task):
             self.vocab_size = 256
             ids = np.frombuffer(raw, dtype=np.uint8)
             unit = "bytes"
+        elif tokenizer.lower().endswith(".json"):
+            if vocab_size is not None:
+                raise DataError(f"data.vocab_size is for tokenizer: bpe; the tokenizer file "
+                                f"{tokenizer} has its own vocabulary (remove data.vocab_size)")
+            self.tokenizer = trained_tokenizer or _json_tokenizer(Path(tokenizer).expanduser())
+            self.vocab_size = int(self.tokenizer.get_vocab_size(with_added_tokens=True))
+            text = raw.decode("utf-8", errors="replace")
+            ids = _encode(self.tokenizer, text, add_special_tokens=False)
+            unit = "tokens"
         elif tokenizer == "bpe":
             v = int(vocab_size) if vocab_size is not None else DEFAULT_BPE_VOCAB
             if v < 257:
@@ -180,13 +216,11 @@ class TextTask(Task):
             self.tokenizer = trained_tokenizer or _bpe_tokenizer(
                 text, v, sha, Path(cache_dir) if cache_dir else None)
             self.vocab_size = int(self.tokenizer.get_vocab_size())
-            out: list[int] = []
-            for enc in self.tokenizer.encode_batch(list(_text_chunks(text))):
-                out.extend(enc.ids)
-            ids = np.asarray(out, dtype=np.int32)
+            ids = _encode(self.tokenizer, text)
             unit = "tokens"
         else:
-            raise DataError(f"unknown tokenizer {tokenizer!r} (expected 'bytes' or 'bpe')")
+            raise DataError(f"unknown tokenizer {tokenizer!r} (expected 'bytes', 'bpe' or a "
+                            f"tokenizer.json file)")
         need = self.seq_len + 1
         n = int(ids.shape[0])
         if n < need:
@@ -234,6 +268,8 @@ class TextTask(Task):
         """Token ids of a string."""
         if self.tokenizer is None:
             return list(text.encode("utf-8"))
+        if self.tokenizer_kind != "bpe":      # a tokenizer.json: no special tokens, as the corpus
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
         return list(self.tokenizer.encode(text).ids)
 
     def decode(self, ids: Any) -> str:
@@ -256,13 +292,19 @@ def make(
     path = Path(spec.path).expanduser()
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
+    tokenizer = spec.tokenizer
+    if tokenizer.lower().endswith(".json"):
+        tok = Path(tokenizer).expanduser()
+        if base_dir is not None and not tok.is_absolute() and not tok.exists() \
+                and (Path(base_dir) / tok).exists():
+            tokenizer = str(Path(base_dir) / tok)
     return TextTask(
         path,
         seq_len=seq_len if seq_len is not None else spec.seq_len,
         batch=batch if batch is not None else spec.batch,
         seed=spec.seed,
         val_fraction=spec.val_fraction,
-        tokenizer=spec.tokenizer,
+        tokenizer=tokenizer,
         vocab_size=spec.vocab_size,
         cache_dir=cache_dir,
     )
