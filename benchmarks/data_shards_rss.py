@@ -22,7 +22,7 @@ shared and reclaimable page cache; `rss_anon_mb` is the memory that would be a l
 not move. The record holds the ratios large/small (≈ 1 when memory does not grow with the
 corpus). The folders are deleted afterwards.
 
-    python benchmarks/data_shards_rss.py --out benchmarks/results/data_shards_rss.json
+    python benchmarks/data_shards_rss.py --out benchmarks/results/data-shards-rss-cpu-<date>.json
 """
 
 from __future__ import annotations

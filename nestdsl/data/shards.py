@@ -417,6 +417,21 @@ class ShardSet:
             self._maps[key] = mm
         return mm
 
+    def release(self) -> None:
+        """Unmap the pages the reads touched from this process (``MADV_DONTNEED``; they stay in
+        the page cache). With the file cached, the kernel maps a whole large folio per fault,
+        so without this a long run's resident memory grew towards the size of the hot shards
+        (1.17 GB after 200 batches from a cached 1 GB set, 239 MB for a 10 MB one). Called
+        after every batch; a no-op where the platform has no ``madvise``."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        for mm in self._maps.values():
+            handle = getattr(mm, "_mmap", None)
+            if handle is not None and advice is not None and hasattr(handle, "madvise"):
+                try:
+                    handle.madvise(advice)
+                except OSError:
+                    pass
+
     def window(self, split: str, index: int, start: int, length: int) -> np.ndarray:
         """``length`` ids of shard ``index`` from ``start``, copied out of the map."""
         return np.asarray(self.memmap(split, index)[start:start + length])

@@ -9,7 +9,10 @@ lose the work since its last periodic checkpoint:
   write) and returns; the CLI exits with `EXIT_PREEMPTED` and says how to resume;
 - a second signal stops at once (`Interrupted`, exit 128 + signal number as a shell reports it).
   Nothing is corrupted: a checkpoint being written lives in a temporary folder until its final
-  rename, so the previous checkpoint stays the newest one `find_latest` returns.
+  rename, so the previous checkpoint stays the newest one `find_latest` returns. A second signal
+  within `DUPLICATE_S` of the first is the same notice delivered twice, not a second request:
+  a scheduler that signals the whole job (Slurm's SIGTERM to every process of the step) reaches
+  each worker directly and once more through torchrun, which forwards the SIGTERM it received.
 
 Under torchrun every rank gets the signal, but not at the same instant: the ranks agree on
 stopping once per step (`Ranks.any_`), so they all checkpoint the same step. Handlers are
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -31,6 +35,9 @@ __all__ = ["EXIT_PREEMPTED", "Interrupted", "Preemption"]
 EXIT_PREEMPTED = 75
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+#: Seconds within which a repeated signal counts as the first one delivered again.
+DUPLICATE_S = 1.0
 
 
 class Interrupted(BaseException):
@@ -45,9 +52,11 @@ class Interrupted(BaseException):
 class Preemption:
     """`with Preemption() as stop:` … `if stop.requested:` checkpoint and leave the loop."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, duplicate_s: float = DUPLICATE_S) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.duplicate_s = duplicate_s
         self.signum: int | None = None
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     @property
@@ -59,9 +68,12 @@ class Preemption:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.signum is not None:
+            if now - self._first < self.duplicate_s:
+                return                       # the same notice, delivered twice
             raise Interrupted(signum)
-        self.signum = signum
+        self.signum, self._first = signum, now
 
     def __enter__(self) -> Preemption:
         if self.enabled:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,26 @@ def test_fsdp_titans_matches_one_process(tmp_path):
     meta = ck.read_meta(ck.find_latest(tmp_path / "fsdp"))
     assert meta["layout"] == "sharded" and meta["world_size"] == 2
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(meta["files"])
+
+    # SIGTERM to torchrun (which forwards it to its workers) at a step of its choosing: the
+    # ranks agree on the step, checkpoint it (sharded) and exit 75; --resume continues bitwise
+    run = tmp_path / "term"
+    proc = subprocess.Popen([*_torchrun(), "-m", "nestdsl", "train", str(spec), "--out", str(run),
+                             "--no-compile", "-q", "--parallel", "fsdp"],
+                            env=S.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").exists()
+               and len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, errs = proc.communicate(timeout=240)
+    stopped = ck.read_meta(ck.find_latest(run))["step"]
+    assert 3 <= stopped < 20 and f"stopped by SIGTERM after step {stopped}" in errs, errs[-3000:]
+    assert "exit 75" in errs
+    _train(_torchrun(), spec, run, "--parallel", "fsdp", "--resume")
+    assert _losses(run) == _losses(tmp_path / "fsdp")
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ import time
 import nestdsl.runtime.checkpoint as ck
 _fsync = ck._fsync_dir
 def _slow(path):
-    time.sleep(0.3)
+    time.sleep(3.0)
     _fsync(path)
 ck._fsync_dir = _slow
 from nestdsl.cli import main"""
@@ -97,8 +97,8 @@ def test_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, sig):
 @pytest.mark.slow
 def test_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     spec = S.text_spec(tmp_path, steps=STEPS, log_every=1, ckpt_every=2)
-    # every checkpoint write sleeps 0.3 s after its files are written: the second signal lands
-    # inside a write, before its rename
+    # every checkpoint write sleeps 2 x 3 s after its files are written: the second signal,
+    # 1.5 s after the first (later than a duplicate delivery), lands inside a write
     driver = S.write_driver(tmp_path / "driver.py")
     driver.write_text(driver.read_text().replace("from nestdsl.cli import main", SLOW_SAVE))
     b = tmp_path / "B"
@@ -107,7 +107,7 @@ def test_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
     while not (b / "latest").exists():
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.05)
+    time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
     out, errs = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out + errs
@@ -119,12 +119,18 @@ def test_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path):
 
 
 def test_preemption_flag_then_interrupt_in_process():
-    with Preemption() as stop:
+    with Preemption(duplicate_s=0.0) as stop:
         assert not stop.requested
         signal.raise_signal(signal.SIGTERM)
         assert stop.requested and stop.name == "SIGTERM"
         with pytest.raises(Interrupted):
             signal.raise_signal(signal.SIGINT)
+    # a repeat within the window is the same notice delivered twice (a job-wide SIGTERM that
+    # torchrun forwards as well): still one graceful stop
+    with Preemption(duplicate_s=60.0) as stop:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested and stop.name == "SIGTERM"
     # the previous handlers are back: SIGINT raises KeyboardInterrupt again
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)

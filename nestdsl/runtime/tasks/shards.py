@@ -99,6 +99,7 @@ class ShardTask(Task):
         out = np.empty((shard.shape[0], L), dtype=np.int64)
         for r, (j, o) in enumerate(zip(shard.tolist(), offset.tolist(), strict=True)):
             out[r] = self.shards.window(split, j, o, L)
+        self.shards.release()          # resident memory stays flat with the set's size
         return out
 
     def batch(self, step: int, split: str = "train") -> Batch:
