@@ -158,8 +158,10 @@ def test_vocab_tokenizer_and_bytes_per_token_from_the_sidecar(tmp_path):
     val = sc.splits["val"]
     assert task.bytes_per_token == pytest.approx(val.source_bytes / val.tokens) and task.bytes_per_token > 1.5
     assert task.num_tokens == sc.totals()["tokens"]
+    assert task.eot_token_id == task.encode("<|endoftext|>")[0] == sc.separator["ids"][0]
     assert ShardTask(constant_shards(tmp_path / "c", [40]), seq_len=8).decode([104, 105]) == "hi"
     assert not hasattr(ShardTask(tmp_path / "c", seq_len=8), "bytes_per_token")  # unknown bytes
+    assert ShardTask(tmp_path / "c", seq_len=8).eot_token_id is None      # no eos separator
 
 
 def test_make_task_from_the_ir(prepared):

@@ -1,7 +1,8 @@
 """Training past one process (`runtime/distributed.py`, `runtime/sharded.py`).
 
 Under torchrun with two gloo processes on CPU: FSDP2 training of titans-lmm and hope gives the
-one-process loss curve on the same global batch; a run stopped at step 10 resumes from its
+one-process loss curve on the same global batch (12 steps here; benchmarks/parallel_agreement.py
+measures 20 at twice the width); a run stopped halfway resumes from its
 sharded checkpoint on one process and on two and continues on the same curve (bitwise on the
 same process count); the converter turns the sharded checkpoint into the one-process format;
 DDP trains hope with its piecewise CMS task sweep (gradients accumulated over the pieces, synced
@@ -49,16 +50,19 @@ def _torchrun() -> list[str]:
     return [exe, "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
 
 
-def _spec(tmp: Path, preset: str, *, seq_len: int = 64, steps: int = 20) -> Path:
-    """A tiny preset (depth 2: two FSDP block units) at a small outer lr, logging every step."""
+def _spec(tmp: Path, preset: str, *, seq_len: int | None = None, steps: int = 12) -> Path:
+    """A tiny preset at width 32 (depth 2: two FSDP block units) at a small outer lr, logging
+    every step (benchmarks/parallel_agreement.py measures width 64, seq 64)."""
     doc = yaml.safe_load((ROOT / "specs" / f"{preset}.yaml").read_text())
-    doc["model"]["depth"] = 2
+    doc["model"].update(depth=2, width=32, heads=2)
     doc["optimizer"] = {"type": "adamw", "lr": 1e-3, "weight_decay": 0.0, "beta": 0.9, "beta2": 0.99}
+    # hope: seq 64, so its 32-token CMS level stays in-context
+    seq_len = seq_len or (64 if preset == "hope" else 32)
     doc["data"] = {"task": "mqar", "seq_len": seq_len, "batch": 4, "num_pairs": 4}
     if preset == "hope":
         doc["levels"]["cms_mid"] = {"every": "32 tokens"}
     doc["train"] = {"steps": steps, "warmup": 0, "schedule": "constant", "log_every": 1,
-                    "ckpt_every": 10, "compile": False}
+                    "ckpt_every": steps // 2, "compile": False}
     path = tmp / f"{preset}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -83,18 +87,13 @@ ONE = [S.PYTHON]
 
 
 @pytest.mark.slow      # two gloo processes
-def test_fsdp_titans_matches_one_process(tmp_path):
-    spec = _spec(tmp_path, "titans-lmm")
-    _train(ONE, spec, tmp_path / "one")
-    _train(_torchrun(), spec, tmp_path / "fsdp", "--parallel", "fsdp")
-    _assert_curves_close(_losses(tmp_path / "one"), _losses(tmp_path / "fsdp"))
-    meta = ck.read_meta(ck.find_latest(tmp_path / "fsdp"))
-    assert meta["layout"] == "sharded" and meta["world_size"] == 2
-    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(meta["files"])
-
+def test_fsdp_titans_sigterm_resume_matches_one_process(tmp_path):
     # SIGTERM to torchrun (which forwards it to its workers) at a step of its choosing: the
-    # ranks agree on the step, checkpoint it (sharded) and exit 75; --resume continues bitwise
-    run = tmp_path / "term"
+    # ranks agree on the step, checkpoint it (sharded) and exit 75; --resume continues on the
+    # one-process curve (the same-count resume is bitwise: the hope test below)
+    spec = _spec(tmp_path, "titans-lmm", steps=20)
+    _train(ONE, spec, tmp_path / "one")
+    run = tmp_path / "fsdp"
     proc = subprocess.Popen([*_torchrun(), "-m", "nestdsl", "train", str(spec), "--out", str(run),
                              "--no-compile", "-q", "--parallel", "fsdp"],
                             env=S.subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -106,11 +105,13 @@ def test_fsdp_titans_matches_one_process(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, errs = proc.communicate(timeout=240)
-    stopped = ck.read_meta(ck.find_latest(run))["step"]
+    meta = ck.read_meta(ck.find_latest(run))
+    stopped = meta["step"]
     assert 3 <= stopped < 20 and f"stopped by SIGTERM after step {stopped}" in errs, errs[-3000:]
-    assert "exit 75" in errs
+    assert "exit 75" in errs and meta["layout"] == "sharded" and meta["world_size"] == 2
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(meta["files"])
     _train(_torchrun(), spec, run, "--parallel", "fsdp", "--resume")
-    assert _losses(run) == _losses(tmp_path / "fsdp")
+    _assert_curves_close(_losses(tmp_path / "one"), _losses(run))
 
 
 @pytest.mark.slow
@@ -122,24 +123,39 @@ def test_fsdp_hope_matches_one_process_and_resumes_on_one_and_two(tmp_path):
     one, fsdp = _losses(tmp_path / "one"), _losses(tmp_path / "fsdp")
     _assert_curves_close(one, fsdp)
 
-    # stopped at step 10 (its checkpoint is sharded), then resumed on 2 processes and on 1
-    _train(two, spec, tmp_path / "stop", "--parallel", "fsdp", "--steps", "10")
+    # the run as it stood at step 6 (its sharded checkpoint of that step is the newest), then
+    # resumed on 2 processes and on 1
+    stop = tmp_path / "stop"
+    shutil.copytree(tmp_path / "fsdp", stop)
+    shutil.rmtree(stop / "step_000012")
+    ck._write_pointer(stop, "step_000006")
     for name in ("on2", "on1"):
-        shutil.copytree(tmp_path / "stop", tmp_path / name)
+        shutil.copytree(stop, tmp_path / name)
     _train(two, spec, tmp_path / "on2", "--parallel", "fsdp", "--resume")
     _train(ONE, spec, tmp_path / "on1", "--resume")
     assert _losses(tmp_path / "on2") == fsdp          # same process count: bitwise
     _assert_curves_close(one, _losses(tmp_path / "on1"))
     assert ck.read_meta(ck.find_latest(tmp_path / "on1")).get("layout") is None   # safetensors
 
-    # the converter: the step-10 shards as a one-process checkpoint, which resumes the same way
-    _run([S.PYTHON, "-m", "nestdsl", "checkpoint", "convert", str(tmp_path / "stop"), "--out",
-          str(tmp_path / "conv")])
+    # the converter: the step-6 shards as a one-process checkpoint holding the same state
+    from cli_helpers import cli
+
+    r = cli("checkpoint", "convert", tmp_path / "stop", "--out", tmp_path / "conv")
+    assert r.exit_code == 0, r.output
     conv = ck.find_latest(tmp_path / "conv")
-    assert conv is not None and conv.name == "step_000010" and (conv / "model.safetensors").is_file()
-    _train(ONE, spec, tmp_path / "conv", "--resume")
-    _assert_curves_close(one, _losses(tmp_path / "conv"))
-    assert _losses(tmp_path / "conv") == _losses(tmp_path / "on1")
+    assert conv is not None and conv.name == "step_000006" and (conv / "model.safetensors").is_file()
+    spec_obj = load_spec(spec)
+    (a, a_opts), (b, b_opts) = _fresh(spec_obj), _fresh(spec_obj)
+    sharded_ck = ck.load_checkpoint(stop / "step_000006", model=a.model, optimizer=[
+        lo.optimizer for lo in a_opts], level_params=_level_params(a_opts))
+    single_ck = ck.load_checkpoint(conv, model=b.model, optimizer=[lo.optimizer for lo in b_opts])
+    for (n, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), n
+    for lo, lo2 in zip(a_opts, b_opts, strict=True):
+        sa, sb = ck.flatten_state(lo.optimizer.state_dict()), ck.flatten_state(lo2.optimizer.state_dict())
+        assert sa[1].keys() == sb[1].keys() and all(torch.equal(sa[1][k], sb[1][k]) for k in sa[1])
+    assert single_ck.extra["history"] == sharded_ck.extra["history"]
+    assert set(single_ck.extra["accum"]) == set(sharded_ck.extra["accum"]) != set()  # cms_slow
 
 
 PIECES_DRIVER = """\
@@ -198,6 +214,10 @@ def _fresh(spec_obj: Any) -> tuple[Any, list[Any]]:
 
     system = nestdsl.compile(spec_obj, compile=False)
     return system, build_level_optimizers(system, spec_obj.outer_optimizer or DEFAULT_OPTIMIZER)
+
+
+def _level_params(level_opts: list[Any]) -> dict[str, Any]:
+    return {f"{lo.name}.{i}": p for lo in level_opts for i, p in enumerate(lo.params)}
 
 
 def test_sharded_format_round_trips_every_state(tmp_path, monkeypatch):

@@ -63,6 +63,11 @@ class ShardTask(Task):
             #: UTF-8 bytes of the source text per token (separators counted as tokens, not bytes)
             self.bytes_per_token = scored.source_bytes / scored.tokens
         self._tokenizer: Any = None
+        sep = sc.separator
+        #: the end-of-text id documents were joined with (None for a newline separator): the
+        #: lm-eval adapter starts every request after it and stops generation at it
+        self.eot_token_id: int | None = (int(sep["ids"][0]) if sep.get("kind") == "eos"
+                                         and len(sep.get("ids", [])) == 1 else None)
 
     def _windows(self, split: str) -> int:
         cum = self._cum[split]
