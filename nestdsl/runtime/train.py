@@ -12,11 +12,15 @@ What the loop guarantees (docs/design.md §3.3, issue "training runtime"):
   to an uninterrupted run: everything the next steps read (parameters, optimizer states,
   persistent-level accumulators, the partial loss average of the current log window, RNG states)
   is in the checkpoint.
-- No host synchronisation per step except at log/checkpoint steps (the loss is read then).
-- Data parallel (torchrun): every rank builds the same global batch and trains on its slice;
-  each rank's loss is weighted by its share of the scored tokens, so DDP's gradient average is
-  exactly the gradient of the global-batch mean loss. Rank 0 alone writes checkpoints and
-  metrics; all ranks agree on divergence and on checkpoint failures, so none is left waiting.
+- No host synchronisation per step except at log/checkpoint steps (the loss is read then);
+  under torchrun one small all-reduce per step lets the ranks agree on a preemption signal.
+- SIGTERM / SIGINT finish the step, checkpoint it and return (`runtime/preempt.py`).
+- Data parallel (torchrun, `runtime/distributed.py`: DDP or FSDP2): every rank reads its slice
+  of the same global batch; each rank's loss is weighted by its share of the scored tokens, so
+  the ranks' gradient average is exactly the gradient of the global-batch mean loss. Rank 0
+  alone writes metrics and (one process, DDP) checkpoints; under FSDP every rank writes its
+  shards (`runtime/sharded.py`). All ranks agree on divergence and on checkpoint failures, so
+  none is left waiting.
 """
 
 from __future__ import annotations
