@@ -367,13 +367,13 @@ class ShardWriter:
 # Reading
 
 
-def _advise_random(mm: np.memmap[Any, Any]) -> None:
-    """Tell the kernel the map is read at random (``MADV_RANDOM``): no read-ahead around each
-    window, so a batch brings a few pages per row into memory, not a large block of the file
-    (measured in benchmarks/data_shards_rss.py). Where the platform has no ``madvise`` (or
-    numpy keeps its map elsewhere) nothing changes but the read-ahead."""
+def _advise(mm: np.memmap[Any, Any], name: str) -> None:
+    """``madvise(name)`` on a map; a no-op where the platform has no ``madvise`` (or numpy keeps
+    its map elsewhere). ``MADV_RANDOM`` at open: no read-ahead around each window, so a batch
+    brings a few pages per row into memory, not a large block of the file (measured in
+    benchmarks/data_shards_rss.py); ``MADV_DONTNEED`` after a batch: `ShardSet.release`."""
     handle = getattr(mm, "_mmap", None)
-    advice = getattr(mmap, "MADV_RANDOM", None)
+    advice = getattr(mmap, name, None)
     if handle is not None and advice is not None and hasattr(handle, "madvise"):
         try:
             handle.madvise(advice)
@@ -413,7 +413,7 @@ class ShardSet:
                 mm = np.memmap(path, dtype=self.dtype, mode="r", shape=(sh.tokens,))
             except (OSError, ValueError) as e:
                 raise data_error(f"cannot map shard {path}: {e} ({HINT})") from None
-            _advise_random(mm)
+            _advise(mm, "MADV_RANDOM")
             self._maps[key] = mm
         return mm
 
@@ -422,15 +422,9 @@ class ShardSet:
         the page cache). With the file cached, the kernel maps a whole large folio per fault,
         so without this a long run's resident memory grew towards the size of the hot shards
         (1.17 GB after 200 batches from a cached 1 GB set, 239 MB for a 10 MB one). Called
-        after every batch; a no-op where the platform has no ``madvise``."""
-        advice = getattr(mmap, "MADV_DONTNEED", None)
+        after every batch."""
         for mm in self._maps.values():
-            handle = getattr(mm, "_mmap", None)
-            if handle is not None and advice is not None and hasattr(handle, "madvise"):
-                try:
-                    handle.madvise(advice)
-                except OSError:
-                    pass
+            _advise(mm, "MADV_DONTNEED")
 
     def window(self, split: str, index: int, start: int, length: int) -> np.ndarray:
         """``length`` ids of shard ``index`` from ``start``, copied out of the map."""

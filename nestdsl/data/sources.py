@@ -86,7 +86,9 @@ class Source:
         return {**rec, "text_column": self.text_column} if self.has_columns else rec
 
     def __iter__(self) -> Iterator[Piece]:
-        raise NotImplementedError
+        """The documents, in order, cut into pieces: each source kind below reads its own way
+        (`open_source` builds only those)."""
+        raise NotImplementedError(type(self).__name__)
 
 
 def _size(f: Path) -> int:

@@ -704,11 +704,11 @@ def _is_sharded_model(model: Any) -> bool:
 
 
 def _load_sharded(p: Path, meta: dict[str, Any], model: Any, optimizer: Any, device: str,
-                  restore_rng: bool, ranks: Any, level_params: dict[str, Any] | None) -> Checkpoint:
+                  restore_rng: bool, rank: int, level_params: dict[str, Any] | None) -> Checkpoint:
     from nestdsl.runtime import sharded
 
     extra, rng = sharded.load(p, meta, model=model, optimizer=optimizer, device=device,
-                              rank=getattr(ranks, "rank", 0), level_params=level_params)
+                              rank=rank, level_params=level_params)
     ckpt = Checkpoint(path=p, step=int(meta["step"]), data_position=int(meta["data_position"]),
                       spec_text=meta.get("spec_text", ""), spec_hash=meta.get("spec_hash", ""),
                       model_state={}, optim_state=None, extra=extra, rng=rng, meta=meta)
@@ -737,7 +737,7 @@ def load_checkpoint(
     device: str = "cpu",
     strict: bool = True,
     verify: bool = True,
-    ranks: Any = None,
+    rank: int = 0,
     level_params: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Load a checkpoint folder, or the newest complete one of a run folder.
@@ -749,7 +749,7 @@ def load_checkpoint(
     ``optimizer`` the states are loaded into them (``strict`` for the model). ``restore_rng``
     sets the process RNGs. ``verify`` checks the files' sha256. Never unpickles anything.
     A sharded checkpoint (an FSDP run's, `runtime/sharded.py`) loads into any sharding of the
-    model: ``ranks`` is this process's place, ``level_params`` the persistent levels' parameters.
+    model: ``rank`` is this process's rank, ``level_params`` the persistent levels' parameters.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -794,7 +794,7 @@ def load_checkpoint(
         if not sharded:
             tensors[fname] = _load_tensors(fp, device)
     if sharded:
-        return _load_sharded(p, meta, model, optimizer, device, restore_rng, ranks, level_params)
+        return _load_sharded(p, meta, model, optimizer, device, restore_rng, rank, level_params)
     if model is not None and _is_sharded_model(model):
         raise CheckpointError(
             f"checkpoint {p} was written by one process (or DDP); resume it that way, or under "

@@ -143,9 +143,9 @@ class DataParallel:
         if distributed is None:
             return cls(loss)
         world = distributed.world_size
+        sweep = bool(getattr(system.model, "uses_task_sweep", False))
         if parallel == "fsdp":
             names = {id(p): n for n, p in system.model.named_parameters()}
-            sweep = bool(getattr(system.model, "uses_task_sweep", False))
             units = list(getattr(system.model, "blocks", []))
             distributed.shard(loss, units, precision, keep_gathered=sweep)
             rebind_levels(system, names)
@@ -153,8 +153,7 @@ class DataParallel:
                 system.model.sweep_pieces = False
                 return cls(loss, world, sharded=True, gathered=[*units, loss])
             return cls(loss, world, sharded=True)
-            return cls(loss, world, sharded=True)
-        if getattr(system.model, "uses_task_sweep", False):
+        if sweep:
             return cls(loss, world, manual_sync=True)
         return cls(distributed.wrap(loss), world)
 

@@ -180,9 +180,11 @@ def rank_batch(task: Any, step: int, ranks: Ranks) -> tuple[Any, ...]:
     in one process): the ranks' gradients are averaged; weighting each rank's mean loss by its
     share of the scored tokens makes that average the gradient of the global-batch mean. The
     task reads only this rank's rows when it can (`Task.rank_batch`)."""
+    from nestdsl.runtime.tasks.base import scored_positions
+
     batch, n_global = task.rank_batch(step, ranks.rank, ranks.world)
+    # counted on the host batch, before it moves: no device sync per step
+    scale = (None if ranks.world == 1
+             else scored_positions(batch.targets, batch.loss_mask) * ranks.world / max(n_global, 1))
     tokens, targets, mask = (t.to(ranks.device) for t in batch)
-    if ranks.world == 1:
-        return tokens, targets, mask, None
-    valid = (targets != -100) & mask.to(torch.bool)
-    return tokens, targets, mask, int(valid.sum()) * ranks.world / max(n_global, 1)
+    return tokens, targets, mask, scale

@@ -42,7 +42,7 @@ def extra_of(state: LoopState, level_opts: list[Any]) -> dict[str, Any]:
 
 def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], record: dict[str, Any],
             device: str, rank: int, force: bool = False,
-            say: Callable[[str], None] | None = None, ranks: Any = None) -> LoopState:
+            say: Callable[[str], None] | None = None) -> LoopState:
     """Load the newest checkpoint that verifies into model and optimizers (RNG states too) and
     return the loop state; a fresh `LoopState` when the run has none. Unreadable newer
     checkpoints are set aside with a warning (`checkpoint.resume_latest`). The checkpoint's spec
@@ -51,7 +51,7 @@ def restore(run_dir: Path, *, model: torch.nn.Module, level_opts: list[Any], rec
     loaded, skipped = ckpt.resume_latest(
         run_dir, model=model, optimizer=[lo.optimizer for lo in level_opts],
         identity=record["identity"], force=force, restore_rng=True, device=device,
-        move_aside=rank == 0, ranks=ranks,
+        move_aside=rank == 0, rank=rank,
         level_params={f"{lo.name}.{i}": p for lo in level_opts for i, p in enumerate(lo.params)})
     state = LoopState.fresh(device)
     say = say if rank == 0 else None

@@ -74,7 +74,7 @@ def _collect(model: torch.nn.Module, level_opts: list[Any], loop: Any, rank: int
     index: dict[str, dict[str, Any]] = {}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v
-        index[f"model.{k}"] = _describe(v, None) | {"like_param": False, "model": True}
+        index[f"model.{k}"] = {**_describe(v, None), "model": True}
     optim: list[list[dict[str, Any]]] = []
     for i, lo in enumerate(level_opts):
         children = []

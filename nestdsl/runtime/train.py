@@ -239,14 +239,6 @@ def seed_everything(seed: int) -> None:
 # Helpers
 
 
-def _valid_count(targets: torch.Tensor, mask: torch.Tensor | None) -> int:
-    """Scored positions, as `masked_cross_entropy` counts them (mask set, target != -100)."""
-    valid = targets != -100
-    if mask is not None:
-        valid = valid & mask.to(torch.bool)
-    return int(valid.sum())
-
-
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of an FSDP parameter (a DTensor); any other tensor itself."""
     to_local = getattr(t, "to_local", None)
@@ -366,7 +358,7 @@ def train(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     loop = (resume_from(run_dir, model=model, level_opts=level_opts, record=spec_rec,
-                        device=device, rank=ranks.rank, force=force, say=say, ranks=ranks)
+                        device=device, rank=ranks.rank, force=force, say=say)
             if resume else LoopState.fresh(device))
     start_step = loop.step
     if start_step == 0:

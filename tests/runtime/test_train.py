@@ -428,7 +428,7 @@ def test_ddp_refuses_indivisible_batch(tmp_path, monkeypatch):
 def test_valid_count_weights_make_ddp_mean_exact():
     """Weighting each rank's mean by its share of the scored tokens (what train() does) turns
     the average over ranks into the global mean, also with unequal masks."""
-    from nestdsl.runtime.train import _valid_count
+    from nestdsl.runtime.tasks.base import scored_positions as _valid_count
 
     g = torch.Generator().manual_seed(0)
     nll = torch.rand(4, 6, generator=g)

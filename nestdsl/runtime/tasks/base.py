@@ -27,6 +27,7 @@ __all__ = [
     "accuracy",
     "exact_match",
     "make_rng",
+    "scored_positions",
     "split_sequences",
 ]
 
@@ -64,6 +65,14 @@ def make_rng(seed: int, step: int, split: str, salt: str) -> np.random.Generator
         zlib.crc32(salt.encode("utf-8")),
     ]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def scored_positions(targets: torch.Tensor, mask: torch.Tensor | None) -> int:
+    """Positions the loss counts (mask set, target != -100), as `masked_cross_entropy` does."""
+    valid = targets != -100
+    if mask is not None:
+        valid = valid & mask.to(torch.bool)
+    return int(valid.sum())
 
 
 def split_sequences(seqs: np.ndarray, answer: np.ndarray | None = None) -> Batch:
@@ -145,8 +154,7 @@ class Task(ABC):
         of data parallelism needs it). This default builds the global batch and slices it; a
         task that can read only its rows (token shards) overrides it."""
         full = self.batch(step, split)
-        valid = full.targets != -100
-        n_global = int((valid & full.loss_mask.to(torch.bool)).sum())
+        n_global = scored_positions(full.targets, full.loss_mask)
         if world == 1:
             return full, n_global
         return Batch(*(t.chunk(world)[rank] for t in full)), n_global
